@@ -11,6 +11,7 @@ import sys
 # does not pay for numpy/cv2/onnxruntime imports.
 COMMANDS = {
     "bench": "bench",
+    "schema": "schema",
 }
 
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeva", description="edge video analytics runtime")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, mod in COMMANDS.items():
+    for mod in COMMANDS.values():
         importlib.import_module(f"control.commands.{mod}").add_parser(sub)
     return p
 

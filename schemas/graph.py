@@ -1,0 +1,208 @@
+"""Whole-deployment checks, done before anything changes on the device, and module identity.
+
+``validate_graph`` checks, in this order, and stops at the first error (with a precise path):
+
+1. unknown module type          ``unknown_type``    ``modules.<name>.type``
+2. args that do not fit the type ``bad_args``       ``modules.<name>.args.<field>``
+3. outputs naming no module,     ``unknown_output``  ``modules.<name>.outputs[i]``
+   or naming one twice           ``duplicate_name``  ``modules.<name>.outputs[i]``
+4. a cycle                       ``cycle``           ``modules.<name>.outputs[i]`` (closing edge)
+5. a device nobody knows         ``unknown_device``  ``modules.<name>.device``
+
+Why identities: sharing. Two apps that both declare "decoder of rtsp://cam1 at 10 fps" and
+"detector on that decoder's frames" should run one decoder and one detector, whatever the
+instance names each app chose (``dec``/``Decoder_1``). A module's identity is a hash of what
+decides its output stream: its type, its full config (defaults filled in, so ``{}`` and
+``{"fps": 10}`` agree when 10 is the default), the device it runs on, and the identities of its
+upstream modules. The agent keys running instances by identity: a deploy whose module has the
+identity of a running one attaches a consumer to it instead of starting a second process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas.deployment import Deployment, ModuleSpec
+from schemas.errors import (
+    BAD_ARGS,
+    CYCLE,
+    DUPLICATE_NAME,
+    UNKNOWN_DEVICE,
+    UNKNOWN_OUTPUT,
+    UNKNOWN_TYPE,
+    EdgevaError,
+    format_path,
+    from_validation_error,
+)
+
+if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
+    from modules.base import ModuleConfig
+
+
+@dataclass
+class ValidatedGraph:
+    """A deployment that passed every check, ready for the agent to place and run.
+
+    - ``configs``: module name -> its validated config (a ``ModuleConfig`` instance).
+    - ``order``: module names, every module after all of its upstreams (start in this order,
+      stop in reverse).
+    - ``upstream`` / ``downstream``: module name -> names it reads from / writes to, in
+      declaration order.
+    - ``devices``: module name -> the device that runs it (``local_device`` when unplaced).
+    """
+
+    deployment: Deployment
+    configs: dict[str, BaseModel]
+    order: list[str]
+    upstream: dict[str, list[str]]
+    downstream: dict[str, list[str]]
+    devices: dict[str, str]
+    _ids: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def app(self) -> str:
+        return self.deployment.app
+
+    def spec(self, name: str) -> ModuleSpec:
+        return self.deployment.modules[name]
+
+    def identity(self, name: str) -> str:
+        """Stable id of module ``name``: ``<type>-<16 hex>`` from (type, canonical config
+        JSON, device, sorted identities of its upstreams). Equal across apps for modules that
+        would produce the same stream, so they can share one running instance."""
+        if name not in self._ids:
+            config = self.configs[name]
+            ups = sorted({self.identity(u) for u in self.upstream[name]})
+            key = [
+                config.type,  # type: ignore[attr-defined]
+                config.model_dump(mode="json"),
+                self.devices[name],
+                ups,
+            ]
+            blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+            digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            self._ids[name] = f"{config.type}-{digest}"  # type: ignore[attr-defined]
+        return self._ids[name]
+
+    def identities(self) -> dict[str, str]:
+        """Module name -> identity, for every module (in topological order)."""
+        return {name: self.identity(name) for name in self.order}
+
+
+def _config_class(entry: Any) -> type[BaseModel]:
+    # registries may map a type to its config class or to its Module class (config_class)
+    return getattr(entry, "config_class", entry)
+
+
+def _path(*loc: str | int) -> str:
+    return format_path(("modules", *loc))
+
+
+def _check_args(name: str, spec: ModuleSpec, cls: type[BaseModel]) -> BaseModel:
+    if "type" in spec.args:
+        raise EdgevaError(BAD_ARGS, "'type' goes beside args, not inside", _path(name, "args", "type"))
+    try:
+        return cls.model_validate({"type": spec.type, **spec.args})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        hint = ""
+        if first["type"] == "extra_forbidden":
+            known = sorted(f for f in cls.model_fields if f != "type")
+            hint = "known args: " + (", ".join(known) or "none")
+        # a 'type' error means the registry name and the config's Literal disagree
+        prefix = ("modules", name) if first["loc"][:1] == ("type",) else ("modules", name, "args")
+        raise from_validation_error(exc, prefix, BAD_ARGS, hint) from None
+
+
+def _find_cycle(dep: Deployment) -> tuple[list[str], str, int] | None:
+    """Depth-first search in declaration order; returns (cycle, from, output index) or None."""
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> tuple[list[str], str, int] | None:
+        state[node] = 1
+        stack.append(node)
+        for i, out in enumerate(dep.modules[node].outputs):
+            if state.get(out) == 1:
+                return [*stack[stack.index(out):], out], node, i
+            if out not in state:
+                found = visit(out)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in dep.modules:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def _topological(dep: Deployment, upstream: dict[str, list[str]]) -> list[str]:
+    # Kahn's algorithm, picking ready modules in declaration order so the result is stable.
+    waiting = {name: len(set(ups)) for name, ups in upstream.items()}
+    order: list[str] = []
+    ready = [n for n in dep.modules if waiting[n] == 0]
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for out in dep.modules[node].outputs:
+            waiting[out] -= 1
+            if waiting[out] == 0:
+                ready.append(out)
+    return order
+
+
+def validate_graph(
+    dep: Deployment,
+    registry: Mapping[str, type[ModuleConfig] | Any],
+    known_devices: set[str] | None,
+    local_device: str,
+) -> ValidatedGraph:
+    """Check a deployment whole; raise the first ``EdgevaError`` found, else return its graph.
+
+    ``registry`` maps a type name to its config class (or to a Module class that has
+    ``config_class``). ``known_devices`` is the set of devices modules may be placed on
+    (``None``: do not check placement); ``local_device`` is always allowed and is where
+    unplaced modules run.
+    """
+    mods = dep.modules
+    for name, spec in mods.items():
+        if spec.type not in registry:
+            known = ", ".join(sorted(registry)) or "none installed"
+            raise EdgevaError(UNKNOWN_TYPE, f"unknown module type {spec.type!r} (known: {known})",
+                              _path(name, "type"))
+    configs = {name: _check_args(name, spec, _config_class(registry[spec.type]))
+               for name, spec in mods.items()}
+    upstream: dict[str, list[str]] = {name: [] for name in mods}
+    for name, spec in mods.items():
+        for i, out in enumerate(spec.outputs):
+            path = _path(name, "outputs", i)
+            if out not in mods:
+                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {out!r} in app {dep.app!r}", path)
+            if out in spec.outputs[:i]:
+                raise EdgevaError(DUPLICATE_NAME, f"{out!r} is listed twice", path)
+            upstream[out].append(name)
+    cycle = _find_cycle(dep)
+    if cycle:
+        names, src, idx = cycle
+        raise EdgevaError(CYCLE, "cycle: " + " -> ".join(names), _path(src, "outputs", idx))
+    devices = {name: spec.device or local_device for name, spec in mods.items()}
+    if known_devices is not None:
+        allowed = set(known_devices) | {local_device}
+        for name, spec in mods.items():
+            if spec.device is not None and spec.device not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {spec.device!r} (known: {known})",
+                                  _path(name, "device"))
+    downstream = {name: list(spec.outputs) for name, spec in mods.items()}
+    return ValidatedGraph(dep, configs, _topological(dep, upstream), upstream, downstream, devices)

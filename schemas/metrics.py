@@ -1,0 +1,107 @@
+"""Metrics payloads: ``edgeva/v1/{device}/{tenant}/metrics`` and ``edgeva/v1/{device}/metrics``.
+
+Counters (frames, bytes, drops, events, restarts) are cumulative since the agent started the
+instance or app, so a lost or late message loses nothing: take differences for rates.
+Times (percentiles) cover the last interval (``interval_s``) and are null when it had no sample.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.deployment import Name
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class P2(BaseModel):
+    """p50 / p95 in milliseconds."""
+
+    model_config = _STRICT
+
+    p50: float | None = None
+    p95: float | None = None
+
+
+class P3(P2):
+    """p50 / p95 / p99 in milliseconds."""
+
+    p99: float | None = None
+
+
+class ModuleMetrics(BaseModel):
+    """One module instance. ``occupancy``/``dropped`` are per consumer of its output ring
+    (consumer = the downstream instance name, or ``link:<device>``)."""
+
+    model_config = _STRICT
+
+    type: str
+    frames_in: int = Field(default=0, ge=0)
+    frames_out: int = Field(default=0, ge=0)
+    proc_ms: P2 = Field(default_factory=P2, description="time in process()/produce()")
+    occupancy: dict[str, float] = Field(
+        default_factory=dict, description="consumer -> unread fraction of the ring, 0..1"
+    )
+    dropped: dict[str, int] = Field(
+        default_factory=dict, description="consumer -> frames skipped (drop_oldest)"
+    )
+    restarts: int = Field(default=0, ge=0)
+
+
+class AppMetrics(BaseModel):
+    """One application, measured by frame id from decode to the app's last module."""
+
+    model_config = _STRICT
+
+    frames: int = Field(default=0, ge=0, description="frames that reached the app's last module")
+    dropped: int = Field(default=0, ge=0, description="frames lost on the way (all its consumers)")
+    latency_ms: P3 = Field(default_factory=P3, description="end-to-end latency")
+    lag_ms_per_min: float | None = Field(
+        default=None, description="slope of latency over time; > 0 steadily means falling behind"
+    )
+    lagging: bool = Field(default=False, description="the agent judges the app falls behind")
+    events: int = Field(default=0, ge=0, description="events published")
+
+
+class LinkMetrics(BaseModel):
+    """The nng link to one peer device."""
+
+    model_config = _STRICT
+
+    connected: bool = False
+    bytes_sent: int = Field(default=0, ge=0)
+    bytes_received: int = Field(default=0, ge=0)
+    messages_sent: int = Field(default=0, ge=0)
+    messages_received: int = Field(default=0, ge=0)
+    dropped: int = Field(default=0, ge=0, description="messages refused by a full send queue")
+    serialise_ms: P2 = Field(default_factory=P2)
+    network_ms: P2 = Field(default_factory=P2, description="sender's send to receiver's receive")
+    deserialise_ms: P2 = Field(default_factory=P2)
+
+
+class TenantMetrics(BaseModel):
+    """Payload of ``edgeva/v1/{device}/{tenant}/metrics``: only that tenant's apps and the
+    module instances they use."""
+
+    model_config = _STRICT
+
+    device: Name
+    tenant: Name
+    ts: float = Field(description="unix time (s)")
+    interval_s: float = Field(gt=0)
+    apps: dict[str, AppMetrics] = Field(default_factory=dict)
+    modules: dict[str, ModuleMetrics] = Field(default_factory=dict)
+
+
+class DeviceMetrics(BaseModel):
+    """Payload of ``edgeva/v1/{device}/metrics``: every instance and link of the device."""
+
+    model_config = _STRICT
+
+    device: Name
+    ts: float = Field(description="unix time (s)")
+    interval_s: float = Field(gt=0)
+    cpu_percent: float | None = None
+    mem_mb: float | None = None
+    modules: dict[str, ModuleMetrics] = Field(default_factory=dict)
+    links: dict[str, LinkMetrics] = Field(default_factory=dict, description="peer device -> link")

@@ -1,0 +1,62 @@
+"""Retained device state on ``edgeva/v1/{device}/state``.
+
+The agent publishes it retained whenever apps or modules change, and sets its last will to
+``{"device": ..., "status": "offline"}`` (every other field has a default for that reason).
+Modules are listed by instance name, which is their identity (``schemas.graph``): one running
+module can serve several apps, and ``apps`` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.deployment import Name
+
+AppStatus = Literal["deploying", "running", "stopped", "failed", "removing"]
+ModuleStatus = Literal["starting", "running", "restarting", "stopped", "failed"]
+
+
+class AppState(BaseModel):
+    """One app of one tenant on this device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modules: list[str] = Field(
+        default_factory=list, description="instance names (identities) of the app's modules here"
+    )
+    status: AppStatus
+    error: str | None = Field(default=None, description="why it failed, when it did")
+
+
+class ModuleState(BaseModel):
+    """One running module instance (an OS process), maybe shared by several apps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    apps: list[str] = Field(default_factory=list, description="'tenant/app' of each user")
+    pid: int | None = None
+    status: ModuleStatus
+    restarts: int = Field(default=0, ge=0, description="restarts by the supervisor so far")
+
+
+class DeviceState(BaseModel):
+    """What a device runs, for anyone listening (retained)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Name
+    status: Literal["online", "offline"]
+    ts: float | None = Field(default=None, description="unix time (s) of this state")
+    data_addr: str | None = Field(
+        default=None, description="nng address peers dial for links, e.g. tcp://10.0.0.5:5600"
+    )
+    apps: dict[str, dict[str, AppState]] = Field(
+        default_factory=dict, description="tenant -> app -> state"
+    )
+    modules: dict[str, ModuleState] = Field(
+        default_factory=dict, description="instance name -> state"
+    )
+    version: str | None = Field(default=None, description="edgeva version of the agent")

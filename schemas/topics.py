@@ -1,0 +1,87 @@
+"""MQTT topic names of protocol v1. Build and parse topics only through these helpers.
+
+The tenant is part of the topic so that a broker ACL (``pattern write edgeva/v1/+/%u/cmd/#``)
+decides who may command what; the agent trusts the tenant it reads from the topic.
+Every part is checked against ``^[A-Za-z0-9_.-]{1,64}$`` so that no ``+``, ``#`` or ``/``
+can widen a subscription or forge another tenant's topic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args
+
+from schemas.errors import BAD_REQUEST, EdgevaError
+
+PREFIX = "edgeva/v1"
+DEFAULT_TENANT = "default"
+
+Verb = Literal["deploy", "update", "start", "stop", "remove", "status", "metrics"]
+VERBS: tuple[str, ...] = get_args(Verb)
+
+_PART = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _check(kind: str, value: str, pattern: re.Pattern[str] = _PART) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise EdgevaError(BAD_REQUEST, f"invalid {kind} {value!r} (allowed: {pattern.pattern})", kind)
+    return value
+
+
+def cmd_topic(device: str, tenant: str, verb: str) -> str:
+    """``edgeva/v1/{device}/{tenant}/cmd/{verb}``: operator -> agent."""
+    if verb not in VERBS:
+        raise EdgevaError(BAD_REQUEST, f"unknown verb {verb!r} (known: {', '.join(VERBS)})", "verb")
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/cmd/{verb}"
+
+
+def reply_topic(device: str, tenant: str, request_id: str) -> str:
+    """``edgeva/v1/{device}/{tenant}/reply/{request_id}``: agent -> operator."""
+    rid = _check("request_id", request_id, _REQUEST_ID)
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/{rid}"
+
+
+def events_topic(device: str, tenant: str, app: str) -> str:
+    """``edgeva/v1/{device}/{tenant}/events/{app}``: an app's results, rate-limited."""
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/events/{_check('app', app)}"
+
+
+def tenant_metrics_topic(device: str, tenant: str) -> str:
+    """``edgeva/v1/{device}/{tenant}/metrics``: the tenant's apps' metrics."""
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/metrics"
+
+
+def state_topic(device: str) -> str:
+    """``edgeva/v1/{device}/state``: retained device state; the last will says offline."""
+    return f"{PREFIX}/{_check('device', device)}/state"
+
+
+def device_metrics_topic(device: str) -> str:
+    """``edgeva/v1/{device}/metrics``: device-wide metrics."""
+    return f"{PREFIX}/{_check('device', device)}/metrics"
+
+
+def cmd_subscription(device: str) -> str:
+    """What an agent subscribes to: every tenant's commands for this device."""
+    return f"{PREFIX}/{_check('device', device)}/+/cmd/+"
+
+
+def reply_subscription(device: str, tenant: str) -> str:
+    """What an operator client subscribes to for its replies from ``device``."""
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/+"
+
+
+def parse_cmd_topic(topic: str) -> tuple[str, str, Verb]:
+    """``edgeva/v1/cam-01/acme/cmd/deploy`` -> ``("cam-01", "acme", "deploy")``.
+
+    Raises ``EdgevaError(bad_request, path="topic")`` for anything else, including a part
+    with characters outside ``[A-Za-z0-9_.-]``.
+    """
+    parts = topic.split("/") if isinstance(topic, str) else []
+    if len(parts) != 6 or "/".join(parts[:2]) != PREFIX or parts[4] != "cmd":
+        raise EdgevaError(BAD_REQUEST, f"not a command topic: {topic!r}", "topic")
+    device, tenant, verb = parts[2], parts[3], parts[5]
+    if not (_PART.match(device) and _PART.match(tenant)) or verb not in VERBS:
+        raise EdgevaError(BAD_REQUEST, f"invalid command topic: {topic!r}", "topic")
+    return device, tenant, verb  # type: ignore[return-value]
