@@ -10,8 +10,17 @@ import sys
 # Sub-command name -> module in control.commands. Imported lazily so that `edgeva deploy`
 # does not pay for numpy/cv2/onnxruntime imports.
 COMMANDS = {
+    "agent": "agent",
     "bench": "bench",
     "schema": "schema",
+    "broker": "broker",
+    "deploy": "deploy",
+    "update": "update",
+    "start": "start",
+    "stop": "stop",
+    "remove": "remove",
+    "status": "status",
+    "metrics": "metrics",
 }
 
 

@@ -96,6 +96,20 @@ class Module(Generic[C]):
         land directly in the output ring slot. Return ``None`` when the source has ended."""
         raise NotImplementedError
 
+    def pace(self) -> None:
+        """Sources only: wait until the next message is due (real-time pacing). Called before
+        ``produce``, outside the measured processing time."""
+
+    def output_bytes(self) -> int | None:
+        """Bytes one output message may need (sets the output ring's slot size). Called after
+        ``setup``. Sources must answer; None lets the runtime use the largest input slot plus
+        room for metadata."""
+        return None
+
+    #: Sources that are live (a camera, RTSP): their consumers default to ``drop_oldest``, so
+    #: a slow consumer skips frames instead of stalling the source.
+    live: bool = False
+
     def update(self, config: C) -> bool:
         """Apply new args while running. Return True if applied in place; False asks the
         runtime to restart the module with the new config. Default: apply nothing, restart."""

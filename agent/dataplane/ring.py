@@ -393,16 +393,23 @@ class RingProducer(_Ring):
     def published(self) -> int:
         return self._w[H_WSEQ]
 
-    def close(self, unlink: bool = True) -> None:
-        """Mark the ring closed (consumers drain what is left, then see ``eof``), wake them,
-        and remove the segment name (attached consumers keep their mapping)."""
+    @property
+    def consumers(self) -> int:
+        """Consumers attached now (a racy read: for pacing decisions, not bookkeeping)."""
+        return len(self._active())
+
+    def close(self, unlink: bool = True, eof: bool = True) -> None:
+        """Close the ring and remove its name (attached consumers keep their mapping).
+
+        ``eof``: the stream has ended; consumers drain what is left, then see ``eof``. Without
+        it (a restart), consumers just see a dead producer and re-attach to its successor."""
         if self._closed:
             return
         self._closed = True
         w, wake = self._w, []
         self._lock()
         try:
-            w[H_CLOSED] = 1
+            w[H_CLOSED] = int(eof)
             for c in self._active():
                 b = self._co + c * C_WORDS
                 wake.append(_sock_addr(self.name, f"c{c}", w[b + C_TOKEN]))

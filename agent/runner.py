@@ -1,0 +1,420 @@
+"""The body of one module process: attach rings, run the module's lifecycle, report.
+
+Started by the supervisor (``forkserver``/``spawn``, never a bare fork: a forked child would keep
+the agent's MQTT socket open and the broker would never publish its last will). The module sees
+only messages and its config; this file does the routing, hop timestamps, metrics, control
+(update/stop) and reconnection to an upstream that was restarted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+
+import msgpack
+import numpy as np
+from pydantic import ValidationError
+
+from agent.dataplane.codec import CodecError
+from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer
+from agent.dataplane.segment import SegmentError, open_segment, pid_alive, unlink_segment
+from modules.base import Module, ModuleContext
+from modules.registry import module_class
+from schemas import runner as R
+from schemas.message import Message
+
+log = logging.getLogger("edgeva.runner")
+CONTROL_EVERY_S = 0.05
+META_SLOT = 1 << 20  # modules that only add metadata
+SAMPLES = 4096
+
+
+def _die_with_parent() -> None:
+    # If the agent (or the forkserver between us) dies, do not run on as an orphan.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    # A forkserver lives until every holder of its "alive" pipe is gone, and each child gets a
+    # copy: without this, the server (our parent) outlives a SIGKILLed agent and so do we.
+    try:
+        from multiprocessing import forkserver
+
+        fd = forkserver._forkserver._forkserver_alive_fd
+        if fd is not None:
+            os.close(fd)
+            forkserver._forkserver._forkserver_alive_fd = None
+    except (AttributeError, OSError):
+        pass
+
+
+class _Channel:
+    """Typed, msgpack-encoded messages over the pipe to the agent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()  # module threads may emit events
+        self.eof = False
+
+    def send(self, msg) -> None:
+        data = msgpack.packb(msg.model_dump(), use_bin_type=True)
+        with self.lock:
+            try:
+                self.conn.send_bytes(data)
+            except (BrokenPipeError, OSError):
+                pass  # the agent is gone; PDEATHSIG or the next poll ends us
+
+    def poll(self):
+        """The next command from the agent, None if there is none, or StopMsg on EOF."""
+        if self.eof:
+            return None
+        try:
+            if not self.conn.poll():
+                return None
+            return R.TO_RUNNER.validate_python(msgpack.unpackb(self.conn.recv_bytes(), raw=False))
+        except (EOFError, OSError):
+            self.eof = True  # the agent is gone: stop (once)
+            return R.StopMsg()
+
+
+class _Stats:
+    """Preallocated per-interval samples: no per-frame allocation."""
+
+    def __init__(self) -> None:
+        self.frames_in = self.frames_out = 0
+        self.proc = np.zeros(SAMPLES)
+        self.nproc = 0
+        self.sink: list[tuple[int, str, float]] = []
+
+    def add_proc(self, ms: float) -> None:
+        self.proc[self.nproc % SAMPLES] = ms
+        self.nproc += 1
+
+    def report(self) -> R.MetricsMsg:
+        n = min(self.nproc, SAMPLES)
+        pct = [float(x) for x in np.percentile(self.proc[:n], (50, 95))] if n else []
+        msg = R.MetricsMsg(frames_in=self.frames_in, frames_out=self.frames_out, proc_ms=pct, sink=self.sink)
+        self.nproc, self.sink = 0, []
+        return msg
+
+
+class _Input:
+    """One upstream ring; re-attaches when its producer is restarted."""
+
+    def __init__(self, spec: R.InputSpec) -> None:
+        self.spec = spec
+        self.cons = self._attach(timeout=10.0)
+
+    def _attach(self, timeout: float) -> RingConsumer:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return RingConsumer.attach(self.spec.ring, policy=self.spec.policy, depth=self.spec.depth)
+            except RingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def get(self, timeout: float) -> Message | None:
+        msg = self.cons.get(timeout=timeout)
+        if msg is None and not self.cons.eof and not self.cons.producer_alive():
+            self._reattach()
+        return msg
+
+    def _reattach(self) -> None:
+        # The upstream crashed; its supervisor starts a new one under the same ring name.
+        try:
+            shm = open_segment(self.spec.ring)
+        except SegmentError:
+            return
+        try:
+            from agent.dataplane.ring import H_PID
+
+            fresh = pid_alive(shm.buf.cast("q")[H_PID])
+        finally:
+            shm.close()
+        if fresh:
+            self.cons.close()
+            self.cons = self._attach(timeout=1.0)
+            log.info("re-attached to restarted upstream %s", self.spec.ring)
+
+    @property
+    def eof(self) -> bool:
+        return self.cons.eof
+
+    def close(self) -> None:
+        self.cons.close()
+
+
+class _Merged:
+    """Several inputs: one thread per ring hands messages over one at a time, so each view
+    stays valid until the module is done with it."""
+
+    def __init__(self, inputs: list[_Input]) -> None:
+        self.inputs = inputs
+        self.q: queue.Queue = queue.Queue()
+        self.done = [threading.Event() for _ in inputs]
+        self.stop = False
+        self.current = -1
+        for i in range(len(inputs)):
+            threading.Thread(target=self._pump, args=(i,), daemon=True).start()
+
+    def _pump(self, i: int) -> None:
+        inp = self.inputs[i]
+        while not self.stop:
+            msg = inp.get(timeout=0.2)
+            if msg is None:
+                if inp.eof:
+                    self.q.put((i, None))
+                    return
+                continue
+            self.q.put((i, msg))
+            self.done[i].wait()
+            self.done[i].clear()
+
+    def get(self, timeout: float) -> Message | None:
+        if self.current >= 0:
+            self.done[self.current].set()
+            self.current = -1
+        try:
+            i, msg = self.q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg is not None:
+            self.current = i
+        return msg
+
+    @property
+    def eof(self) -> bool:
+        return all(i.eof for i in self.inputs)
+
+    def close(self) -> None:
+        self.stop = True
+        for e in self.done:
+            e.set()
+        for i in self.inputs:
+            i.close()
+
+
+class Runner:
+    """Hosts one module instance."""
+
+    def __init__(self, spec: R.RunnerSpec, chan: _Channel) -> None:
+        self.spec = spec
+        self.chan = chan
+        self.stopping = False
+        self.stats = _Stats()
+        self.sinks = set(spec.sink_for)
+        self.next_report = time.monotonic() + spec.metrics_interval
+        self.next_control = 0.0
+        self.cls = module_class(spec.type)
+        self.config = self.cls.config_class.model_validate(spec.config)
+        self.ctx = ModuleContext(
+            name=spec.name, apps=tuple(spec.apps), device=spec.device, emit=self._emit,
+            log=logging.getLogger(f"edgeva.module.{spec.name}"),
+        )
+        self.module: Module = self.cls(self.config, self.ctx)
+        self.inputs: list[_Input] = []
+        self.source = None
+        self.prod: RingProducer | None = None
+        self.ended = False  # the stream ended by itself (vs. stopped by the agent)
+
+    def _emit(self, event: dict) -> None:
+        self.chan.send(R.EventMsg(event=event))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> bool:
+        try:
+            self.module.setup()
+        except Exception as e:  # the module's own words are the best reason
+            self.chan.send(R.FailedMsg(stage="setup", message=f"{type(e).__name__}: {e}"))
+            return False
+        try:
+            self.inputs = [_Input(i) for i in self.spec.inputs]
+            sizes = [i.cons.slot_size for i in self.inputs]
+            size = self.module.output_bytes() or (max(sizes) + 262144 if sizes else META_SLOT)
+            self.prod = self._create_output(size)
+        except (RingError, SegmentError) as e:
+            self.chan.send(R.FailedMsg(stage="attach", message=str(e)))
+            return False
+        self.source = self.inputs[0] if len(self.inputs) == 1 else _Merged(self.inputs) if self.inputs else None
+        self.chan.send(R.ReadyMsg(ring=self.prod.name, slot_size=self.prod.slot_size, live=bool(self.module.live)))
+        return True
+
+    def _create_output(self, size: int) -> RingProducer:
+        try:
+            return RingProducer.create(self.spec.output_ring, size, nslots=self.spec.nslots)
+        except SegmentError:
+            # Left by this instance's previous life (crash, SIGKILL): reclaim it if dead.
+            shm = open_segment(self.spec.output_ring)
+            try:
+                from agent.dataplane.ring import H_PID
+
+                owner = shm.buf.cast("q")[H_PID]
+            finally:
+                shm.close()
+            if pid_alive(owner):
+                raise
+            unlink_segment(self.spec.output_ring)
+            return RingProducer.create(self.spec.output_ring, size, nslots=self.spec.nslots)
+
+    def run(self) -> int:
+        try:
+            if self.module.is_source:
+                self._run_source()
+            else:
+                self._run_filter()
+            return 0
+        except Exception as e:
+            log.exception("module %s failed", self.spec.name)
+            self.chan.send(R.FailedMsg(stage="run", message=f"{type(e).__name__}: {e}"))
+            return 1
+        finally:
+            self._report()
+            self.close()
+
+    def _run_source(self) -> None:
+        prod, name = self.prod, self.spec.name
+        # A source starts once someone listens: the app's first frame reaches its last module.
+        while not self.stopping and not prod.consumers:
+            time.sleep(0.01)
+            self._housekeeping()
+        while not self.stopping:
+            self.module.pace()
+            try:
+                w = prod.reserve(timeout=0.2)
+            except RingFull:
+                self._housekeeping()
+                continue
+            t_in = time.time_ns()
+            try:
+                msg = self.module.produce(w.alloc)
+            except BaseException:
+                prod.abort()
+                raise
+            if msg is None:
+                prod.abort()
+                self.ended = True
+                self.chan.send(R.EndedMsg())
+                return
+            t_out = time.time_ns()
+            msg.hops.append([name, t_in, t_out])
+            prod.commit(w, msg)
+            self._account(msg, t_in, t_out)
+            if time.monotonic() >= self.next_control:
+                self._housekeeping()
+
+    def _run_filter(self) -> None:
+        src, name = self.source, self.spec.name
+        while not self.stopping:
+            msg = src.get(timeout=0.1)
+            if msg is None:
+                if src.eof:
+                    self.ended = True
+                    self.chan.send(R.EndedMsg())
+                    return
+                self._housekeeping()
+                continue
+            self.stats.frames_in += 1
+            t_in = time.time_ns()
+            out = self.module.process(msg)
+            t_out = time.time_ns()
+            for o in (() if out is None else (out,) if isinstance(out, Message) else out):
+                o.hops.append([name, t_in, t_out])
+                self._publish(o)
+                self.stats.frames_out += 1
+            self.stats.add_proc((t_out - t_in) / 1e6)
+            if self.sinks:
+                self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6))
+            if time.monotonic() >= self.next_control:
+                self._housekeeping()
+
+    def _account(self, msg: Message, t_in: int, t_out: int) -> None:
+        st = self.stats
+        st.frames_in += 1
+        st.frames_out += 1
+        st.add_proc((t_out - t_in) / 1e6)
+        if self.sinks:
+            st.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6))
+
+    def _publish(self, msg: Message) -> None:
+        while not self.stopping:
+            try:
+                self.prod.publish(msg, timeout=0.2)
+                return
+            except RingFull:
+                self._housekeeping()  # a block consumer is behind: stay responsive meanwhile
+
+    # -- control -------------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        self.next_control = now + CONTROL_EVERY_S
+        if now >= self.next_report:
+            self._report()
+            self.next_report = now + self.spec.metrics_interval
+        while (cmd := self.chan.poll()) is not None:
+            self._command(cmd)
+
+    def _report(self) -> None:
+        self.chan.send(self.stats.report())
+
+    def _command(self, cmd) -> None:
+        if isinstance(cmd, R.StopMsg):
+            self.stopping = True
+        elif isinstance(cmd, R.AppsMsg):
+            self.sinks = set(cmd.sink_for)
+            self.ctx.apps = tuple(cmd.apps)
+        elif isinstance(cmd, R.UpdateMsg):
+            try:
+                cfg = self.cls.config_class.model_validate(cmd.config)
+                applied = bool(self.module.update(cfg))
+            except (ValidationError, Exception) as e:  # refuse, keep running the old config
+                self.chan.send(R.UpdatedMsg(applied=False, message=f"{type(e).__name__}: {e}"))
+                return
+            if applied:
+                self.module.config = cfg
+            self.chan.send(R.UpdatedMsg(applied=applied))
+
+    def close(self) -> None:
+        try:
+            self.module.close()
+        except Exception:
+            log.exception("module %s close failed", self.spec.name)
+        if self.source is not None:
+            self.source.close()
+        if self.prod is not None:
+            self.prod.close(eof=self.ended)
+
+
+def run_module(spec_json: str, conn: Connection) -> None:
+    """Process entry point (the supervisor's target)."""
+    _die_with_parent()
+    spec = R.RunnerSpec.model_validate_json(spec_json)
+    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
+    chan = _Channel(conn)
+    try:
+        runner = Runner(spec, chan)
+    except (ValidationError, KeyError, ImportError) as e:
+        chan.send(R.FailedMsg(stage="setup", message=f"{type(e).__name__}: {e}"))
+        raise SystemExit(3) from None
+
+    def _term(*_):
+        runner.stopping = True
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which stops us
+    if not runner.start():
+        runner.close()
+        raise SystemExit(3)
+    try:
+        code = runner.run()
+    except CodecError as e:
+        chan.send(R.FailedMsg(stage="run", message=str(e)))
+        code = 1
+    raise SystemExit(code)

@@ -1,0 +1,63 @@
+"""``edgeva agent``: run this device's agent until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from control.commands._common import DEFAULT_BROKER, EXIT_UNREACHABLE, fail
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.bridge import AgentBridge
+    from agent.store import default_state_dir
+    from control.mqtt import MqttError, MqttOptions
+
+    options = MqttOptions(
+        username=args.username, password=args.password, ca=args.tls_ca, cert=args.tls_cert,
+        key=args.tls_key, insecure=args.tls_insecure, protocol=args.protocol,
+        client_id_prefix=f"edgeva-agent-{args.device}",
+    )
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.device)
+    bridge = AgentBridge(
+        {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
+         "nslots": args.slots, "metrics_interval": args.metrics_interval},
+        args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate,
+    )
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        bridge.start()
+    except MqttError as e:
+        bridge.core.close()
+        return fail(EXIT_UNREACHABLE, f"edgeva agent: {e}")
+    bridge.core.restore()
+    logging.getLogger("edgeva.agent").info("device %s ready; desired state in %s", args.device, state_dir)
+    done.wait()
+    bridge.stop()
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("agent", help="run the device agent (hosts modules, obeys MQTT commands)")
+    p.add_argument("--device", required=True, help="this device's id (letters, digits, _ . -)")
+    p.add_argument("--broker", default=os.environ.get("EDGEVA_BROKER", DEFAULT_BROKER),
+                   help="mqtt://HOST:PORT or mqtts://HOST:PORT (env EDGEVA_BROKER; default: %(default)s)")
+    p.add_argument("--state-dir", help="where the desired state lives (default: ~/.local/state/edgeva/DEVICE)")
+    p.add_argument("--prefix", help="shared-memory name prefix (default: the device id)")
+    p.add_argument("--username", default=os.environ.get("EDGEVA_USERNAME"), help="broker user (env EDGEVA_USERNAME)")
+    p.add_argument("--password", default=os.environ.get("EDGEVA_PASSWORD"), help="broker password (env EDGEVA_PASSWORD)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) to verify the broker")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
+    p.add_argument("--tls-insecure", action="store_true", help="do not check the broker's host name")
+    p.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto", help="MQTT version (default: auto)")
+    p.add_argument("--metrics-interval", type=float, default=2.0, metavar="S", help="seconds between metrics (default: 2)")
+    p.add_argument("--event-rate", type=float, default=100.0, metavar="N", help="events per second per app at most (default: 100)")
+    p.add_argument("--slots", type=int, default=8, help="slots per ring (default: 8)")
+    p.set_defaults(func=_run)

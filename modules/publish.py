@@ -1,0 +1,58 @@
+"""``publish``: sends a JSON event per message to the application's events topic."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from modules.base import Module, ModuleConfig
+from schemas.message import Message
+
+
+class PublishConfig(ModuleConfig):
+    """Args of ``publish``. With no args every message becomes an event holding ``frame_id``,
+    ``source``, ``latency_ms`` (end-to-end, from decode) and every field of the message."""
+
+    type: Literal["publish"] = "publish"
+    fields: list[str] | None = Field(
+        default=None, description="message fields to include (None: all of them)"
+    )
+    max_rate: float = Field(
+        default=0.0, ge=0, description="events per second at most (0: every message); the agent also caps each app's event rate"
+    )
+
+
+class Publish(Module[PublishConfig]):
+    """Terminal module: turns messages into events on ``edgeva/v1/{device}/{tenant}/events/{app}``.
+
+    Consumes any message; emits ``{"frame_id", "source", "ts", "latency_ms", <fields>}``;
+    forwards nothing. ``update`` applies new args live."""
+
+    config_class = PublishConfig
+
+    def setup(self) -> None:
+        self._next = 0.0
+
+    def process(self, msg: Message) -> None:
+        cfg = self.config
+        if cfg.max_rate:
+            now = time.monotonic()
+            if now < self._next:
+                return None
+            self._next = now + 1.0 / cfg.max_rate
+        keys = msg.fields if cfg.fields is None else [k for k in cfg.fields if k in msg.fields]
+        event = {k: msg.fields[k] for k in keys}
+        event.update(
+            frame_id=msg.frame_id,
+            source=msg.source,
+            ts=msg.ts_ns / 1e9,
+            latency_ms=round(msg.latency_ms(), 3),
+        )
+        self.ctx.emit(event)
+        return None
+
+    def update(self, config: PublishConfig) -> bool:
+        self.config = config
+        return True

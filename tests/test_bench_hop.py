@@ -1,0 +1,160 @@
+"""``edgeva bench hop``: every transport runs end to end, and a broken one fails, never hangs.
+
+Tiny payloads and sample counts keep this to a few seconds; no timing is asserted (the machine
+is shared and noisy): the ratios are read from the benchmark's output, not checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.bench.hop import Plan, run_hop
+from agent.bench.report import add_ratios, format_table, to_json
+from agent.bench.transports import REGISTRY, transports
+from agent.bench.transports.base import Received, Receiver, Sender, Transport
+
+EXPECTED = {"ring", "shm-pipe", "mp-queue", "http-msgpack", "nng-tcp"}
+TINY = {"frame": Plan(3, 20, 30, msg_timeout_s=5.0), "meta": Plan(3, 20, 30, msg_timeout_s=5.0)}
+SMALL_FRAME = (36, 64, 3)
+
+
+# -- deliberately broken transports (module level: the spawned children import them) ------
+
+
+class _NullSender(Sender):
+    def send(self, frame_id: int, t0_ns: int, src: Any) -> None:
+        pass
+
+
+class _HangingSender(Sender):
+    def send(self, frame_id: int, t0_ns: int, src: Any) -> None:
+        time.sleep(3600)  # both ends stuck, ignoring every timeout
+
+
+class _DyingReceiver(Receiver):
+    def recv(self, timeout: float) -> Received | None:
+        os._exit(3)  # a crash that reports nothing, like a segfault
+
+
+class _HangingReceiver(Receiver):
+    def recv(self, timeout: float) -> Received | None:
+        time.sleep(3600)  # ignores its timeout
+        return None
+
+
+class CrashTransport(Transport):
+    name = "test-crash"
+    order = 900
+
+    def sender(self) -> Sender:
+        return _NullSender()
+
+    def receiver(self) -> Receiver:
+        return _DyingReceiver()
+
+
+class HangTransport(Transport):
+    name = "test-hang"
+    order = 901
+
+    def sender(self) -> Sender:
+        return _HangingSender()  # only the parent's deadline can end this case
+
+    def receiver(self) -> Receiver:
+        return _HangingReceiver()
+
+
+@pytest.fixture
+def broken() -> Iterator[None]:
+    REGISTRY[CrashTransport.name] = CrashTransport
+    REGISTRY[HangTransport.name] = HangTransport
+    try:
+        yield
+    finally:
+        REGISTRY.pop(CrashTransport.name, None)
+        REGISTRY.pop(HangTransport.name, None)
+
+
+def _shm_leftovers() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(("edgeva.bench", "edgeva-bench"))}
+    except FileNotFoundError:
+        return set()
+
+
+def test_registry_has_the_contract_transports() -> None:
+    assert set(transports()) >= EXPECTED
+    assert next(iter(transports())) == "ring"  # the baseline comes first in tables
+
+
+def test_all_transports_both_payloads() -> None:
+    before = _shm_leftovers()
+    results = run_hop(sorted(EXPECTED), frame_shape=SMALL_FRAME, plans=TINY)
+    add_ratios(results)
+    doc = json.loads(json.dumps(to_json(results, quick=True)))  # must be plain JSON
+    failed = {f"{r['transport']}/{r['payload']}": r["error"] for r in doc["results"] if not r["ok"]}
+    assert not failed
+    got = {(r["transport"], r["payload"]) for r in doc["results"]}
+    assert got == {(t, p) for t in EXPECTED for p in ("frame", "meta")}
+    for r in doc["results"]:
+        for key in ("p50_us", "p99_us", "fps", "cpu_us"):
+            assert isinstance(r[key], float) and r[key] > 0, (r["transport"], key, r[key])
+        assert r["p99_us"] >= r["p50_us"]
+        assert r["p50_vs_ring"] > 0
+    assert doc["quick"] is True and doc["host"]["cpu_count"] >= 1
+    assert "ring" in format_table(results)
+    assert _shm_leftovers() <= before  # nothing left in /dev/shm
+
+
+def test_broken_transports_fail_without_hanging(broken: None) -> None:
+    t0 = time.monotonic()
+    plan = Plan(1, 2, 2, msg_timeout_s=2.0, start_timeout_s=30.0, case_timeout_s=60.0)
+    results = run_hop(["test-crash", "shm-pipe"], ["meta"], plans={"meta": plan})
+    # Both ends stuck and deaf to their timeouts: only the parent's deadline ends the case.
+    stuck = Plan(1, 2, 2, msg_timeout_s=2.0, start_timeout_s=30.0, case_timeout_s=4.0)
+    results += run_hop(["test-hang"], ["meta"], plans={"meta": stuck})
+    by = {r.transport: r for r in results}
+    assert not by["test-crash"].ok and "consumer died (exit code 3)" in by["test-crash"].error
+    assert by["shm-pipe"].ok  # a failure does not spoil the cases after it
+    assert not by["test-hang"].ok and "timed out" in by["test-hang"].error
+    assert time.monotonic() - t0 < 60
+    add_ratios(results)
+    table = format_table(results)
+    assert "FAILED" in table and "test-crash" in table
+
+
+def test_unknown_transport_is_refused() -> None:
+    with pytest.raises(KeyError, match="unknown transport"):
+        run_hop(["no-such-transport"])
+
+
+def test_cli_bench_hop(tmp_path: Any) -> None:
+    from control.cli import main
+
+    out = tmp_path / "hop.json"
+    png = tmp_path / "hop.png"
+    # The CLI has no knob for sample counts: run one fast transport on meta only.
+    rc = main(["bench", "hop", "--quick", "--transports", "shm-pipe", "--payloads", "meta",
+               "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert [(r["transport"], r["payload"]) for r in doc["results"]] == [("shm-pipe", "meta")]
+    assert set(doc) >= {"results", "host", "quick"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["bench", "hop", "--transports", "nope"]) == 2
+
+
+def test_payload_sources_are_deterministic() -> None:
+    from agent.bench.transports.base import Payload, touch
+
+    f1, f2 = Payload("frame", SMALL_FRAME).source(), Payload("frame", SMALL_FRAME).source()
+    assert isinstance(f1, np.ndarray) and np.array_equal(f1, f2) and touch(f1) == touch(f2)
+    m = Payload("meta").source()
+    assert isinstance(m, dict) and len(m["boxes"]) == 20 and all(len(b) == 6 for b in m["boxes"])
