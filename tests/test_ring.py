@@ -259,3 +259,31 @@ def test_end_of_stream_after_producer_close():
     assert cons.get(timeout=1).frame_id == 1  # what was published is still delivered
     assert cons.get(timeout=1) is None and cons.eof
     cons.close()
+
+
+def _consume_with_timeouts(name: str, n: int, out, ready) -> None:
+    """Child: many tiny timeouts, so hand-offs race with time-outs; report what was seen."""
+    cons = RingConsumer.attach(name)
+    ready.set()
+    seen = []
+    while len(seen) < n:
+        m = cons.get(timeout=0.0005 * (len(seen) % 4))
+        if m is not None:
+            seen.append(m.frame_id)
+    out.put(seen)
+    cons.close()
+
+
+def test_hand_offs_racing_timeouts_lose_and_repeat_nothing():
+    name, n = _name("race"), 3000
+    with RingProducer.create(name, 4096, nslots=4) as prod:
+        out, ready = CTX.Queue(), CTX.Event()
+        c = CTX.Process(target=_consume_with_timeouts, args=(name, n, out, ready))
+        c.start()
+        assert ready.wait(30)
+        for i in range(n):
+            prod.publish(Message(i), timeout=30)
+            if i % 7 == 0:
+                time.sleep(0.0003)
+        assert out.get(timeout=60) == list(range(n))
+        c.join(10)

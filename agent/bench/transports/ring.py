@@ -54,10 +54,11 @@ class _RingSender(Sender):
         from schemas.message import Message
 
         # ts_ns carries the bench's monotonic t0 (not wall-clock): the consumer reads it back.
-        w = self.prod.reserve(timeout=30.0)
         if isinstance(src, dict):
-            self.prod.commit(w, Message(frame_id, "bench", t0_ns, fields=src))
+            # Metadata goes the way modules send it: publish() encodes under one lock.
+            self.prod.publish(Message(frame_id, "bench", t0_ns, fields=src), timeout=30.0)
         else:
+            w = self.prod.reserve(timeout=30.0)
             w.put("frame", src)
             self.prod.commit(w, Message(frame_id, "bench", t0_ns))
 
