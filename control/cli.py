@@ -21,6 +21,7 @@ COMMANDS = {
     "remove": "remove",
     "status": "status",
     "metrics": "metrics",
+    "demo": "demo",
 }
 
 

@@ -85,6 +85,10 @@ class TrackerConfig(ModuleConfig):
     min_score: float = Field(
         0.0, ge=0.0, le=1.0, description="Ignore detections scoring below this."
     )
+    forward_frame: bool = Field(
+        default=False,
+        description="also pass the input's arrays['frame'] on (for an annotate module downstream)",
+    )
     include_lost: bool = Field(
         False,
         description=(
@@ -168,7 +172,10 @@ class Tracker(Module[TrackerConfig]):
         xywh = arr[:, :4].copy()
         xywh[:, 2:] -= xywh[:, :2]
         self._impl.update(xywh, arr[:, 4].copy(), arr[:, 5].astype(np.int64))
-        return msg.derive(tracks=self._tracks())
+        out = msg.derive(tracks=self._tracks())
+        if c.forward_frame and "frame" in msg.arrays:
+            out.arrays["frame"] = msg.arrays["frame"]
+        return out
 
     def _tracks(self) -> list[dict]:
         out = []
