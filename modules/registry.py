@@ -18,6 +18,9 @@ BUILTIN = {
     "publish": "modules.publish:Publish",
     "tracker": "modules.tracker:Tracker",
     "roi": "modules.roi:Roi",
+    "reid": "modules.reid:Reid",
+    "annotate": "modules.annotate:Annotate",
+    "detector": "modules.detector:Detector",
 }
 
 

@@ -1,0 +1,96 @@
+"""annotate module: video file output and the MJPEG HTTP stream."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import cv2
+import numpy as np
+import pydantic
+import pytest
+
+from modules.annotate import Annotate, AnnotateConfig
+from modules.base import ModuleContext, ModuleError
+from modules.decoder import resolve_path
+from schemas.message import Message
+
+BOX = [300, 150, 360, 300]
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(resolve_path("asset:vtest.mp4")))
+    out = [cap.read()[1] for _ in range(n)]
+    cap.release()
+    return out
+
+
+def _msg(i: int, frame: np.ndarray) -> Message:
+    frame.flags.writeable = False  # as a ring view: annotate must draw on its own copy
+    return Message(i, "vtest", fields={
+        "detections": [[*BOX, 0.9, 0]],
+        "tracks": [{"id": 5, "box": BOX, "class_id": 0, "score": 0.9}],
+        "roi": {"door": {"count": 1, "inside": [5], "entered": 1}},
+        "reid": [{"template": "coat", "similarity": 0.8, "box": BOX, "track_id": 5}],
+    }, arrays={"frame": frame})
+
+
+def test_writes_mp4_with_boxes(tmp_path):
+    frames = _frames(5)
+    path = tmp_path / "out.mp4"
+    cfg = AnnotateConfig(output=str(path), fps=10, polygons={"door": [[10, 10], [200, 10], [200, 100]]})
+    m = Annotate(cfg, ModuleContext("annotate"))
+    m.setup()
+    for i, f in enumerate(frames):
+        assert m.process(_msg(i, f)) is None
+    m.close()
+    cap = cv2.VideoCapture(str(path))
+    got = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        got.append(img)
+    assert len(got) == 5 and got[0].shape == (576, 768, 3)
+    diff = np.abs(got[2].astype(int) - frames[2].astype(int)).sum(axis=2)
+    x1, y1, x2, y2 = BOX
+    # The track box edge (2 px, coloured) and the polygon outline differ from the frame...
+    assert diff[y1 - 1 : y1 + 2, x1 + 5 : x2 - 5].mean() > 60
+    assert diff[8:13, 50:150].mean() > 60
+    # ...while a region far from any drawing is only changed by compression.
+    assert diff[450:550, 600:700].mean() < 15
+    assert frames[2].flags.writeable is False
+
+
+def test_mjpeg_stream_serves_jpeg_parts():
+    m = Annotate(AnnotateConfig(output="mjpeg://127.0.0.1:0"), ModuleContext("annotate"))
+    m.setup()
+    try:
+        frame = _frames(1)[0]
+        m.process(_msg(0, frame))
+        streams = [urllib.request.urlopen(f"http://127.0.0.1:{m.port}/", timeout=5) for _ in range(2)]
+        m.process(_msg(1, frame))  # viewers connected now: they get this one
+        for r in streams:
+            assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            assert r.readline().strip() == b"--edgevaframe"
+            headers = {}
+            while (line := r.readline().strip()):
+                k, _, v = line.decode().partition(":")
+                headers[k.lower()] = v.strip()
+            assert headers["content-type"] == "image/jpeg"
+            jpeg = r.read(int(headers["content-length"]))
+            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert img is not None and img.shape == (576, 768, 3)
+            r.close()
+    finally:
+        m.close()
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="mp4"):
+        AnnotateConfig(output=str(tmp_path / "out.gif"))
+    with pytest.raises(pydantic.ValidationError, match="HOST:PORT"):
+        AnnotateConfig(output="mjpeg://8080")
+    with pytest.raises(pydantic.ValidationError):
+        AnnotateConfig(output="x.mp4", draw=["everything"])
+    with pytest.raises(ModuleError, match="does not exist"):
+        Annotate(AnnotateConfig(output=str(tmp_path / "no" / "x.mp4")), ModuleContext("a")).setup()

@@ -1,0 +1,166 @@
+"""reid module on the labelled set in tests/data/reid (built by tools/build_reid_set.py).
+
+The set: one template (a blonde woman in a black coat, vtest frame 626) and, from other
+frames, 20 ``same`` crops of her (8 from the same walk, 12 from five other walks, on
+pavement and on grass) and 32 ``other`` crops (30 other people; several men in black coats).
+
+Measured on this set (cosine vs the template, ORT 1.32 CPU), at each backend's default
+threshold (the lowest with no false match, rounded up to 0.01):
+
+    backend    threshold  precision  recall   same mean / other mean   ms per crop (2 cores)
+    onnx       0.76       1.00       0.40     0.75 / 0.60              ~2-9
+    hsv        0.65       1.00       0.55     0.65 / 0.28              ~0.1
+    combined   0.68       1.00       0.45     0.68 / 0.38              ~3   (cnn_weight 0.3)
+
+At the best-accuracy threshold instead: onnx 0.655 P 0.84 R 0.80; hsv 0.613 P 0.94 R 0.75;
+combined 0.626 P 0.94 R 0.75. The crops missed at the default threshold are mostly the
+other walks (other background, partly cut at the frame edge, 70-90 px tall): the bundled
+CNN is a generic ImageNet feature, not a re-id model, and the HSV layout was tuned on this
+same set (no held-out split), so expect lower recall elsewhere. OSNet behind ``triton`` is
+the intended model for real re-identification.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydantic
+import pytest
+
+from modules.base import ModuleContext, ModuleError
+from modules.embedders import CROP_H, CROP_W, fit_crop
+from modules.reid import Reid, ReidConfig
+from schemas.message import Message
+
+DATA = Path(__file__).parent / "data" / "reid"
+LABELS = json.loads((DATA / "labels.json").read_text())
+TEMPLATE = str(DATA / "template.png")
+
+
+def _crops(items: list[dict]) -> np.ndarray:
+    out = np.empty((len(items), CROP_H, CROP_W, 3), np.uint8)
+    for it, o in zip(items, out, strict=True):
+        fit_crop(cv2.imread(str(DATA / it["file"])), o)
+    return out
+
+
+def _crop_msg(items: list[dict], frame_id: int = 1) -> Message:
+    """What the detector sends: crops + crop_index into detections (boxes from labels.json)."""
+    dets = [[*it["box"], it["score"], 0] for it in items]
+    return Message(
+        frame_id,
+        "vtest",
+        fields={"detections": dets, "crop_index": list(range(len(items)))},
+        arrays={"crops": _crops(items)},
+    )
+
+
+@pytest.fixture(scope="module")
+def reid():
+    events: list[dict] = []
+    m = Reid(ReidConfig(gallery=[{"name": "coat", "image": TEMPLATE}]), ModuleContext("reid", emit=events.append))
+    m.setup()
+    m.events = events
+    yield m
+    m.close()
+
+
+def test_default_backend_finds_her_and_nobody_else(reid):
+    items = LABELS["crops"]
+    reid.events.clear()
+    out = reid.process(_crop_msg(items, frame_id=7))
+    matched = {tuple(m["box"]) for m in out.fields["reid"]}
+    same = [tuple(float(v) for v in it["box"]) for it in items if it["label"] == "same"]
+    other = [tuple(float(v) for v in it["box"]) for it in items if it["label"] == "other"]
+    assert not matched & set(other), "another person matched the template"
+    assert len(matched & set(same)) >= 9  # measured recall 9/20 (0.45), see module docstring
+    # Every crop of her own walk at full size (>= 100 px tall) is found.
+    walk = [tuple(float(v) for v in it["box"]) for it in items
+            if it["label"] == "same" and it["track"] == LABELS["template"]["track"] and it["box"][3] - it["box"][1] >= 100]
+    assert set(walk) <= matched
+    assert all(m["template"] == "coat" and m["similarity"] >= 0.68 for m in out.fields["reid"])
+    assert len(reid.events) == len(out.fields["reid"])
+    ev = reid.events[0]
+    assert ev["event"] == "reid_match" and ev["frame_id"] == 7 and ev["source"] == "vtest"
+    assert ev["track_id"] is None
+    json.dumps(out.fields)  # plain Python types only
+
+
+def test_frame_path_with_tracks_carries_track_id(reid):
+    """The module cuts boxes from arrays['frame'] itself; track ids come from fields['tracks']."""
+    tmpl = cv2.imread(TEMPLATE)
+    frame = np.full((300, 200, 3), 128, np.uint8)
+    h, w = tmpl.shape[:2]
+    frame[50 : 50 + h, 40 : 40 + w] = tmpl
+    tracks = [{"id": 42, "box": [40, 50, 40 + w, 50 + h], "class_id": 0, "score": 0.9},
+              {"id": 43, "box": [0, 0, 30, 60], "class_id": 0, "score": 0.9}]
+    out = reid.process(Message(3, "cam", fields={"tracks": tracks}, arrays={"frame": frame}))
+    assert [(m["track_id"], m["template"]) for m in out.fields["reid"]] == [(42, "coat")]
+    assert out.fields["reid"][0]["similarity"] > 0.95
+    assert "frame" not in out.arrays  # forward_frame is off by default
+
+
+def test_update_switches_gallery_live(reid):
+    """A new gallery is embedded in update(): the next frame matches the new template only."""
+    other = next(it for it in LABELS["crops"] if it["label"] == "other")
+    msg = _crop_msg([other])
+    assert reid.process(msg).fields["reid"] == []
+    cfg = reid.config
+    try:
+        him = [{"name": "him", "image": str(DATA / other["file"])}]
+        assert reid.update(ReidConfig.model_validate({**cfg.model_dump(), "gallery": him})) is True
+        got = reid.process(msg).fields["reid"]
+        assert [m["template"] for m in got] == ["him"]
+        assert reid.process(_crop_msg([LABELS["template"]])).fields["reid"] == []
+    finally:
+        assert reid.update(cfg) is True
+    # A backend change cannot be applied in place.
+    assert reid.update(ReidConfig.model_validate({**cfg.model_dump(), "backend": "hsv"})) is False
+
+
+def test_base64_template_and_module_api():
+    """As the runner drives it: setup, process(Message), close; template given inline."""
+    b64 = "base64:" + base64.b64encode((DATA / "template.png").read_bytes()).decode()
+    events: list[dict] = []
+    m = Reid(ReidConfig(gallery=[{"name": "inline", "image": b64}], backend="hsv"),
+             ModuleContext("reid", emit=events.append))
+    m.setup()
+    try:
+        out = m.process(_crop_msg([LABELS["template"]]))
+        assert out.fields["reid"][0]["template"] == "inline"
+        assert out.fields["reid"][0]["similarity"] > 0.99
+        assert [e["template"] for e in events] == ["inline"]
+    finally:
+        m.close()
+
+
+def test_bad_template_is_a_clear_error(tmp_path):
+    with pytest.raises(pydantic.ValidationError, match="template image not found"):
+        ReidConfig(gallery=[{"name": "x", "image": str(tmp_path / "nope.png")}])
+    with pytest.raises(pydantic.ValidationError, match="base64"):
+        ReidConfig(gallery=[{"name": "x", "image": "base64:not base64!"}])
+    with pytest.raises(pydantic.ValidationError):
+        ReidConfig(gallery=[])
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    m = Reid(ReidConfig(gallery=[{"name": "junk", "image": str(junk)}], backend="hsv"), ModuleContext("r"))
+    with pytest.raises(ModuleError, match="'junk'.*not a PNG/JPEG"):
+        m.setup()
+
+
+def test_triton_needs_threshold_and_a_server():
+    with pytest.raises(pydantic.ValidationError, match="explicit threshold"):
+        ReidConfig(gallery=[{"name": "x", "image": TEMPLATE}], backend="triton")
+    cfg = ReidConfig(gallery=[{"name": "x", "image": TEMPLATE}], backend="triton", threshold=0.6,
+                     triton={"url": "127.0.0.1:9"})  # nothing listens on the discard port
+    with pytest.raises(ModuleError, match="cannot reach|not ready"):
+        Reid(cfg, ModuleContext("r")).setup()
+
+
+def test_input_without_crops_or_frame_is_an_error(reid):
+    with pytest.raises(ValueError, match="neither"):
+        reid.process(Message(0, "x", fields={"detections": []}))
