@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.core import AgentCore
-from control.mqtt import MqttOptions, Will, close, connect, is_v5, subscribe_wait
+from agent.mqtt import MqttOptions, Will, close, connect, is_v5, subscribe_wait
 from schemas.commands import error_reply, extract_request_id, ok_reply, parse_command
 from schemas.deployment import Deployment
 from schemas.errors import INTERNAL, EdgevaError
@@ -76,6 +76,7 @@ class AgentBridge:
         self._state_dirty = threading.Event()
         self.core = AgentCore(**core_args, emit_event=self._emit_event, state_changed=self._state_dirty.set)
         self.client: mqtt.Client | None = None
+        self._cmd_sub = cmd_subscription(self.device)
 
     # -- connection --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +98,10 @@ class AgentBridge:
         self._state_dirty.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        # Some brokers (amqtt 0.12) deliver retained messages we never subscribed to: only
+        # our own command topics are commands.
+        if m.retain or not mqtt.topic_matches_sub(self._cmd_sub, m.topic):
+            return
         self.cmds.put((m.topic, m.payload, getattr(m, "properties", None)))
 
     # -- commands ---------------------------------------------------------------------------------

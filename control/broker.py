@@ -1,6 +1,6 @@
 """An embedded MQTT broker (amqtt, pure Python) for demos, tests and single-machine setups.
 
-amqtt speaks **MQTT 3.1.1 only**: clients built with ``control.mqtt.connect(protocol="auto")``
+amqtt speaks **MQTT 3.1.1 only**: clients built with ``agent.mqtt.connect(protocol="auto")``
 fall back to 3.1.1 by themselves, and edgeva's replies then go to
 ``edgeva/v1/{device}/{tenant}/reply/{request_id}`` instead of an MQTT 5 response topic.
 QoS 1, retained messages and last wills work; anyone may connect (no passwords, no ACL), so
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # amqtt logs every connection and packet at INFO; a demo's terminal should stay readable.
 _NOISY_LOGGERS = ("amqtt", "transitions")
-# Expected, not worth a warning: control.mqtt's `auto` mode first tries MQTT 5, which amqtt
+# Expected, not worth a warning: agent.mqtt's `auto` mode first tries MQTT 5, which amqtt
 # refuses (the client then falls back to 3.1.1), and port probes connect without speaking.
 _EXPECTED = ("Invalid connection from", "Invalid protocol from", "No data from")
 
@@ -69,6 +69,24 @@ def wait_port(host: str, port: int, timeout: float = 5.0) -> bool:
             time.sleep(0.01)
 
 
+def _fixed_broker_class() -> type:
+    """amqtt's Broker, minus a bug of 0.12: on every CONNECT it sends the new client each
+    retained message matching *any* client's subscription (an agent would receive every
+    device's retained state without subscribing). Here a retained message goes only to a
+    session that holds the matching subscription itself."""
+    from amqtt.broker import Broker  # late: `edgeva deploy` should not import amqtt
+
+    class _Broker(Broker):  # type: ignore[misc,valid-type]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], [])
+            if any(s.client_id == session.client_id for s, _ in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return _Broker
+
+
 class EmbeddedBroker:
     """amqtt running in a background thread of this process (its own asyncio loop).
 
@@ -86,7 +104,7 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """``mqtt://HOST:PORT`` for ``control.mqtt`` and ``--broker``."""
+        """``mqtt://HOST:PORT`` for ``agent.mqtt`` and ``--broker``."""
         return f"mqtt://{self.host}:{self.port}"
 
     def _config(self) -> dict[str, Any]:
@@ -105,7 +123,7 @@ class EmbeddedBroker:
         if self._thread is not None:
             return self
         quiet_amqtt_logging()
-        from amqtt.broker import Broker  # late: `edgeva deploy` should not import amqtt
+        Broker = _fixed_broker_class()
 
         loop = asyncio.new_event_loop()
         self._loop = loop

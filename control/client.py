@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from control import mqtt as m
+from agent import mqtt as m
 from schemas.commands import extract_request_id, parse_reply
 from schemas.errors import EdgevaError
 from schemas.metrics import DeviceMetrics, TenantMetrics
@@ -131,8 +131,8 @@ class EdgevaClient:
 
     def __init__(
         self,
-        broker_url: str = "mqtt://127.0.0.1:1883",
-        device: str = "",
+        broker_url: str,
+        device: str,
         tenant: str = DEFAULT_TENANT,
         *,
         options: m.MqttOptions | None = None,
@@ -155,8 +155,12 @@ class EdgevaClient:
         self.v5 = m.is_v5(self._client)
         self.inbox: str | None = None
         if self.v5:
-            self.inbox = reply_topic(device, tenant, client_id)
-            self._add_filters([self.inbox], timeout=connect_timeout)
+            try:
+                self.inbox = reply_topic(device, tenant, client_id)
+                self._add_filters([self.inbox], timeout=connect_timeout)
+            except Exception:
+                m.close(self._client)
+                raise
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -277,7 +281,7 @@ class EdgevaClient:
         finally:
             with self._lock:
                 self._pending.pop(rid, None)
-            if subscribed:
+            if subscribed and direct is not None:
                 self._drop_filters([direct])
         try:
             parse_reply(slot.payload or b"")

@@ -55,8 +55,8 @@ def add_connection_args(p: argparse.ArgumentParser, timeout: float = 10.0) -> No
 
 def open_client(args: argparse.Namespace) -> Any:
     """An ``EdgevaClient`` built from the connection arguments."""
+    from agent.mqtt import MqttOptions
     from control.client import EdgevaClient
-    from control.mqtt import MqttOptions
 
     options = MqttOptions(
         username=args.username, password=args.password, ca=args.tls_ca, cert=args.tls_cert,
@@ -74,8 +74,8 @@ def fail(code: int, message: str) -> int:
 
 def guarded(command: str, body: Callable[[], int]) -> int:
     """Run ``body``, turning the known failures into a message and an exit code."""
+    from agent.mqtt import MqttError
     from control.client import BadReply
-    from control.mqtt import MqttError
 
     try:
         return body()

@@ -14,8 +14,8 @@ from control.commands._common import DEFAULT_BROKER, EXIT_UNREACHABLE, fail
 
 def _run(args: argparse.Namespace) -> int:
     from agent.bridge import AgentBridge
+    from agent.mqtt import MqttError, MqttOptions
     from agent.store import default_state_dir
-    from control.mqtt import MqttError, MqttOptions
 
     options = MqttOptions(
         username=args.username, password=args.password, ca=args.tls_ca, cert=args.tls_cert,

@@ -1,4 +1,7 @@
-"""MQTT plumbing shared by the operator side (CLI, ``EdgevaClient``) and the agent: paho 2.x only.
+"""MQTT plumbing of the agent, reused by the operator side (CLI, ``EdgevaClient``): paho 2.x only.
+
+It lives in ``agent`` because dependencies point one way: the agent must not import ``control``
+(the operator side), while the CLI, which starts agents anyway, may use the agent's plumbing.
 
 - ``parse_broker_url("mqtts://broker.lan")`` -> ``BrokerURL(host, port=8883, tls=True)``.
 - ``connect(url, MqttOptions(...), will=..., on_connect=...)`` -> a connected
@@ -148,7 +151,7 @@ class _Acks:
 def _acks(client: mqtt.Client) -> _Acks:
     acks = client.user_data_get()
     if not isinstance(acks, _Acks):
-        raise TypeError("subscribe_wait needs a client made by control.mqtt.connect")
+        raise TypeError("subscribe_wait needs a client made by agent.mqtt.connect")
     return acks
 
 
@@ -208,16 +211,32 @@ def _attempt(
                        **({"clean_start": opts.clean_start} if is_v5(client) else {}))
     except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
         raise MqttError(f"cannot reach broker at {url.address}: {exc}") from None
-    client.loop_start()
-    if answered.wait(timeout) and "rc" in outcome and not outcome["rc"].is_failure:
+    # Handshake in this thread; the background loop starts only once accepted: a loop started
+    # earlier would retry a refused connection and take up to a second to stop.
+    deadline = time.monotonic() + timeout
+    while not answered.is_set() and time.monotonic() < deadline:
+        if client.loop(timeout=0.05) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+            break  # the broker closed the connection
+    if "rc" in outcome and not outcome["rc"].is_failure:
+        client.loop_start()
         return True, None
-    # Stop the loop first: paho would otherwise retry a refused connection forever.
-    client.loop_stop()
     client.disconnect()
-    if not answered.is_set():
+    if not answered.is_set() and time.monotonic() >= deadline:
         raise MqttError(f"cannot reach broker at {url.address}: no CONNACK within {timeout:g}s "
                         "(is it an MQTT broker? TLS on one side only?)")
     return False, outcome.get("rc")
+
+
+def _speaks_v5(url: BrokerURL, opts: MqttOptions, client_id: str, timeout: float) -> bool:
+    """Whether the broker accepts MQTT 5 (True also when it refuses us for another reason:
+    the real attempt then reports that reason)."""
+    # another client id: a probe with clean start must not wipe the real one's session
+    probe = _build(url, opts, True, f"{client_id}-probe")
+    ok, reason = _attempt(probe, url, opts, timeout, None)
+    if ok:
+        close(probe)
+        return True
+    return reason is not None and getattr(reason, "value", None) != _UNSUPPORTED_VERSION
 
 
 def connect(
@@ -250,6 +269,10 @@ def connect(
     cid = client_id or new_client_id(opts.client_id_prefix)
     tries = {"auto": (True, False), "5": (True,), "3.1.1": (False,)}[opts.protocol]
     deadline = time.monotonic() + timeout
+    if opts.protocol == "auto" and will is not None:
+        # amqtt 0.12 neither answers nor closes an MQTT 5 CONNECT that carries a will: ask
+        # which version the broker speaks with a bare connection first (a few ms).
+        tries = (_speaks_v5(url, opts, cid, timeout),)
     reason: Any = None
     for v5 in tries:
         client = _build(url, opts, v5, cid)
