@@ -162,8 +162,8 @@ def write_plot(path: str | os.PathLike, cases: list[DetectorCase]) -> None:
     matplotlib.use("Agg")  # no display; imported lazily so the CLI does not pay for it
     import matplotlib.pyplot as plt
 
-    names = [f"{c.backend}\n{c.threads} thr" for c in cases]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cases) * 2), 4.5))
+    names = [c.backend.replace("triton-", "triton\n") + f"\n{c.threads} thr" for c in cases]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(7.0, 1.1 * len(cases)), 7.5))
     for ax, vals, title, color in (
         (ax1, [c.fps or 0 for c in cases], "frames/s (higher is better)", "#519e3e"),
         (ax2, [c.ms_p50 or 0 for c in cases], "ms per frame, p50 (lower is better)", "#3b75af"),

@@ -1,0 +1,282 @@
+"""``detector``: object detection on frames (paper section 4.2.2, the inference module).
+
+Backends (``modules/detectors/``): ``onnx`` (in-process onnxruntime; default model: the bundled
+CenterNet MobileNetV3, COCO-80, ``asset:centernet_mnv3_coco.onnx``), ``opencv-hog`` (OpenCV's
+people detector, no model file), ``triton`` (a model served by Triton or MLServer over the KServe
+V2 protocol, HTTP or gRPC, with shared memory when the server is local).
+
+Input: messages with ``arrays["frame"]`` (HxWx3 uint8 BGR, as the decoder makes them).
+Output: one message per input frame, even with nothing detected, derived from the input:
+
+- ``fields["detections"]``: ``[[x1, y1, x2, y2, score, class_id], ...]`` in pixels of the
+  input frame (clipped to it), highest score first, after threshold, class filter and NMS;
+- ``fields["labels"]``: class names, parallel to ``detections``;
+- ``arrays["frame"]``: the input frame, when ``forward_frame`` (for annotate/reid downstream);
+- ``arrays["crops"]`` (N x crop_h x crop_w x 3 uint8 BGR) and ``fields["crop_index"]`` (the
+  index in ``detections`` of each crop), when ``crops``: the detections of ``crop_classes``,
+  resized to ``crop_size`` (at most ``max_crops``, best scores first).
+
+Batching: the runner hands ``process`` one message at a time. When the agent feeds several
+cameras into one detector, frames that are waiting together can go through ``process_batch``
+(one model call for up to ``max_batch`` frames), which pays off on a server with dynamic
+batching or a GPU; on a CPU with the bundled fixed-batch model it is the same as one by one.
+Results never depend on how frames were grouped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field, model_validator
+
+from modules.base import Module, ModuleConfig, ModuleError
+from modules.detectors import Backend, make_backend
+from schemas.message import Message
+
+COCO80 = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+
+_TRITON_ONLY = {"url", "protocol", "model_name", "model_version", "shared_memory", "binary",
+                "cuda_device", "timeout_s", "headers"}
+# Post-processing knobs: changing them needs no new session/connection and does not change the
+# output size (forward_frame, crops, max_crops do: the output ring must be resized: restart).
+_LIVE = {"score_threshold", "classes", "nms_iou", "nms_contain", "crop_classes", "class_names"}
+
+
+def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
+    """Mask of rows (sorted best first) not lying, by more than ``frac`` of their area, inside a
+    better row of the same class."""
+    x1, y1, x2, y2 = (r[:, k] for k in range(4))
+    iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+    inside = iw * ih / ((x2 - x1) * (y2 - y1))[:, None]  # [j, i]: share of j inside i
+    better = np.tri(len(r), k=-1, dtype=bool)  # i < j: i scores at least as high
+    same = r[:, 5][:, None] == r[:, 5][None]
+    return ~((inside > frac) & better & same).any(axis=1)
+
+
+class DetectorConfig(ModuleConfig):
+    """Args of ``detector``. Knobs of another backend than the chosen one are refused."""
+
+    type: Literal["detector"] = "detector"
+    backend: Literal["onnx", "opencv-hog", "triton"] = Field(
+        "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
+        "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
+    model: str | None = Field(
+        None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx). "
+        "See modules/detectors/onnx.py for the input/output layouts a model must have.")
+    score_threshold: float = Field(
+        0.4, ge=0.0, le=1.0, description="keep detections scoring at least this (the bundled "
+        "model: 0.4 finds nearly every person on vtest; 0.3 lets rocks in)")
+    classes: list[int] | None = Field(
+        [0], description="keep only these class ids (COCO-80: 0 person, 2 car, 7 truck); null keeps all")
+    nms_iou: float | None = Field(
+        0.5, gt=0.0, le=1.0, description="class-wise non-maximum suppression: drop a box overlapping "
+        "a better one of its class by more than this IoU (the bundled model emits duplicates); null: off")
+    nms_contain: float | None = Field(
+        0.8, gt=0.0, le=1.0, description="also drop a box whose area lies inside a better box of its "
+        "class by more than this fraction (CenterNet's duplicates are often half-body boxes inside "
+        "the full one: IoU ~0.49, so IoU NMS alone keeps them); null: off")
+    threads: int = Field(2, ge=1, le=64, description="CPU threads of onnxruntime / OpenCV HOG")
+    input_size: tuple[int, int] | None = Field(
+        None, description="model input [width, height]; null: read from the model (needed only "
+        "for models with a dynamic size)")
+    input_scale: float = Field(
+        1.0, gt=0.0, description="multiply 0-255 RGB pixels by this before inference "
+        "(1.0 for the bundled model; 0.00392157 = 1/255 for models trained on 0-1)")
+    input_name: str | None = Field(None, description="onnx/triton: model input to feed (null: the only one)")
+    output_name: str | None = Field(None, description="onnx/triton: output with the [K, 6] rows (null: the only/first one)")
+    class_names: list[str] | None = Field(
+        None, description="names of class ids for fields['labels'] (null: COCO-80)")
+    forward_frame: bool = Field(True, description="pass the input frame on as arrays['frame']")
+    crops: bool = Field(False, description="add arrays['crops'] and fields['crop_index'] (for reid)")
+    crop_classes: list[int] = Field([0], description="classes whose detections are cropped")
+    crop_size: tuple[int, int] = Field((128, 256), description="crop [width, height] in pixels")
+    max_crops: int = Field(16, ge=1, le=256, description="most crops per frame (best scores first)")
+    max_frame_size: tuple[int, int] = Field(
+        (1920, 1080), description="largest input frame [width, height]; only sizes the output "
+        "buffer when crops is on (frames beyond it do not fit)")
+    max_batch: int = Field(
+        4, ge=1, le=64, description="most frames per model call in process_batch (capped by the "
+        "model's own batch size: 1 for the bundled model)")
+    hog_scale: float = Field(
+        1.0, gt=0.0, le=4.0, description="opencv-hog: resize frames by this first (0.5: ~4x "
+        "faster, misses people under ~250 px; 1.5: finds people down to ~85 px, slower)")
+    url: str = Field("localhost:8000", description="triton: server host:port (HTTP 8000, gRPC 8001 by default)")
+    protocol: Literal["http", "grpc"] = Field("http", description="triton: protocol of url")
+    model_name: str | None = Field(None, description="triton: served model name (required)")
+    model_version: str = Field("", description="triton: model version ('' = the server's default)")
+    shared_memory: Literal["auto", "none", "system", "cuda"] = Field(
+        "auto", description="triton: how the input tensor reaches the server: system (POSIX shm, "
+        "server on this host), cuda (CUDA IPC, discrete GPUs; not on Jetson), none (in the "
+        "request), auto (system when local and supported, else none)")
+    binary: bool | None = Field(
+        None, description="triton over HTTP: binary tensors (null: when the server supports them; "
+        "MLServer does not)")
+    cuda_device: int = Field(0, ge=0, description="triton with shared_memory cuda: GPU index")
+    timeout_s: float = Field(5.0, gt=0.0, description="triton: connection and request timeout in seconds")
+    headers: dict[str, str] = Field(
+        {}, description="triton: headers sent with every request, e.g. the access token of a server "
+        "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "
+        "{triton-access-token: SECRET}; over gRPC the key is triton-grpc-protocol-triton-access-token)")
+
+    @model_validator(mode="after")
+    def _backend_knobs(self) -> DetectorConfig:
+        set_ = self.model_fields_set
+        if self.backend != "triton" and (bad := sorted(set_ & _TRITON_ONLY)):
+            raise ValueError(f"{', '.join(bad)}: only for backend triton (backend is {self.backend})")
+        if self.backend == "triton" and not self.model_name:
+            raise ValueError("backend triton needs model_name (the model as the server names it)")
+        if self.backend != "onnx" and "model" in set_:
+            raise ValueError("model is for backend onnx (triton: model_name)")
+        if self.backend != "opencv-hog" and "hog_scale" in set_:
+            raise ValueError("hog_scale is only for backend opencv-hog")
+        return self
+
+
+class Detector(Module[DetectorConfig]):
+    """Runs a detector backend on each frame; see the module docstring for the message layout."""
+
+    config_class = DetectorConfig
+
+    def setup(self) -> None:
+        self._backend: Backend | None = None
+        self._backend = make_backend(self.config, self.ctx.log)
+        b = self._backend
+        if b.takes_tensor:
+            w, h = b.input_size
+            # Preprocessing buffers, allocated once: resize and colour conversion write into them.
+            self._resized = np.empty((h, w, 3), np.uint8)
+            self._rgb = np.empty((h, w, 3), np.uint8)
+            self._x = b.input_buffer()
+        self._apply(self.config)
+
+    def _apply(self, c: DetectorConfig) -> None:
+        self.config = c
+        self._names = tuple(c.class_names) if c.class_names is not None else COCO80
+        self._classes = None if c.classes is None else np.asarray(c.classes, np.float32)
+        self._crop_classes = set(c.crop_classes)
+
+    def update(self, config: DetectorConfig) -> bool:
+        old, new = self.config.model_dump(exclude=_LIVE), config.model_dump(exclude=_LIVE)
+        if old != new:
+            return False
+        self._apply(config)
+        return True
+
+    def output_bytes(self) -> int | None:
+        c = self.config
+        if not c.crops:
+            return None  # frame + a few KB of fields: the runtime's default (input slot + 256 KiB)
+        frame = c.max_frame_size[0] * c.max_frame_size[1] * 3 if c.forward_frame else 0
+        return frame + c.max_crops * c.crop_size[0] * c.crop_size[1] * 3 + 262144
+
+    def process(self, msg: Message) -> Message:
+        return self.process_batch([msg])[0]
+
+    def process_batch(self, msgs: Sequence[Message]) -> list[Message]:
+        """Detect on several frames (e.g. one per camera), up to the backend's batch size per
+        model call; returns one message per input, in order."""
+        b = self._backend
+        if b is None:
+            raise ModuleError("detector: process called before setup or after close")
+        frames = [self._frame(m) for m in msgs]
+        out: list[Message] = []
+        step = max(1, b.max_batch)
+        for i in range(0, len(msgs), step):
+            chunk = frames[i : i + step]
+            if b.takes_tensor:
+                for j, f in enumerate(chunk):
+                    self._preprocess(f, j)
+                raws = b.infer(len(chunk))
+                w, h = b.input_size
+                scales = [(f.shape[1] / w, f.shape[0] / h) for f in chunk]
+            else:
+                raws = b.infer_frames(chunk)
+                scales = [(1.0, 1.0)] * len(chunk)
+            for m, f, raw, (sx, sy) in zip(msgs[i : i + step], chunk, raws, scales, strict=True):
+                out.append(self._message(m, f, self._postprocess(raw, f.shape[1], f.shape[0], sx, sy)))
+        return out
+
+    @staticmethod
+    def _frame(msg: Message) -> np.ndarray:
+        f = msg.arrays.get("frame")
+        if f is None or f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+            got = "no arrays['frame']" if f is None else f"a {f.dtype} {f.shape} frame"
+            raise ModuleError(f"detector: needs HxWx3 uint8 BGR frames (a decoder upstream), got {got}")
+        return f
+
+    def _preprocess(self, frame: np.ndarray, i: int) -> None:
+        """Frame -> slot i of the model input (RGB float32, NHWC or NCHW), no allocation."""
+        w, h = self._backend.input_size
+        cv2.resize(frame, (w, h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        cv2.cvtColor(self._resized, cv2.COLOR_BGR2RGB, dst=self._rgb)
+        dst = self._x[i] if self._backend.layout == "nhwc" else self._x[i].transpose(1, 2, 0)
+        if self.config.input_scale == 1.0:
+            np.copyto(dst, self._rgb, casting="unsafe")
+        else:
+            np.multiply(self._rgb, np.float32(self.config.input_scale), out=dst, casting="unsafe")
+
+    def _postprocess(self, raw: np.ndarray, w: int, h: int, sx: float, sy: float) -> np.ndarray:
+        """Raw [K, 6] rows -> kept rows in frame pixels, best first."""
+        c = self.config
+        r = raw[raw[:, 4] >= c.score_threshold]  # NaN scores compare False: dropped too
+        if self._classes is not None:
+            r = r[np.isin(r[:, 5], self._classes)]
+        if not len(r):
+            return r
+        r = r.copy()
+        r[:, 0:4] *= np.array([sx, sy, sx, sy], np.float32)
+        np.clip(r[:, 0:4:2], 0, w - 1, out=r[:, 0:4:2])
+        np.clip(r[:, 1:4:2], 0, h - 1, out=r[:, 1:4:2])
+        r = r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
+        if c.nms_iou is not None and len(r) > 1:
+            xywh = np.column_stack([r[:, 0:2], r[:, 2:4] - r[:, 0:2]])
+            keep = cv2.dnn.NMSBoxesBatched(xywh, r[:, 4], r[:, 5].astype(np.int32),
+                                           c.score_threshold, c.nms_iou)
+            r = r[np.asarray(keep, np.int64).ravel()]
+        r = r[np.argsort(-r[:, 4], kind="stable")]
+        if c.nms_contain is not None and len(r) > 1:
+            r = r[_not_contained(r, c.nms_contain)]
+        return r
+
+    def _message(self, msg: Message, frame: np.ndarray, det: np.ndarray) -> Message:
+        c = self.config
+        dets = [[round(float(x1), 1), round(float(y1), 1), round(float(x2), 1), round(float(y2), 1),
+                 round(float(s), 4), int(k)] for x1, y1, x2, y2, s, k in det.tolist()]
+        names = self._names
+        labels = [names[d[5]] if 0 <= d[5] < len(names) else str(d[5]) for d in dets]
+        out = msg.derive(detections=dets, labels=labels)
+        if c.forward_frame:
+            out.arrays["frame"] = frame
+        if c.crops:
+            idx = [i for i, d in enumerate(dets) if d[5] in self._crop_classes][: c.max_crops]
+            cw, ch = c.crop_size
+            # A new array per frame: the message may outlive this call (held downstream).
+            crops = np.empty((len(idx), ch, cw, 3), np.uint8)
+            for n, i in enumerate(idx):
+                x1, y1, x2, y2 = (int(v) for v in dets[i][:4])
+                cv2.resize(frame[y1 : y2 + 1, x1 : x2 + 1], (cw, ch), dst=crops[n],
+                           interpolation=cv2.INTER_LINEAR)
+            out.arrays["crops"] = crops
+            out.fields["crop_index"] = idx
+        return out
+
+    def close(self) -> None:
+        self._x = None  # a view on the backend's buffer (maybe shared memory): drop it first
+        b, self._backend = getattr(self, "_backend", None), None
+        if b is not None:
+            b.close()
