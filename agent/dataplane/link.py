@@ -1,0 +1,787 @@
+"""Link: one nng Pair0 socket to ONE peer agent, carrying many named streams.
+
+An agent makes one ``Link`` per peer device: one side ``Link.listen(addr)``, the other
+``Link.dial(addr)``. A Pair0 listener serves one peer at a time (a second dialer's sends time
+out), so an agent listens on one address *per peer* (port 0, then ``address`` has the real
+port) and tells that peer, e.g. in its retained state message; never share a listening address
+between two peers. Convention that avoids races: of two peers, the one whose device id sorts
+first listens, the other dials.
+
+Wire format. Each nng message is a link envelope followed by the ring's encoding
+(``agent.dataplane.codec``: prefix, 64-byte aligned arrays, msgpack header)::
+
+    0   magic b"EVL1" | env_len/64 u8 | name_len u8 | flags u16 | epoch u32 | reserved u32
+    16  link seq u64  (per sender epoch, in wire order; gaps = messages lost in transit)
+    24  sent_ns i64   (sender's time.time_ns() when handed to nng)
+    32  stream name (utf-8, <= 200 B), zero padding to a multiple of 64
+
+The envelope is a multiple of 64 bytes so that the codec's 64-byte array alignment holds
+relative to the message body. Numbers are little-endian (every supported target is).
+
+Sending (``send``): the message is encoded once, by the calling thread, straight into a new nng
+message (arrays copied once from the caller's buffers; small messages go through a reused
+per-stream buffer), then handed to nng without another Python-side copy. If the socket is idle
+and nothing is queued it goes out at once; otherwise it waits in a bounded queue drained by one
+sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while that stream has
+``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldest`` (the oldest queued message of
+that stream is dropped and counted; while disconnected, a live stream keeps only its newest
+``depth`` messages). One thread sends on a given stream at a time.
+
+Receiving: ``recv`` (one consumer for all streams) or ``on(stream, handler)`` (a dispatch thread
+calls each stream's handler). A ``Received`` message's arrays are read-only numpy views over the
+nng message buffer: no copy. Lifetime: the buffer is owned by a cffi object that the views
+reference, so it is freed when the last view (and the ``Lease``) is gone; a stray view can never
+read freed memory. ``Lease.release()`` drops the link's own reference: call it (or drop the
+``Received``) as soon as the arrays are consumed, so that nng memory does not pile up.
+
+Failures: a message larger than ``max_message_size`` raises ``LinkMessageTooLarge`` in ``send``
+before anything is sent (both peers must use the same limit: nng drops the connection when a
+received message exceeds the receiver's). A dialer reconnects by itself (nng backoff 20-500 ms);
+a TLS peer whose certificate does not verify never connects and is counted in
+``stats()["auth_failures"]``, logged, and shown as ``state == "auth_failed"``.
+
+Network time (``LinkMetrics.network_ms``) is receiver ``time_ns()`` minus sender ``time_ns()``:
+exact on one host, and across devices only as good as their clock sync (NTP: ~1 ms; PTP better).
+It can read negative when the receiver's clock is behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pynng
+
+from agent.dataplane.codec import (
+    ARRAYS_OFFSET,
+    CodecError,
+    FrameWriter,
+    MessageTooLarge,
+    decode,
+    encoded_size,
+)
+from schemas.message import Message
+from schemas.metrics import P2, LinkMetrics
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "Handler",
+    "Lease",
+    "Link",
+    "LinkClosed",
+    "LinkError",
+    "LinkMessageTooLarge",
+    "LinkTLS",
+    "LinkTimeout",
+    "Policy",
+    "Received",
+]
+
+log = logging.getLogger("edgeva.link")
+_ffi, _lib = pynng.ffi, pynng.lib
+
+Policy = Literal["block", "drop_oldest"]
+DEFAULT_MAX_MESSAGE = 16 << 20  # a 1080p RGB frame (6.2 MB) fits; 4K needs more on both peers
+ENV_MAGIC = b"EVL1"
+ENV = struct.Struct("<4sBBHIIqq")  # see the module docstring; 32 bytes
+MAX_NAME = 200
+_SEQ_I64, _TS_I64 = 2, 3  # int64 indices of seq and sent_ns in the envelope
+_SMALL = 64 << 10  # below this, encode into a reused buffer and copy (cheaper than a big alloc)
+_SEND_SLICE_MS = 100  # sender thread's blocking-send slice: how fast it notices close/staleness
+_RECV_SLICE_MS = 200  # dispatch thread's receive slice: how fast it notices close
+
+
+class LinkError(RuntimeError):
+    """Link misuse or an nng failure; the message names the link and what happened."""
+
+
+class LinkTimeout(LinkError, TimeoutError):
+    """A ``block`` stream's queue stayed full for the whole timeout (peer slow or gone)."""
+
+
+class LinkClosed(LinkError):
+    """The link was closed."""
+
+
+class LinkMessageTooLarge(LinkError, MessageTooLarge):
+    """The message exceeds ``max_message_size``; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class LinkTLS:
+    """Mutual TLS (``tls+tcp://``): PEM file paths. ``ca`` verifies the peer, ``cert``/``key``
+    identify this agent, ``server_name`` (dialer only) must match the listener certificate's
+    subjectAltName/CN (use the peer's device id); None checks the chain only."""
+
+    ca: str
+    cert: str
+    key: str
+    server_name: str | None = None
+
+    def config(self, server: bool) -> pynng.TLSConfig:
+        def read(path: str) -> str:
+            with open(path) as f:
+                return f.read()
+
+        return pynng.TLSConfig(
+            pynng.TLSConfig.MODE_SERVER if server else pynng.TLSConfig.MODE_CLIENT,
+            server_name=None if server else self.server_name,
+            ca_string=read(self.ca),
+            own_cert_string=read(self.cert),
+            own_key_string=read(self.key),
+            auth_mode=pynng.TLSConfig.AUTH_MODE_REQUIRED,  # both sides verify
+        )
+
+
+class Lease:
+    """Keeps a received message's nng buffer referenced (see the module docstring)."""
+
+    __slots__ = ("_buf", "seq", "sent_ns", "recv_ns", "nbytes")
+
+    def __init__(self, buf: memoryview, seq: int, sent_ns: int, recv_ns: int) -> None:
+        self._buf: memoryview | None = buf
+        self.seq, self.sent_ns, self.recv_ns, self.nbytes = seq, sent_ns, recv_ns, len(buf)
+
+    @property
+    def held(self) -> bool:
+        return self._buf is not None
+
+    def release(self) -> None:
+        """Done with the message: nng memory is freed once no array view references it."""
+        self._buf = None
+
+
+class Received(NamedTuple):
+    stream: str
+    message: Message
+    lease: Lease
+
+
+Handler = Callable[[Received], None]
+
+
+class _Window:
+    """Last-interval samples (ms) in a preallocated array: no allocation per sample."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.a = np.zeros(size)
+        self.n = 0
+
+    def add(self, x: float) -> None:
+        self.a[self.n % len(self.a)] = x
+        self.n += 1
+
+    def take(self, reset: bool) -> P2:
+        k = min(self.n, len(self.a))
+        if reset:
+            self.n = 0
+        if not k:
+            return P2()
+        p50, p95 = np.percentile(self.a[:k], (50, 95))
+        return P2(p50=round(float(p50), 3), p95=round(float(p95), 3))
+
+
+class _Stream:
+    """Send-side state of one stream (touched by its one sending thread and under the lock)."""
+
+    __slots__ = ("name", "policy", "depth", "env", "queued", "dropped", "scratch", "cscratch",
+                 "writer", "pp")
+
+    def __init__(self, name: str, policy: Policy, depth: int, epoch: int) -> None:
+        raw = name.encode()
+        if not raw or len(raw) > MAX_NAME:
+            raise LinkError(f"stream name {name!r}: 1..{MAX_NAME} utf-8 bytes")
+        if policy not in ("block", "drop_oldest"):
+            raise LinkError(f"stream {name!r}: unknown policy {policy!r} (block or drop_oldest)")
+        if depth < 1:
+            raise LinkError(f"stream {name!r}: depth must be >= 1")
+        units = (ENV.size + len(raw) + 63) // 64
+        env = bytearray(units * 64)
+        ENV.pack_into(env, 0, ENV_MAGIC, units, len(raw), 0, epoch, 0, 0, 0)
+        env[ENV.size : ENV.size + len(raw)] = raw
+        self.name, self.policy, self.depth, self.env = name, policy, depth, bytes(env)
+        self.queued = self.dropped = 0
+        self.scratch = bytearray()
+        self.cscratch = None  # cffi view of scratch, made once per buffer
+        self.writer: FrameWriter | None = None
+        self.pp = _ffi.new("nng_msg **")
+
+    def grow(self, size: int) -> None:
+        ne = len(self.env)
+        self.scratch = bytearray(max(size, ne + ARRAYS_OFFSET + 64))
+        self.scratch[:ne] = self.env
+        self.cscratch = _ffi.from_buffer(self.scratch)
+        self.writer = FrameWriter(memoryview(self.scratch)[ne:])
+
+
+class _Out:
+    """One encoded nng message waiting to be sent (owned by us until nng accepts it)."""
+
+    __slots__ = ("stream", "msg", "nbytes")
+
+    def __init__(self, stream: _Stream, msg, nbytes: int) -> None:
+        self.stream, self.msg, self.nbytes = stream, msg, nbytes
+
+    def free(self) -> None:
+        if self.msg is not None:
+            _lib.nng_msg_free(self.msg)
+            self.msg = None
+
+
+def _check(rc: int) -> None:
+    if rc:
+        pynng.check_err(rc)
+
+
+class Link:
+    """A Pair0 link to one peer; see the module docstring. Build with ``listen`` or ``dial``."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        listen: bool,
+        name: str = "",
+        tls: LinkTLS | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        send_timeout: float = 5.0,
+        policy: Policy = "block",
+        depth: int = 4,
+        recv_buffer: int = 2,
+    ) -> None:
+        """See ``listen``/``dial``. ``max_message_size``: the largest message either way (set
+        the same on both peers). ``send_timeout``: default wait of ``block`` streams.
+        ``policy``/``depth``: defaults of streams not opened with ``open_stream``.
+        ``recv_buffer``: messages nng reads ahead while the receiver is busy (memory: up to
+        ``recv_buffer * max_message_size``)."""
+        scheme = addr.split("://", 1)[0]
+        if scheme not in ("tcp", "tls+tcp", "ipc", "inproc"):
+            raise LinkError(f"link address {addr!r}: use tcp://HOST:PORT or tls+tcp://HOST:PORT")
+        if (scheme == "tls+tcp") != (tls is not None):
+            raise LinkError(f"link address {addr!r}: tls+tcp:// needs LinkTLS, and LinkTLS needs tls+tcp://")
+        self.name = name or addr
+        self.max_message_size = int(max_message_size)
+        self.send_timeout = send_timeout
+        self.default_policy, self.default_depth = policy, depth
+        self._epoch = int.from_bytes(np.random.bytes(4), "little")
+        self._sock = pynng.Pair0(
+            recv_max_size=self.max_message_size,
+            send_timeout=_SEND_SLICE_MS,
+            reconnect_time_min=20,
+            reconnect_time_max=500,
+            recv_buffer_size=recv_buffer,
+            tls_config=tls.config(server=listen) if tls else None,
+        )
+        self._s = self._sock.socket
+        self._pipes: set[int] = set()
+        self._pipe_lock = threading.Lock()  # leaf lock: pipe callbacks never wait on send locks
+        self._connected_ev = threading.Event()
+        self._sock.add_post_pipe_connect_cb(self._on_pipe_add)
+        self._sock.add_post_pipe_remove_cb(self._on_pipe_remove)
+        # Send side.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
+        self._queue: deque[_Out] = deque()
+        self._inflight = False
+        self._closing = self._closed = False
+        self._streams: dict[str, _Stream] = {}
+        self._seq = 0
+        self.bytes_sent = self.messages_sent = self.dropped = self.send_timeouts = 0
+        self.connects = 0
+        self._last_auth = 0
+        # Receive side.
+        self._rx_pp = _ffi.new("nng_msg **")
+        self._recv_ms = -2
+        self._handlers: dict[str, Handler] = {}
+        self._dispatch_lock = threading.Lock()
+        self._dispatcher: threading.Thread | None = None
+        self._dispatch_ident = 0
+        self._names: dict[bytes, str] = {}
+        self._peer_epoch, self._next_seq = -1, 0
+        self.bytes_received = self.messages_received = self.lost = self.unrouted = self.bad = 0
+        self._ser, self._net, self._deser = _Window(), _Window(), _Window()
+        try:
+            if listen:
+                self._ep = self._sock.listen(addr)
+                self.address = self._bound_address(addr)
+            else:
+                # Non-blocking: nng keeps (re)dialing in the background, also after a peer restart.
+                self._ep = self._sock.dial(addr, block=False)
+                self.address = addr
+        except pynng.NNGException as e:
+            self._sock.close()
+            raise LinkError(f"link {self.name}: cannot {'listen on' if listen else 'dial'} {addr}: {e}") from None
+        self.is_listener = listen
+        self._sender = threading.Thread(target=self._send_loop, name=f"link-send {self.name}", daemon=True)
+        self._sender.start()
+
+    @classmethod
+    def listen(cls, addr: str, **kw) -> Link:
+        """Listen on ``addr`` (``tcp://HOST:PORT``, port 0: any free port; see ``address``) for
+        the one peer this link serves. Keywords as ``Link.__init__``."""
+        return cls(addr, listen=True, **kw)
+
+    @classmethod
+    def dial(cls, addr: str, **kw) -> Link:
+        """Dial the peer at ``addr``; returns at once, connects and reconnects in the background."""
+        return cls(addr, listen=False, **kw)
+
+    def _bound_address(self, addr: str) -> str:
+        scheme, rest = addr.split("://", 1)
+        if scheme not in ("tcp", "tls+tcp"):
+            return addr
+        host = rest.rpartition(":")[0]
+        # pynng 0.9 returns the port as stored in the sockaddr: network byte order.
+        port = socket.ntohs(self._ep.local_address.port)
+        return f"{scheme}://{host}:{port}"
+
+    # -- connection state --------------------------------------------------------------------
+    # Pipes are tracked by id: nng may report the removal of a pipe it refused (a second
+    # dialer on a Pair0 listener) without its addition, which must not hide the real peer.
+    def _on_pipe_add(self, pipe) -> None:
+        with self._pipe_lock:
+            self._pipes.add(pipe.id)
+            self.connects += 1
+        self._connected_ev.set()
+
+    def _on_pipe_remove(self, pipe) -> None:
+        with self._pipe_lock:
+            self._pipes.discard(pipe.id)
+            if not self._pipes:
+                self._connected_ev.clear()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._pipes)
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until a peer is connected; False after ``timeout`` seconds."""
+        return self._connected_ev.wait(timeout)
+
+    @property
+    def state(self) -> str:
+        """``connected``, ``connecting``, ``auth_failed`` (TLS handshakes fail: wrong
+        certificate, CA or server_name) or ``closed``."""
+        if self._closed:
+            return "closed"
+        if self.connected:
+            return "connected"
+        return "auth_failed" if self._endpoint_stats().get("auth", 0) > 0 else "connecting"
+
+    def _endpoint_stats(self) -> dict[str, int]:
+        """nng's own counters for our listener/dialer (connect, refused, auth, rcv_max, ...)."""
+        out: dict[str, int] = {}
+        if self._closed:
+            return out
+        pp = _ffi.new("nng_stat **")
+        if _lib.nng_stats_get(pp) != 0:
+            return out
+        try:
+            if self.is_listener:
+                st = _lib.nng_stat_find_listener(pp[0], self._ep.listener)
+            else:
+                st = _lib.nng_stat_find_dialer(pp[0], self._ep.dialer)
+            ch = _lib.nng_stat_child(st) if st != _ffi.NULL else _ffi.NULL
+            while ch != _ffi.NULL:
+                if _lib.nng_stat_type(ch) == _lib.NNG_STAT_COUNTER:
+                    out[_ffi.string(_lib.nng_stat_name(ch)).decode()] = int(_lib.nng_stat_value(ch))
+                ch = _lib.nng_stat_next(ch)
+        finally:
+            _lib.nng_stats_free(pp[0])
+        return out
+
+    # -- sending -----------------------------------------------------------------------------
+    def open_stream(self, stream: str, policy: Policy | None = None, depth: int | None = None) -> None:
+        """Set a stream's send policy and queue depth (default: the link's). Optional: ``send``
+        opens unknown streams with the defaults. Re-opening changes the policy."""
+        st = _Stream(stream, policy or self.default_policy, depth or self.default_depth, self._epoch)
+        with self._lock:
+            old = self._streams.get(stream)
+            if old is not None:
+                old.policy, old.depth = st.policy, st.depth
+            else:
+                self._streams[stream] = st
+
+    def _stream(self, stream: str) -> _Stream:
+        st = self._streams.get(stream)
+        if st is None:
+            self.open_stream(stream)
+            st = self._streams[stream]
+        return st
+
+    def send(self, stream: str, msg: Message, timeout: float | None = None) -> None:
+        """Encode ``msg`` and queue it for the peer on ``stream``.
+
+        ``block`` streams wait up to ``timeout`` (default ``send_timeout``) for queue space, then
+        raise ``LinkTimeout``; ``drop_oldest`` streams never wait. Raises
+        ``LinkMessageTooLarge`` (nothing sent) and ``LinkClosed``. Returns once nng or the queue
+        holds the message: the caller may reuse ``msg``'s arrays at once.
+        """
+        if self._closing:
+            raise LinkClosed(f"link {self.name} is closed")
+        st = self._stream(stream)
+        t0 = time.perf_counter_ns()
+        out = self._encode(st, msg)
+        self._ser.add((time.perf_counter_ns() - t0) / 1e6)
+        try:
+            self._enqueue(st, out, self.send_timeout if timeout is None else timeout)
+        except BaseException:
+            out.free()
+            raise
+
+    def _encode(self, st: _Stream, msg: Message) -> _Out:
+        ne = len(st.env)
+        need = ne + ARRAYS_OFFSET + sum(a.nbytes for a in msg.arrays.values())
+        if need > self.max_message_size:
+            raise LinkMessageTooLarge(self._too_large(st, need))
+        pp = st.pp
+        pp[0] = _ffi.NULL
+        try:
+            if need <= _SMALL:
+                # Reused per-stream buffer (warm, no allocation), then one small copy into nng.
+                n = self._encode_small(st, msg)
+                _check(_lib.nng_msg_alloc(pp, 0))
+                _check(_lib.nng_msg_append(pp[0], st.cscratch, n))
+            else:
+                # Big: encode straight into the nng message; the arrays are copied exactly once.
+                bound = min(ne + encoded_size(msg), self.max_message_size)
+                _check(_lib.nng_msg_alloc(pp, bound))
+                body = memoryview(_ffi.buffer(_lib.nng_msg_body(pp[0]), bound))
+                body[:ne] = st.env
+                w = FrameWriter(body[ne:])
+                for k, a in msg.arrays.items():
+                    w.put(k, a)
+                n = ne + w.finish(msg)
+                del w, body  # no view of the nng buffer may outlive this function
+                _check(_lib.nng_msg_chop(pp[0], bound - n))
+        except MessageTooLarge as e:
+            if pp[0] != _ffi.NULL:
+                _lib.nng_msg_free(pp[0])
+            raise LinkMessageTooLarge(f"{self._too_large(st, need)} ({e})") from None
+        except BaseException:
+            if pp[0] != _ffi.NULL:
+                _lib.nng_msg_free(pp[0])
+            raise
+        return _Out(st, pp[0], n)
+
+    def _encode_small(self, st: _Stream, msg: Message) -> int:
+        """Encode into the stream's scratch buffer, growing it when the header does not fit."""
+        while True:
+            if st.writer is None:
+                st.grow(4096)
+            w = st.writer
+            w.reset()
+            try:
+                for k, a in msg.arrays.items():
+                    w.put(k, a)
+                return len(st.env) + w.finish(msg)
+            except MessageTooLarge:
+                size = len(st.scratch)
+                if size >= self.max_message_size:
+                    raise
+                st.grow(min(size * 4, self.max_message_size))
+
+    def _too_large(self, st: _Stream, need: int) -> str:
+        return (
+            f"link {self.name}, stream {st.name!r}: message needs at least {need} B, over "
+            f"max_message_size={self.max_message_size} B (raise it on BOTH peers); nothing sent"
+        )
+
+    def _enqueue(self, st: _Stream, out: _Out, timeout: float) -> None:
+        with self._lock:
+            if self._closing:
+                raise LinkClosed(f"link {self.name} is closed")
+            if not self._queue and not self._inflight and self._try_send(out, _lib.NNG_FLAG_NONBLOCK):
+                return  # fast path: the pipe was idle; nng writes it now
+            if st.queued >= st.depth:
+                if st.policy == "drop_oldest":
+                    for i, q in enumerate(self._queue):
+                        if q.stream is st:
+                            del self._queue[i]
+                            q.free()
+                            st.queued -= 1
+                            st.dropped += 1
+                            self.dropped += 1
+                            break
+                else:
+                    deadline = time.monotonic() + timeout
+                    while st.queued >= st.depth and not self._closing:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            self.send_timeouts += 1
+                            why = "a slow peer" if self.connected else "no peer connected"
+                            raise LinkTimeout(
+                                f"link {self.name}, stream {st.name!r}: send queue full ({st.depth}) "
+                                f"for {timeout:g} s ({why}); message not sent"
+                            )
+                        self._space.wait(left)
+                    if self._closing:
+                        raise LinkClosed(f"link {self.name} is closed")
+            self._queue.append(out)
+            st.queued += 1
+            self._work.notify()
+
+    def _try_send(self, out: _Out, flags: int) -> bool:
+        """Stamp seq/time and hand ``out`` to nng. Only one thread at a time calls this (the
+        fast path under the lock with nothing in flight, or the sender thread)."""
+        body = _ffi.cast("int64_t *", _lib.nng_msg_body(out.msg))
+        body[_SEQ_I64] = self._seq
+        body[_TS_I64] = time.time_ns()
+        rc = _lib.nng_sendmsg(self._s, out.msg, flags)
+        if rc == 0:
+            out.msg = None  # nng owns (and frees) it now
+            self._seq += 1
+            self.messages_sent += 1
+            self.bytes_sent += out.nbytes
+            return True
+        if rc in (_lib.NNG_EAGAIN, _lib.NNG_ETIMEDOUT):
+            return False
+        if rc == _lib.NNG_ECLOSED:
+            raise LinkClosed(f"link {self.name} is closed")
+        _check(rc)
+        return False
+
+    def _send_loop(self) -> None:
+        idle_checks = 0.0
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    if self._closing:
+                        self._space.notify_all()
+                    self._work.wait(1.0)
+                    if not self.connected and time.monotonic() - idle_checks > 5.0:
+                        idle_checks = time.monotonic()
+                        self._check_auth()
+                if self._closed:
+                    return
+                out = self._queue.popleft()
+                st = out.stream
+                st.queued -= 1
+                self._inflight = True
+                self._space.notify_all()
+            try:
+                while True:
+                    try:
+                        if self._try_send(out, 0):  # blocks up to _SEND_SLICE_MS
+                            break
+                    except LinkError:
+                        return  # closed under us
+                    if st.policy == "drop_oldest" and st.queued:
+                        # A newer message of this live stream is waiting: this one is stale.
+                        with self._lock:
+                            st.dropped += 1
+                            self.dropped += 1
+                        break
+                    if self._closed:
+                        break
+                    if not self.connected and time.monotonic() - idle_checks > 5.0:
+                        idle_checks = time.monotonic()
+                        self._check_auth()
+            finally:
+                out.free()
+                with self._lock:
+                    self._inflight = False
+                    self._space.notify_all()
+
+    def _check_auth(self) -> None:
+        auth = self._endpoint_stats().get("auth", 0)
+        if auth > self._last_auth:
+            log.warning(
+                "link %s: %d TLS handshake(s) with the peer failed (certificate not signed by "
+                "our CA, wrong server_name, or the peer rejects ours); no data flows",
+                self.name, auth - self._last_auth,
+            )
+            self._last_auth = auth
+
+    # -- receiving ---------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> Received | None:
+        """The next message of any stream, or None after ``timeout`` seconds (None: wait).
+        Not with ``on`` handlers (they own the receive side). Raises ``LinkClosed``."""
+        if self._handlers:
+            raise LinkError(f"link {self.name}: recv() while stream handlers dispatch")
+        while True:
+            r = self._recv_one(-1 if timeout is None else max(0, int(timeout * 1000)))
+            if r is not False:
+                return r  # type: ignore[return-value]
+
+    def _recv_one(self, ms: int) -> Received | None | bool:
+        """One nng message: a Received, None on timeout, False if it was not deliverable."""
+        if ms != self._recv_ms:  # an option write is a call into nng: only when it changes
+            self._sock.recv_timeout = self._recv_ms = ms
+        pp = self._rx_pp
+        rc = _lib.nng_recvmsg(self._s, pp, 0)
+        if rc:
+            if rc == _lib.NNG_ETIMEDOUT:
+                return None
+            if rc == _lib.NNG_ECLOSED:
+                raise LinkClosed(f"link {self.name} is closed")
+            _check(rc)
+        t0 = time.perf_counter_ns()
+        now = time.time_ns()
+        nm = pp[0]
+        n = _lib.nng_msg_len(nm)
+        # The owner frees the nng message when the last buffer/view referencing it is gone.
+        owner = _ffi.gc(_ffi.cast("char *", _lib.nng_msg_body(nm)), lambda _p, m=nm: _lib.nng_msg_free(m), n)
+        buf = memoryview(_ffi.buffer(owner, n))
+        self.bytes_received += n
+        try:
+            magic, units, nlen, _flags, epoch, _r, seq, sent = ENV.unpack_from(buf, 0)
+            if magic != ENV_MAGIC:
+                raise CodecError(f"bad envelope magic {magic!r}")
+            raw = bytes(buf[ENV.size : ENV.size + nlen])
+            msg = decode(buf[units * 64 :])
+        except (CodecError, struct.error) as e:
+            self.bad += 1
+            log.warning("link %s: undecodable message dropped: %s", self.name, e)
+            return False
+        stream = self._names.get(raw)
+        if stream is None:
+            stream = self._names[raw] = raw.decode(errors="replace")
+        if epoch != self._peer_epoch:  # the peer (re)started: its seq restarts at 0
+            self._peer_epoch, self._next_seq = epoch, seq
+        elif seq > self._next_seq:
+            self.lost += seq - self._next_seq
+        self._next_seq = seq + 1
+        self.messages_received += 1
+        self._net.add((now - sent) / 1e6)
+        self._deser.add((time.perf_counter_ns() - t0) / 1e6)
+        return Received(stream, msg, Lease(buf, seq, sent, now))
+
+    def on(self, stream: str, handler: Handler) -> None:
+        """Deliver ``stream``'s messages to ``handler`` from the link's dispatch thread
+        (started on first use). Handlers run one at a time: a slow handler slows every stream
+        of this link (that is the backpressure of ``block``). Register before the peer sends:
+        messages of a stream without a handler are dropped and counted (``unrouted``)."""
+        with self._dispatch_lock:
+            self._handlers[stream] = handler
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch_loop, name=f"link-recv {self.name}", daemon=True
+                )
+                self._dispatcher.start()
+
+    def off(self, stream: str) -> None:
+        """Stop delivering ``stream``; once this returns its handler is not running."""
+        if threading.get_ident() == self._dispatch_ident:
+            self._handlers.pop(stream, None)
+            return
+        with self._dispatch_lock:
+            self._handlers.pop(stream, None)
+
+    def _dispatch_loop(self) -> None:
+        self._dispatch_ident = threading.get_ident()
+        while not self._closed:
+            try:
+                r = self._recv_one(_RECV_SLICE_MS)
+            except LinkClosed:
+                return
+            except pynng.NNGException as e:
+                log.warning("link %s: receive failed: %s", self.name, e)
+                continue
+            if not r:
+                continue
+            with self._dispatch_lock:
+                h = self._handlers.get(r.stream)
+                if h is None:
+                    self.unrouted += 1
+                    continue
+                try:
+                    h(r)
+                except Exception:
+                    log.exception("link %s: handler of stream %r failed", self.name, r.stream)
+                finally:
+                    r.lease.release()
+
+    # -- metrics and lifetime ----------------------------------------------------------------
+    def metrics(self, reset: bool = True) -> LinkMetrics:
+        """``LinkMetrics`` (counters since start; times over the interval since the last
+        ``reset``). Serialise: encode in ``send``; network: sender's hand-off to nng ->
+        receiver's ``recv``; deserialise: envelope + decode."""
+        return LinkMetrics(
+            connected=self.connected,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            messages_sent=self.messages_sent,
+            messages_received=self.messages_received,
+            dropped=self.dropped,
+            serialise_ms=self._ser.take(reset),
+            network_ms=self._net.take(reset),
+            deserialise_ms=self._deser.take(reset),
+        )
+
+    def stats(self) -> dict:
+        """Everything, including what ``LinkMetrics`` has no field for."""
+        ep = self._endpoint_stats()
+        if ep.get("auth", 0) > self._last_auth:
+            self._check_auth()
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": self.state,
+            "connected": self.connected,
+            "connects": self.connects,
+            "bytes_sent": self.bytes_sent,
+            "messages_sent": self.messages_sent,
+            "dropped": self.dropped,
+            "dropped_by_stream": {s.name: s.dropped for s in list(self._streams.values())},
+            "send_timeouts": self.send_timeouts,
+            "queued": len(self._queue),
+            "bytes_received": self.bytes_received,
+            "messages_received": self.messages_received,
+            "lost": self.lost,
+            "unrouted": self.unrouted,
+            "bad": self.bad,
+            "auth_failures": ep.get("auth", 0),
+            "connect_refused": ep.get("refused", 0),
+            "too_large_received": ep.get("rcv_max", 0),  # peer's max_message_size is larger
+        }
+
+    def close(self, drain: float = 1.0, linger: float = 0.05) -> None:
+        """Send what is queued (up to ``drain`` seconds, only while connected), wait ``linger``
+        seconds (nng has no linger: the last message may still be in the kernel), then close.
+        Queued messages left are dropped. For a lossless end, have the peer acknowledge."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + drain
+        with self._lock:
+            self._closing = True
+            self._space.notify_all()
+            self._work.notify_all()
+            while (self._queue or self._inflight) and self.connected and time.monotonic() < deadline:
+                self._space.wait(0.05)
+            sent_any = self.messages_sent > 0
+        if sent_any and linger > 0:
+            time.sleep(linger)
+        with self._lock:
+            self._closed = True
+            self._work.notify_all()
+            self._space.notify_all()
+            while self._queue:
+                self._queue.popleft().free()
+        self._sock.close()  # aborts blocked sends/receives in our threads
+        if threading.current_thread() is not self._sender:
+            self._sender.join(timeout=2.0)
+        d = self._dispatcher
+        if d is not None and threading.current_thread() is not d:
+            d.join(timeout=2.0)
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = "listen" if self.is_listener else "dial"
+        return f"Link({role} {self.address}, {'connected' if self.connected else 'not connected'})"
