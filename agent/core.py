@@ -66,6 +66,21 @@ class App:
         return f"{self.tenant}/{self.deployment.app}"
 
 
+def _last_module(graph: ValidatedGraph) -> str:
+    """The module that ends an app: the last one without outputs in topological order. An
+    app's end-to-end latency and frame count are measured there (once per frame, even when
+    the graph ends in several branches)."""
+    return [n for n in graph.order if not graph.downstream[n]][-1]
+
+
+def _last_proc(inst: Instance) -> P2:
+    """Processing time of the last interval that had samples."""
+    if not inst.proc_history:
+        return P2()
+    p50, p95 = inst.proc_history[-1]
+    return P2(p50=round(p50, 3), p95=round(p95, 3))
+
+
 class AgentCore:
     """Apps and instances of one device. ``emit_event(tenant, app, event)`` and
     ``state_changed()`` are how it talks to the outside (the MQTT bridge)."""
@@ -149,12 +164,17 @@ class AgentCore:
             raise
         with self.lock:
             app.modules = names
-            app.sinks = {names[n] for n in graph.order if not graph.downstream[n]}
+            app.sinks = {names[_last_module(graph)]}
             app.status, app.error = "running", None
             self.apps[app.deployment.app] = app
             for inst in set(names.values()):
                 self.users.setdefault(inst, set()).add(app.deployment.app)
             self._tell_apps(set(names.values()))
+        for name in started:  # the whole app is up: held sources may start
+            inst = self.sup.instances.get(name)
+            if inst is not None and inst.spec.hold:
+                inst.spec = inst.spec.model_copy(update={"hold": False})  # a restart must not wait
+                self.sup.send(inst, R.GoMsg())
         return started
 
     def _spec(self, ident: str, graph: ValidatedGraph, local: str, names: dict[str, str], app: App) -> R.RunnerSpec:
@@ -167,15 +187,18 @@ class AgentCore:
         return R.RunnerSpec(
             name=ident,
             type=spec.type,
-            config=graph.configs[local].model_dump(mode="json"),
+            # Only what the operator set: a config may refuse options of another variant
+            # (a backend, an algorithm) even at their default values.
+            config=graph.configs[local].model_dump(mode="json", exclude_unset=True),
             device=self.device,
             inputs=inputs,
             output_ring=segment_name(self.prefix, ident),
             nslots=self.nslots,
             apps=[app.key],
-            sink_for=[app.key] if not graph.downstream[local] else [],
+            sink_for=[app.key] if local == _last_module(graph) else [],
             metrics_interval=self.metrics_interval,
             log_level=logging.getLevelName(logging.getLogger().level),
+            hold=self.registry[spec.type].is_source,
         )
 
     def _tell_apps(self, instances: set[str]) -> None:
@@ -274,13 +297,13 @@ class AgentCore:
                               f"modules.{cmd.module}")
         new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
         graph = validate_graph(new_dep, self.registry, {self.device}, self.device)
-        res = self.sup.update(inst_name, config.model_dump(mode="json"))
+        res = self.sup.update(inst_name, config.model_dump(mode="json", exclude_unset=True))
         restarted = False
         if not res.applied:
             if res.message:  # the module refused the config: nothing changed
                 raise EdgevaError(BAD_ARGS, f"module {cmd.module!r} refused the update: {res.message}", "args")
             inst = self.sup.instances[inst_name]
-            spec2 = inst.spec.model_copy(update={"config": config.model_dump(mode="json")})
+            spec2 = inst.spec.model_copy(update={"config": config.model_dump(mode="json", exclude_unset=True)})
             self.sup.stop(inst_name)
             try:
                 self.sup.start(spec2)
@@ -292,7 +315,7 @@ class AgentCore:
             restarted = True
         else:
             self.sup.instances[inst_name].spec = self.sup.instances[inst_name].spec.model_copy(
-                update={"config": config.model_dump(mode="json")})
+                update={"config": config.model_dump(mode="json", exclude_unset=True)})
         with self.lock:
             old_ids = {v: k for k, v in self.by_identity.items()}
             for local, ident in graph.identities().items():
@@ -317,6 +340,21 @@ class AgentCore:
             self._get(tenant, cmd.app)
             m.apps = {cmd.app: m.apps[cmd.app]} if cmd.app in m.apps else {}
         return m.model_dump(mode="json")
+
+    def finish(self, timeout: float = 10.0) -> bool:
+        """End every source's stream and wait until every module has drained it and exited
+        (their final metrics are in). For a clean end of a bounded run (demo, benchmarks).
+        Returns whether everything ended within ``timeout``."""
+        for inst in list(self.sup.instances.values()):
+            if self.registry[inst.spec.type].is_source:
+                self.sup.send(inst, R.FinishMsg())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(i.status in ("ended", "failed", "stopped") for i in self.sup.instances.values()):
+                time.sleep(0.1)  # the supervisor thread delivers the last metrics
+                return True
+            time.sleep(0.05)
+        return False
 
     # -- helpers ----------------------------------------------------------------------------------
     def _own(self, tenant: str, app: App) -> None:
@@ -358,8 +396,8 @@ class AgentCore:
             return
         for app in self._apps_of(inst):
             if inst.name in app.sinks and app.key in inst.spec.sink_for:
-                for frame_id, _source, ms in msg.sink:
-                    app.stats.add(frame_id, ms)
+                for frame_id, _source, ms, t_done in msg.sink:
+                    app.stats.add(frame_id, ms, now=t_done)
 
     def _on_change(self, inst: Instance) -> None:
         self.state_changed()
@@ -400,7 +438,7 @@ class AgentCore:
             out[name] = ModuleMetrics(
                 type=inst.spec.type,
                 frames_in=m.frames_in if m else 0, frames_out=m.frames_out if m else 0,
-                proc_ms=P2(p50=round(m.proc_ms[0], 3), p95=round(m.proc_ms[1], 3)) if m and m.proc_ms else P2(),
+                proc_ms=_last_proc(inst),
                 occupancy=occ, dropped=drops, restarts=inst.restarts,
             )
         return out

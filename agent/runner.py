@@ -90,7 +90,7 @@ class _Stats:
         self.frames_in = self.frames_out = 0
         self.proc = np.zeros(SAMPLES)
         self.nproc = 0
-        self.sink: list[tuple[int, str, float]] = []
+        self.sink: list[tuple[int, str, float, float]] = []
 
     def add_proc(self, ms: float) -> None:
         self.proc[self.nproc % SAMPLES] = ms
@@ -224,6 +224,7 @@ class Runner:
         self.source = None
         self.prod: RingProducer | None = None
         self.ended = False  # the stream ended by itself (vs. stopped by the agent)
+        self.held = spec.hold
 
     def _emit(self, event: dict) -> None:
         self.chan.send(R.EventMsg(event=event))
@@ -281,8 +282,9 @@ class Runner:
 
     def _run_source(self) -> None:
         prod, name = self.prod, self.spec.name
-        # A source starts once someone listens: the app's first frame reaches its last module.
-        while not self.stopping and not prod.consumers:
+        # A source starts once its app is up (the agent says go) and someone listens: the
+        # first frame then flows through a ready pipeline instead of queueing behind startups.
+        while not self.stopping and (self.held or not prod.consumers):
             time.sleep(0.01)
             self._housekeeping()
         while not self.stopping:
@@ -331,7 +333,7 @@ class Runner:
                 self.stats.frames_out += 1
             self.stats.add_proc((t_out - t_in) / 1e6)
             if self.sinks:
-                self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6))
+                self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
             if time.monotonic() >= self.next_control:
                 self._housekeeping()
 
@@ -341,7 +343,7 @@ class Runner:
         st.frames_out += 1
         st.add_proc((t_out - t_in) / 1e6)
         if self.sinks:
-            st.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6))
+            st.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
 
     def _publish(self, msg: Message) -> None:
         while not self.stopping:
@@ -367,6 +369,11 @@ class Runner:
     def _command(self, cmd) -> None:
         if isinstance(cmd, R.StopMsg):
             self.stopping = True
+        elif isinstance(cmd, R.GoMsg):
+            self.held = False
+        elif isinstance(cmd, R.FinishMsg):
+            if self.module.is_source:
+                self.ended = self.stopping = True
         elif isinstance(cmd, R.AppsMsg):
             self.sinks = set(cmd.sink_for)
             self.ctx.apps = tuple(cmd.apps)

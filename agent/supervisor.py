@@ -57,6 +57,7 @@ class Instance:
     updated: threading.Event = field(default_factory=threading.Event)
     update_result: R.UpdatedMsg | None = None
     last_metrics: R.MetricsMsg | None = None
+    proc_history: deque = field(default_factory=lambda: deque(maxlen=3600))  # [p50, p95] per report
     stopping: bool = False
 
     @property
@@ -207,6 +208,8 @@ class Supervisor:
             self.on_event(inst, msg.event)
         elif isinstance(msg, R.MetricsMsg):
             inst.last_metrics = msg
+            if msg.proc_ms:
+                inst.proc_history.append(msg.proc_ms)
             self.on_metrics(inst, msg)
         elif isinstance(msg, R.ReadyMsg):
             inst.ring, inst.slot_size, inst.live = msg.ring, msg.slot_size, msg.live

@@ -40,6 +40,7 @@ class RunnerSpec(BaseModel):
     sink_for: list[str] = Field(default_factory=list, description="apps whose last module this is")
     metrics_interval: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
+    hold: bool = Field(default=False, description="sources: wait for GoMsg before producing")
 
 
 class UpdateMsg(BaseModel):
@@ -55,6 +56,20 @@ class AppsMsg(BaseModel):
     op: Literal["apps"] = "apps"
     apps: list[str]
     sink_for: list[str]
+
+
+class GoMsg(BaseModel):
+    """Sources held at start: the whole app is up, start producing."""
+
+    model_config = _STRICT
+    op: Literal["go"] = "go"
+
+
+class FinishMsg(BaseModel):
+    """Sources: stop producing and end the stream (downstream drains it, then ends too)."""
+
+    model_config = _STRICT
+    op: Literal["finish"] = "finish"
 
 
 class StopMsg(BaseModel):
@@ -85,7 +100,7 @@ class EventMsg(BaseModel):
 
 class MetricsMsg(BaseModel):
     """Counters are cumulative; ``proc_ms`` holds [p50, p95] of the last interval (or []);
-    ``sink`` holds [frame_id, source, latency_ms] of each message finished here since the last
+    ``sink`` holds [frame_id, source, latency_ms, t_done_s] of each message finished here since the last
     report, for the apps this instance ends."""
 
     model_config = _STRICT
@@ -93,7 +108,7 @@ class MetricsMsg(BaseModel):
     frames_in: int
     frames_out: int
     proc_ms: list[float]
-    sink: list[tuple[int, str, float]] = Field(default_factory=list)
+    sink: list[tuple[int, str, float, float]] = Field(default_factory=list)
 
 
 class UpdatedMsg(BaseModel):
@@ -110,7 +125,7 @@ class EndedMsg(BaseModel):
     op: Literal["ended"] = "ended"
 
 
-ToRunner = Annotated[UpdateMsg | AppsMsg | StopMsg, Field(discriminator="op")]
+ToRunner = Annotated[UpdateMsg | AppsMsg | GoMsg | FinishMsg | StopMsg, Field(discriminator="op")]
 FromRunner = Annotated[
     ReadyMsg | FailedMsg | EventMsg | MetricsMsg | UpdatedMsg | EndedMsg, Field(discriminator="op")
 ]

@@ -117,6 +117,9 @@ def _remote_agent(ring: str, n: int, q) -> None:
         if m.fields.get("i") != m.frame_id or not np.array_equal(m.arrays["frame"], frame(m.frame_id)):
             bad.append(m.frame_id)
     cons.close()
+    settle = time.monotonic() + 2  # the relay counts a message just after committing it
+    while relay.stats()["published"] < len(ids) and time.monotonic() < settle:
+        time.sleep(0.01)
     q.put(("done", ids, bad, relay.stats()))
     time.sleep(0.2)
     relay.close()

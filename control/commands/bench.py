@@ -34,6 +34,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--runs", type=int, default=5, help="repetitions (default: %(default)s)")
     d.add_argument("--json", metavar="FILE", help="write the results as JSON")
     d.set_defaults(func=run_deploy_cmd)
+    t = sub.add_parser("detector", help="frames/s and ms per frame of each detector backend, 1 and 2 threads")
+    t.add_argument("--quick", action="store_true", help="fewer frames (~30 s)")
+    t.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    t.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    t.set_defaults(func=run_detector_cmd)
+
+
+def run_detector_cmd(args: argparse.Namespace) -> int:
+    from agent.bench.detectors import run_detector_bench
+
+    cases = run_detector_bench(quick=args.quick, json_path=args.json, plot_path=args.plot)
+    return 0 if cases else 1
 
 
 def run_deploy_cmd(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ from modules.decoder import ASSETS
 
 CLIP = "asset:vtest.mp4"
 TEMPLATE = ASSETS / "demo_person.png"
-# vtest.mp4 is 768x576: a zone on the lower-left walkway, where people come and go.
-ZONE = [[40, 330], [380, 330], [380, 560], [40, 560]]
+# vtest.mp4 is 768x576: a zone on the middle of the road, which most pedestrians cross.
+ZONE = [[330, 190], [640, 190], [640, 330], [330, 330]]
 
 
 def _front(source: str, fps: float) -> dict:
@@ -34,12 +34,13 @@ def demo_apps(source: str = CLIP, fps: float = 10.0, video: Path | None = None) 
     tracking["publish"] = {"type": "publish", "args": {"fields": ["tracks"], "max_rate": 2}, "outputs": []}
     if video is not None:
         tracking["tracker"]["outputs"].append("annotate")
-        tracking["annotate"] = {"type": "annotate", "args": {"output": str(video), "fps": fps}, "outputs": []}
+        tracking["annotate"] = {"type": "annotate", "outputs": [],
+                                "args": {"output": str(video), "fps": fps, "polygons": {"crossing": ZONE}}}
 
     roi = _front(source, fps)
     roi["detector"]["outputs"] = ["tracker"]
     roi["tracker"] = dict(tracking["tracker"], outputs=["roi"])
-    roi["roi"] = {"type": "roi", "args": {"polygons": {"walkway": ZONE}}, "outputs": []}
+    roi["roi"] = {"type": "roi", "args": {"polygons": {"crossing": ZONE}}, "outputs": []}
 
     reid = _front(source, fps)
     reid["detector"]["outputs"] = ["reid"]

@@ -104,7 +104,9 @@ def run_demo(
             live.show(core, elapsed)
             time.sleep(min(1.0, max(0.0, seconds - elapsed)))
         live.show(core, seconds)
-        core.tenant_metrics("default")  # refresh drop counters from the rings
+        core.tenant_metrics("default")  # drop counters come from the rings: read them while they exist
+        if not core.finish(timeout=15):  # frames in flight reach their apps; final metrics
+            log.warning("some modules did not finish draining within 15 s")
         summary = summarize(core, [d["app"] for d in deployments], seconds)
         for dep in reversed(deployments):  # remove: closes the annotated video cleanly
             client.request("remove", {"app": dep["app"]}, timeout=60)
