@@ -1,11 +1,13 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Both create .venv and install what they need; system packages (mosquitto, ffmpeg) are
-# installed with apt-get when missing and we are root (or have sudo).
+# Both create .venv and install what they need; system packages (mosquitto, ffmpeg, openssl,
+# iproute2) are installed with apt-get when missing and we are root (or have sudo).
 
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MLSERVER := .venv-mlserver/.installed
+SECONDS ?= 60
 
 .PHONY: demo test lint bench setup system clean
 
@@ -15,15 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[ml,test]'
 	touch $(STAMP)
 
-setup: $(STAMP) system
+# The test inference server (MLServer) lives in a venv of its own: it pins its own pydantic.
+$(MLSERVER): tools/make-mlserver-venv.sh
+	PYTHON=$(PY) tools/make-mlserver-venv.sh
+	touch $(MLSERVER)
+
+setup: system $(STAMP)
 
 system:
 	@tools/install-system-packages.sh
 
 demo: setup
-	$(BIN)/edgeva bench hop --quick --json out/hop.json --plot out/hop.png
+	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
-test: setup
+test: setup $(MLSERVER)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -31,6 +38,8 @@ lint: $(STAMP)
 
 bench: setup
 	$(BIN)/edgeva bench hop --json out/hop.json --plot out/hop.png
+	$(BIN)/edgeva bench detector --json out/detector.json --plot out/detector.png
+	$(BIN)/edgeva bench deploy --json out/deploy.json
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver out .pytest_cache
