@@ -255,9 +255,7 @@ class RingProducer(_Ring):
         while True:
             self._lock()
             try:
-                s = self._find_free()
-                if s < 0:
-                    s = self._drop_for_space()
+                s = self._free_slot()
                 if s >= 0:
                     self._w[self._so + s * S_WORDS + S_STATE] = RESERVED
                     self._reserved = s
@@ -279,6 +277,12 @@ class RingProducer(_Ring):
                 self._addrs.clear()
             addr = self._addrs[key] = _sock_addr(self.name, f"c{c}", token)
         return addr
+
+    def _free_slot(self) -> int:
+        """A slot to write into (lock held), skipping for drop_oldest consumers if that frees
+        one; -1 when block consumers hold them all."""
+        s = self._find_free()
+        return s if s >= 0 else self._drop_for_space()
 
     def _find_free(self) -> int:
         # Lowest free index, not round-robin: a slot freed a moment ago is still in the CPU
@@ -389,9 +393,7 @@ class RingProducer(_Ring):
             # encode leaves the slot free (never marked reserved).
             self._lock()
             try:
-                s = self._find_free()
-                if s < 0:
-                    s = self._drop_for_space()
+                s = self._free_slot()
                 if s >= 0:
                     wr = self._writers[s]
                     wr.reset()
