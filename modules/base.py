@@ -46,6 +46,17 @@ C = TypeVar("C", bound=ModuleConfig)
 Alloc = Callable[[str, tuple, Any], np.ndarray]
 
 
+class _NoFrame:
+    def __repr__(self) -> str:
+        return "NO_FRAME"
+
+
+#: What a source's ``produce`` returns when it has no frame right now but has not ended (a
+#: live source reconnecting): the runtime gives the slot back, serves control messages, and
+#: calls ``pace`` and ``produce`` again.
+NO_FRAME = _NoFrame()
+
+
 class ModuleError(RuntimeError):
     """A module cannot do its job (bad source, missing model...). Raised from ``setup`` it
     fails the deployment and rolls the application back, with this message as the reason."""
@@ -93,7 +104,8 @@ class Module(Generic[C]):
 
     def produce(self, alloc: Alloc) -> Message | None:
         """Sources only: make the next message, writing big arrays through ``alloc`` so they
-        land directly in the output ring slot. Return ``None`` when the source has ended."""
+        land directly in the output ring slot. Return ``None`` when the source has ended, and
+        ``NO_FRAME`` when there is nothing now but more may come (keep each call short)."""
         raise NotImplementedError
 
     def pace(self) -> None:

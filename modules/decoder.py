@@ -1,4 +1,11 @@
-"""``decoder``: turns a video source into frames, decoded straight into the output ring slot."""
+"""``decoder``: turns a video source into frames, decoded straight into the output ring slot.
+
+Sources: files and bundled clips (paced, looped), ``synthetic`` (a generated pattern), network
+streams (RTSP and other URLs through FFmpeg) and V4L2 cameras. Live sources (streams, cameras)
+reconnect by themselves when they drop (see ``modules/sources/capture.py``). Optional
+preprocessing (``color``, ``layout``, ``normalize``) for custom models is in
+``modules/sources/preprocess.py``; the built-in detectors want the default uint8 BGR HWC frame.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +17,127 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from modules import base
 from modules.base import Alloc, Module, ModuleConfig, ModuleError
+from modules.sources.capture import (
+    LiveCapture,
+    camera_exists,
+    frame_size,
+    is_camera,
+    open_camera,
+    open_stream,
+)
+from modules.sources.preprocess import Color, Layout, Normalize, Preprocess
+from modules.sources.synthetic import Pattern
 from schemas.message import Message
 
 ASSETS = Path(__file__).parent / "assets"
 _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\d+$")
+#: What ``produce`` returns for "no frame right now, the stream goes on" once the runtime knows
+#: it (proposed ``modules.base.NO_FRAME``). Until then a disconnected live source blocks in
+#: ``produce`` (in bounded reconnect steps) until its frames come back.
+_NO_FRAME = getattr(base, "NO_FRAME", None)
+_STEP_S = 0.5  # longest a reconnect wait blocks the caller (plus one open attempt)
+# Fields whose change the running decoder applies in place; any other change reopens the source.
+_LIVE_UPDATE = {"fps", "max_frames"}
 
 
 class DecoderConfig(ModuleConfig):
     """Args of ``decoder``.
 
     ``source``: a video file path, ``asset:<name>`` for a clip bundled with edgeva (e.g.
-    ``asset:vtest.mp4``), an ``rtsp://`` URL, a camera index (``0``) or ``/dev/videoN``, or
-    ``synthetic`` for a generated test pattern (no file needed)."""
+    ``asset:vtest.mp4``), an ``rtsp://`` URL (or rtmp/http/udp/tcp), a V4L2 camera index (``0``)
+    or ``/dev/videoN``, or ``synthetic`` for a generated test pattern (no file needed)."""
 
     type: Literal["decoder"] = "decoder"
-    source: str = Field(description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'")
-    fps: float | None = Field(
-        default=None, ge=0,
-        description="frames per second to emit. Files and synthetic: paced in real time at this rate "
-        "(None: the file's own rate; 0: as fast as possible). Live sources: frames above this rate are skipped.",
+    source: str = Field(
+        description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'"
     )
-    loop: bool = Field(default=True, description="files: start again at the end (False: end the stream)")
-    max_frames: int | None = Field(default=None, gt=0, description="stop after this many frames")
-    width: int | None = Field(default=None, gt=0, description="resize to this width (synthetic: its width, default 640)")
-    height: int | None = Field(default=None, gt=0, description="resize to this height (synthetic: its height, default 360)")
-    source_id: str | None = Field(default=None, description="name of the source in messages (default: from source)")
+    fps: float | None = Field(
+        default=None,
+        ge=0,
+        description="frames per second to emit. Files and synthetic: paced in real time at this rate "
+        "(None: the file's own rate; 0: as fast as possible). Live sources: frames above this rate are "
+        "skipped (None or 0: every frame). Cameras: also requested from the camera. Changes apply live.",
+    )
+    loop: bool = Field(
+        default=True, description="files: start again at the end (False: end the stream)"
+    )
+    max_frames: int | None = Field(
+        default=None, gt=0, description="stop after this many frames (changes apply live)"
+    )
+    width: int | None = Field(
+        default=None,
+        gt=0,
+        description="resize to this width (synthetic: its width, default 640; cameras: also requested from the camera)",
+    )
+    height: int | None = Field(
+        default=None,
+        gt=0,
+        description="resize to this height (synthetic: its height, default 360; cameras: also requested)",
+    )
+    source_id: str | None = Field(
+        default=None, description="name of the source in messages (default: from source)"
+    )
+
+    # -- live sources --------------------------------------------------------------------------
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        default="tcp",
+        description="RTSP: RTP over the RTSP connection (tcp: no loss, passes NAT and firewalls) "
+        "or over UDP (lower latency on a clean LAN, but lost packets smear frames)",
+    )
+    open_timeout_s: float = Field(
+        default=5.0, gt=0, description="network streams: give up one open attempt after this"
+    )
+    read_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="network streams: a frame not arriving within this counts as a drop (then reconnect)",
+    )
+    reconnect: bool = Field(
+        default=True,
+        description="live sources: reopen after a drop, keeping frame ids counting (False: a drop ends the stream)",
+    )
+    reconnect_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="live sources: first wait before reopening; doubles each failure",
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, description="live sources: the longest wait between reopen attempts"
+    )
+    fail_fast_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="live sources: how long setup keeps retrying the first open before refusing the deployment "
+        "(0: one attempt, so a wrong URL or missing camera is refused at once)",
+    )
+    fourcc: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9 ]{4}$",
+        description="cameras: pixel format to ask for, e.g. MJPG (USB cameras: larger sizes, higher rates) or YUYV",
+    )
+
+    # -- preprocessing, for custom models (the built-in detectors want the default BGR HWC uint8) --
+    color: Color = Field(
+        default="bgr",
+        description="channel order of the output: bgr (OpenCV), rgb, or gray (1 channel)",
+    )
+    layout: Layout = Field(
+        default="hwc",
+        description="hwc: height x width x channels; chw: channels first (transposed)",
+    )
+    normalize: Normalize | None = Field(
+        default=None,
+        description="make float32 (pixel * scale - mean) / std; None: keep uint8 0-255",
+    )
+    keep_original: bool = Field(
+        default=False,
+        description="with color/layout/normalize: also emit the uint8 BGR frame as arrays['frame'] and put the "
+        "preprocessed one in arrays['tensor'] (False: arrays['frame'] is the preprocessed one)",
+    )
 
     @field_validator("source")
     @classmethod
@@ -49,19 +149,33 @@ class DecoderConfig(ModuleConfig):
             raise ValueError(f"no such video file: {path}")
         return v
 
+    @model_validator(mode="after")
+    def _check_normalize(self) -> DecoderConfig:
+        if (
+            self.normalize
+            and self.color == "gray"
+            and (len(self.normalize.mean) > 1 or len(self.normalize.std) > 1)
+        ):
+            raise ValueError(
+                "color gray has one channel: give normalize.mean and normalize.std one value each"
+            )
+        return self
+
 
 def resolve_path(source: str) -> Path:
     """``asset:<name>`` -> the bundled file; anything else is a path."""
     if source.startswith("asset:"):
-        return ASSETS / source[len("asset:"):]
+        return ASSETS / source[len("asset:") :]
     return Path(source).expanduser()
 
 
 class Decoder(Module[DecoderConfig]):
-    """Source module. Emits one message per frame: ``arrays["frame"]`` (HxWx3 uint8 BGR),
-    ``fields["width"]``, ``fields["height"]``; ``frame_id`` counts from 0 and keeps counting
-    across loops. Frames are decoded straight into the output ring slot (no extra copy) unless
-    a resize is asked for."""
+    """Source module. Emits one message per frame: ``arrays["frame"]`` (HxWx3 uint8 BGR unless
+    preprocessing says otherwise; then also ``arrays["tensor"]`` with ``keep_original``),
+    ``fields["width"]``, ``fields["height"]``, and for live sources ``fields["reconnects"]``
+    (how many times the source came back after a drop). ``frame_id`` counts from 0 and keeps
+    counting across loops and reconnects. Frames are decoded straight into the output ring slot
+    (no extra copy) unless a resize or preprocessing is asked for."""
 
     config_class = DecoderConfig
     is_source = True
@@ -71,98 +185,183 @@ class Decoder(Module[DecoderConfig]):
         self.live = c.source != "synthetic" and bool(_LIVE.match(c.source))
         self._frame_id = 0
         self._t0 = 0.0
-        self._cap = None
+        self._due = 0.0
+        self._cap: cv2.VideoCapture | None = None
+        self._live: LiveCapture | None = None
+        self._pending = False  # live: a frame is grabbed and waits for produce
         if c.source == "synthetic":
-            self._w, self._h, rate = c.width or 640, c.height or 360, 10.0
-            self._pattern = _Pattern(self._w, self._h)
+            native, self._rate = (c.width or 640, c.height or 360), 10.0
+            self._pattern = Pattern(*native)
+        elif self.live:
+            self._live = LiveCapture(
+                self._open_live,
+                name=f"decoder {c.source!r}",
+                reconnect_s=c.reconnect_s,
+                reconnect_max_s=c.reconnect_max_s,
+                log=self.ctx.log,
+            )
+            if not self._live.open(c.fail_fast_s):
+                raise ModuleError(f"decoder: cannot open {c.source!r}: {_hint(c.source)}")
+            native, self._rate = (
+                frame_size(self._live.cap),
+                self._live.cap.get(cv2.CAP_PROP_FPS) or 25.0,
+            )
         else:
-            self._cap = self._open()
-            self._w = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-            self._h = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-            rate = self._cap.get(cv2.CAP_PROP_FPS) or 25.0
-            if self._w <= 0 or self._h <= 0:
-                raise ModuleError(f"decoder: {c.source!r} reports no frame size")
-        self._native = (self._w, self._h)
-        if c.width or c.height:
-            self._w, self._h = c.width or self._w, c.height or self._h
-        self._scratch = None if (self._w, self._h) == self._native or c.source == "synthetic" else (
-            np.empty((self._native[1], self._native[0], 3), np.uint8)
+            self._cap = cv2.VideoCapture(os.fspath(resolve_path(c.source)))
+            if not self._cap.isOpened():
+                raise ModuleError(f"decoder: cannot open {c.source!r}: not a video OpenCV can read")
+            native, self._rate = frame_size(self._cap), self._cap.get(cv2.CAP_PROP_FPS) or 25.0
+        if native[0] <= 0 or native[1] <= 0:
+            raise ModuleError(f"decoder: {c.source!r} reports no frame size")
+        self._w, self._h = c.width or native[0], c.height or native[1]
+        self._set_native(native)
+        self._pre = Preprocess(self._w, self._h, c.color, c.layout, c.normalize)
+        # Preprocessing reads a BGR frame: the slot's own when it is kept, else this scratch.
+        self._bgr = (
+            None
+            if not self._pre.active or c.keep_original
+            else np.empty((self._h, self._w, 3), np.uint8)
         )
-        fps = rate if c.fps is None else c.fps
-        self._period = 1.0 / fps if fps else 0.0
+        self._set_rate()
         self.source_id = c.source_id or (
-            "synthetic" if c.source == "synthetic" else Path(resolve_path(c.source)).stem if not self.live else c.source
+            "synthetic"
+            if c.source == "synthetic"
+            else c.source
+            if self.live
+            else resolve_path(c.source).stem
         )
 
-    def _open(self) -> cv2.VideoCapture:
-        src = self.config.source
-        if re.match(r"^\d+$", src):
-            cap = cv2.VideoCapture(int(src))
-        else:
-            cap = cv2.VideoCapture(src if self.live else os.fspath(resolve_path(src)))
-        if not cap.isOpened():
-            raise ModuleError(f"decoder: cannot open {src!r}")
-        return cap
+    def _open_live(self) -> cv2.VideoCapture | None:
+        c = self.config
+        if is_camera(c.source):
+            return open_camera(
+                c.source, width=c.width, height=c.height, fps=c.fps or None, fourcc=c.fourcc
+            )
+        return open_stream(
+            c.source,
+            transport=c.rtsp_transport,
+            open_timeout_s=c.open_timeout_s,
+            read_timeout_s=c.read_timeout_s,
+        )
+
+    def _set_native(self, native: tuple[int, int]) -> None:
+        # Sources decode here first when their size is not the output's (resize follows).
+        self._native = native
+        resize = native != (self._w, self._h) and self.config.source != "synthetic"
+        self._scratch = np.empty((native[1], native[0], 3), np.uint8) if resize else None
+
+    def _set_rate(self) -> None:
+        # Live sources come at their own rate; `fps` only thins them out.
+        fps = (0.0 if self.live else self._rate) if self.config.fps is None else self.config.fps
+        self._period = 1.0 / fps if fps else 0.0
+        self._t0 = 0.0  # re-base pacing on the next frame
 
     def output_bytes(self) -> int:
-        return self._w * self._h * 3 + 65536
+        frame = self._w * self._h * 3
+        if self._pre.active:
+            frame = self._pre.nbytes + (frame if self.config.keep_original else 0)
+        return frame + 65536
+
+    # -- the loop ------------------------------------------------------------------------------
+    def pace(self) -> None:
+        if self._live is not None:
+            self._pace_live()
+        elif self._period:
+            now = time.monotonic()
+            if not self._t0:
+                self._t0 = now - self._frame_id * self._period
+            due = self._t0 + self._frame_id * self._period
+            if due > now:
+                time.sleep(due - now)
+
+    def _pace_live(self) -> None:
+        # Grab (cheap, no color conversion) every frame the source sends, so nothing queues in
+        # the socket or FFmpeg; keep the last one grabbed once it is due at the `fps` rate.
+        live = self._live
+        if not live.connected:
+            if self.config.reconnect and live.reconnect(_STEP_S):
+                native = frame_size(live.cap)
+                if native != self._native and native[0] > 0:
+                    self._set_native(native)  # the camera came back in another mode: resize it
+            return
+        while live.grab():
+            self._pending = True
+            if not self._period:
+                return
+            now = time.monotonic()
+            if now >= self._due:
+                # Keep the average rate through jitter, but never catch up after a stall.
+                on_time = now - self._due < self._period
+                self._due = self._due + self._period if on_time else now + self._period
+                return
+        self._pending = False
 
     def produce(self, alloc: Alloc) -> Message | None:
         c = self.config
         if c.max_frames is not None and self._frame_id >= c.max_frames:
             return None
-        frame = alloc("frame", (self._h, self._w, 3), np.uint8)
-        if self._cap is None:
-            self._pattern.render(self._frame_id, frame)
-        elif not self._read(frame):
-            return None
-        msg = Message(self._frame_id, self.source_id, fields={"width": self._w, "height": self._h})
+        pre, keep = self._pre, self._pre.active and c.keep_original
+        bgr = alloc("frame", (self._h, self._w, 3), np.uint8) if self._bgr is None else self._bgr
+        while not self._decode(bgr):
+            if self._live is None or not (c.reconnect or self._live.connected):
+                return None
+            if _NO_FRAME is not None:
+                return _NO_FRAME
+            self._pace_live()  # the runtime cannot take "no frame yet": wait here, step by step
+        if pre.active:
+            pre.apply(bgr, alloc("tensor" if keep else "frame", pre.shape, pre.dtype))
+        fields = {"width": self._w, "height": self._h}
+        if self._live is not None:
+            fields["reconnects"] = self._live.reconnects
+        msg = Message(self._frame_id, self.source_id, fields=fields)
         self._frame_id += 1
         return msg
 
-    def pace(self) -> None:
-        if not self._period:
-            return
-        now = time.monotonic()
-        if not self._t0:
-            self._t0 = now
-        due = self._t0 + self._frame_id * self._period
-        if due > now:
-            time.sleep(due - now)
-        elif self.live and now - due > self._period:
-            self._t0 = now - self._frame_id * self._period  # live: never try to catch up
-
-    def _read(self, frame: np.ndarray) -> bool:
+    def _decode(self, frame: np.ndarray) -> bool:
+        """The next frame, BGR at the output size, into ``frame``; False if there is none."""
+        if self._cap is None and self._live is None:
+            self._pattern.render(self._frame_id, frame)
+            return True
         target = frame if self._scratch is None else self._scratch
-        ok, _ = self._cap.read(target)
-        if not ok and self.config.loop and not self.live:
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        if self._live is not None:
+            if not self._pending:
+                return False
+            self._pending = False
+            if not self._live.retrieve(target):
+                return False
+        else:
             ok, _ = self._cap.read(target)
-        if not ok:
-            return False
+            if not ok and self.config.loop:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, _ = self._cap.read(target)
+            if not ok:
+                return False
         if self._scratch is not None:
             cv2.resize(self._scratch, (self._w, self._h), dst=frame, interpolation=cv2.INTER_AREA)
+        return True
+
+    def update(self, config: DecoderConfig) -> bool:
+        changed = {
+            k for k in DecoderConfig.model_fields if getattr(config, k) != getattr(self.config, k)
+        }
+        if not changed <= _LIVE_UPDATE:
+            return False  # anything else means reopening the source: restart
+        self.config = config
+        self._set_rate()
         return True
 
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()
+        if self._live is not None:
+            self._live.release()
 
 
-class _Pattern:
-    """A moving test pattern whose pixels encode the frame id (for tests without a file)."""
-
-    def __init__(self, w: int, h: int) -> None:
-        x = np.linspace(0, 255, w, dtype=np.float32)
-        y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
-        self.bg = np.dstack([np.broadcast_to(x, (h, w)), np.broadcast_to(y, (h, w)),
-                             np.full((h, w), 96, np.float32)]).astype(np.uint8)
-        self.w, self.h = w, h
-
-    def render(self, i: int, out: np.ndarray) -> None:
-        np.copyto(out, self.bg)
-        bw = max(8, self.w // 10)
-        x = (i * 7) % max(1, self.w - bw)
-        out[self.h // 3 : 2 * self.h // 3, x : x + bw] = (255, 255, 255)
-        out[0, 0:4] = np.frombuffer(int(i).to_bytes(12, "little"), np.uint8).reshape(4, 3)
-        cv2.putText(out, str(i), (8, self.h - 12), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 255), 2)
+def _hint(source: str) -> str:
+    if is_camera(source):
+        if not camera_exists(source):
+            return (
+                "no such device (is the camera plugged in, and the device passed to the container?)"
+            )
+        return "the camera refused (busy in another process, or no permission on the device?)"
+    return "check the URL, credentials, that the camera or server is up and reachable, and rtsp_transport"

@@ -1,0 +1,1 @@
+"""Helpers of the ``decoder`` module: capture opening/reconnection and preprocessing."""
