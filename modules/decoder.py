@@ -38,7 +38,7 @@ _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\
 #: What ``produce`` returns for "no frame right now, the stream goes on" once the runtime knows
 #: it (proposed ``modules.base.NO_FRAME``). Until then a disconnected live source blocks in
 #: ``produce`` (in bounded reconnect steps) until its frames come back.
-_NO_FRAME = getattr(base, "NO_FRAME", None)
+_NO_FRAME = base.NO_FRAME
 _STEP_S = 0.5  # longest a reconnect wait blocks the caller (plus one open attempt)
 # Fields whose change the running decoder applies in place; any other change reopens the source.
 _LIVE_UPDATE = {"fps", "max_frames"}
