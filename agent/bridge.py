@@ -4,6 +4,20 @@ Commands are queued by paho's network thread and executed one at a time by a wor
 a slow deploy never stalls the connection (keep-alives, other replies) and two commands never
 interleave. Replies go to the MQTT 5 response topic (with the correlation data) when the
 request named one, else to ``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
+
+Apps spanning devices (modules with a ``device`` other than this one). The agent that receives
+such a deploy, from any MQTT client, coordinates it: it checks the whole graph against the
+fleet's retained states (a device that is offline or unknown: ``unknown_device``, nothing
+starts), sends every other device its part (the whole graph with every ``device`` filled in and
+``part_of: {coordinator, hold: true}``) as a deploy on that device's command topic with the
+same tenant, starts its own part, and once every part runs sends each a ``start`` (their
+sources were held so that no frame leaves before its consumer listens) and lets its own
+sources go. It replies ok only then; if a part fails or does not answer, every part started
+is removed again and the reply carries the part's error, its path prefixed with
+``devices.<device>.``. ``stop``/``remove``/``start`` of the app on the coordinator reach every
+part; ``update`` of a module on another device is forwarded there. While it waits for a part,
+this agent's command worker is busy: two agents coordinating apps through each other at the
+same moment wait for each other until the part timeout, and both deploys are rolled back.
 """
 
 from __future__ import annotations
@@ -13,28 +27,53 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.core import AgentCore
-from agent.mqtt import MqttOptions, Will, close, connect, is_v5, subscribe_wait
-from schemas.commands import error_reply, extract_request_id, ok_reply, parse_command
-from schemas.deployment import Deployment
-from schemas.errors import INTERNAL, EdgevaError
+from agent.core import AgentCore, App, remote_devices
+from agent.fleet import FleetView, pipeline_hops
+from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
+from agent.peers import Peers
+from schemas.commands import (
+    RemoveCommand,
+    StartCommand,
+    StopCommand,
+    UpdateCommand,
+    error_reply,
+    extract_request_id,
+    ok_reply,
+    parse_command,
+)
+from schemas.deployment import Deployment, PartOf
+from schemas.errors import INTERNAL, SETUP_FAILED, TIMEOUT, UNKNOWN_DEVICE, EdgevaError
+from schemas.graph import validate_graph
+from schemas.metrics import HopMetrics
 from schemas.topics import (
     cmd_subscription,
+    cmd_topic,
     device_metrics_topic,
     events_topic,
     parse_cmd_topic,
+    reply_subscription,
     reply_topic,
     state_topic,
     tenant_metrics_topic,
 )
 
 log = logging.getLogger("edgeva.bridge")
+FLEET_SUBS = ("edgeva/v1/+/state", "edgeva/v1/+/metrics")
+PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
+
+
+def _part_error(device: str, reply: dict) -> EdgevaError:
+    err = reply.get("error") or {}
+    path = err.get("path")
+    return EdgevaError(err.get("code", INTERNAL), f"device {device!r}: {err.get('message', 'failed')}",
+                       f"devices.{device}" + (f".{path}" if path else ""))
 
 
 class _Bucket:
@@ -66,7 +105,10 @@ class AgentBridge:
         metrics_period: float = 2.0,
         event_rate: float = 100.0,
         data_addr: str | None = None,
+        peers: dict[str, Any] | None = None,
     ) -> None:
+        """``peers``: keywords of ``agent.peers.Peers`` (``bind``, ``advertise``, ``tls``, ...);
+        None: no data plane (apps spanning devices are refused)."""
         self.device = core_args["device"]
         self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
@@ -74,9 +116,18 @@ class AgentBridge:
         self.buckets: dict[tuple[str, str], _Bucket] = {}
         self._stop = threading.Event()
         self._state_dirty = threading.Event()
-        self.core = AgentCore(**core_args, emit_event=self._emit_event, state_changed=self._state_dirty.set)
+        self.fleet = FleetView()
+        self.peers = Peers(self.device, **(peers or {"bind": None}), on_change=self._state_dirty.set)
+        if self.peers.enabled and data_addr is None:
+            self.data_addr = f"{self.peers.scheme}://{self.peers.adv_host}:{self.peers._next_port}"
+        self.core = AgentCore(**core_args, emit_event=self._emit_event, state_changed=self._state_dirty.set,
+                              peers=self.peers)
+        self.core.hops_for = self._hops
         self.client: mqtt.Client | None = None
         self._cmd_sub = cmd_subscription(self.device)
+        self._pending: dict[str, list] = {}  # request id of a command to a peer -> [event, reply]
+        self._reply_subs: set[str] = set()
+        self._graphs: dict[str, tuple[Deployment, Any]] = {}
 
     # -- connection --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +137,7 @@ class AgentBridge:
             on_connect=self._on_connect,
         )
         self.client.on_message = self._on_message
-        subscribe_wait(self.client, cmd_subscription(self.device))
+        subscribe_wait(self.client, [cmd_subscription(self.device), *FLEET_SUBS])
         self._publish_state()
         threading.Thread(target=self._work, name="commands", daemon=True).start()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
@@ -94,10 +145,28 @@ class AgentBridge:
 
     def _on_connect(self, client: mqtt.Client) -> None:
         # After a reconnect: subscriptions of a clean session are gone, state must be re-told.
-        client.subscribe(cmd_subscription(self.device), qos=1)
+        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *FLEET_SUBS, *self._reply_subs)])
         self._state_dirty.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        parts = m.topic.split("/")
+        if len(parts) == 4 and parts[3] == "state":
+            st = self.fleet.put_state(m.payload)
+            if st is not None and st.device != self.device and st.status == "online":
+                self.peers.peer_state(st.device, st.links)
+            return
+        if len(parts) == 4 and parts[3] == "metrics":
+            self.fleet.put_metrics(m.payload)
+            return
+        if len(parts) == 6 and parts[4] == "reply" and not m.retain:
+            waiter = self._pending.get(parts[5])
+            if waiter is not None:
+                try:
+                    waiter[1] = json.loads(m.payload)
+                except ValueError:
+                    waiter[1] = {"ok": False, "error": {"code": INTERNAL, "message": "unreadable reply"}}
+                waiter[0].set()
+            return
         # Some brokers (amqtt 0.12) deliver retained messages we never subscribed to: only
         # our own command topics are commands.
         if m.retain or not mqtt.topic_matches_sub(self._cmd_sub, m.topic):
@@ -140,10 +209,138 @@ class AgentBridge:
         core = self.core
         if verb == "deploy":
             assert isinstance(cmd, Deployment)
-            return core.deploy(tenant, cmd)
+            return self._deploy(tenant, cmd)
+        if verb in ("start", "stop", "remove", "update"):
+            app = core._get(tenant, cmd.app)
+            remote = remote_devices(app.deployment, self.device) if app.deployment.part_of is None else set()
+            if remote:
+                return self._coordinated(tenant, verb, cmd, app, remote)
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
         return handler(tenant, cmd)
+
+    # -- apps spanning devices ----------------------------------------------------------------------
+    def _deploy(self, tenant: str, dep: Deployment) -> dict:
+        core = self.core
+        if dep.part_of is not None:  # a coordinator's part: it checked the fleet already
+            return core.deploy(tenant, dep, known_devices=None, hold=dep.part_of.hold)
+        remote = remote_devices(dep, self.device)
+        if not remote:
+            return core.deploy(tenant, dep)
+        known = self.fleet.online() | {self.device}
+        validate_graph(dep, core.registry, None, self.device)  # types, args, graph first: the precise errors
+        for name, m in dep.modules.items():
+            if m.device and m.device not in known:
+                why = "offline" if self.fleet.state(m.device) is not None else "unknown (no agent announced it)"
+                raise EdgevaError(UNKNOWN_DEVICE, f"device {m.device!r} is {why}; nothing was deployed",
+                                  f"modules.{name}.device")
+        _graph, existing = core.check(tenant, dep, known)
+        for d in sorted(remote):
+            st = self.fleet.state(d)
+            if st is None or st.data_addr is None:
+                raise EdgevaError(SETUP_FAILED, f"device {d!r} has no data plane (its agent runs without --data-bind)",
+                                  f"devices.{d}")
+        if existing is not None and existing.status == "running":
+            return core._app_result(existing, unchanged=True)
+        return self._coordinate(tenant, dep, remote,
+                                lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
+
+    def _coordinate(self, tenant: str, dep: Deployment, remote: set[str], start_local, undo: str) -> dict:
+        """Start every part (held), then let them all go; on any failure undo every part."""
+        explicit = dep.model_copy(update={
+            "request_id": None,
+            "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
+            "part_of": PartOf(coordinator=self.device, hold=True),
+        })
+        payload = explicit.model_dump(mode="json")
+        payload.pop("request_id")
+        done: list[str] = []
+        local = False
+        parts: dict[str, dict] = {}
+        try:
+            for d in sorted(remote):
+                r = self._request(d, tenant, "deploy", payload)
+                if not r.get("ok"):
+                    raise _part_error(d, r)
+                done.append(d)
+                parts[d] = r.get("result", {})
+            result = start_local()
+            local = True
+            for d in done:  # every part runs: sources may go (downstream listens everywhere)
+                r = self._request(d, tenant, "start", {"app": dep.app})
+                if not r.get("ok"):
+                    raise _part_error(d, r)
+            self.core.release(dep.app)
+        except BaseException:
+            for d in done:
+                r = self._request(d, tenant, undo, {"app": dep.app}, timeout=15.0)
+                if not r.get("ok"):
+                    log.error("rollback: %s of part on %s failed: %s", undo, d, r.get("error"))
+            if local:
+                cmd = RemoveCommand(app=dep.app) if undo == "remove" else StopCommand(app=dep.app)
+                getattr(self.core, undo)(tenant, cmd)
+            raise
+        return {**result, "parts": parts}
+
+    def _coordinated(self, tenant: str, verb: str, cmd: Any, app: App, remote: set[str]) -> dict:
+        """start/stop/remove/update of an app this agent coordinates."""
+        core = self.core
+        if verb == "start":
+            if app.status == "running":
+                return core.start(tenant, cmd)
+            return self._coordinate(tenant, app.deployment, remote,
+                                    lambda: core.start(tenant, StartCommand(app=cmd.app), hold=True), undo="stop")
+        if verb == "update":
+            assert isinstance(cmd, UpdateCommand)
+            spec = app.deployment.modules.get(cmd.module)
+            if spec is None or not spec.device or spec.device == self.device:
+                return core.update(tenant, cmd)
+            r = self._request(spec.device, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}))
+            if not r.get("ok"):
+                raise _part_error(spec.device, r)
+            new = {**spec.args, **cmd.args}
+            dep = app.deployment
+            app.deployment = dep.model_copy(update={"modules": {**dep.modules,
+                                                                cmd.module: spec.model_copy(update={"args": new})}})
+            core.store.put(tenant, app.deployment, app.status)
+            return {**r.get("result", {}), "device": spec.device}
+        result = getattr(core, verb)(tenant, cmd)
+        parts = {}
+        for d in sorted(remote):
+            r = self._request(d, tenant, verb, {"app": cmd.app}, timeout=15.0)
+            parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
+        return {**result, "parts": parts}
+
+    def _request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float = PART_TIMEOUT_S) -> dict:
+        """Send a command to another agent and wait for its reply (a dict; a timeout reads as
+        an error reply)."""
+        rid = f"{self.device}.{uuid.uuid4().hex[:12]}"
+        sub = reply_subscription(device, tenant)
+        try:
+            if sub not in self._reply_subs:
+                subscribe_wait(self.client, sub)
+                self._reply_subs.add(sub)
+        except MqttError as e:
+            return {"ok": False, "error": {"code": INTERNAL, "message": str(e)}}
+        waiter: list = [threading.Event(), None]
+        self._pending[rid] = waiter
+        try:
+            body = json.dumps({**payload, "request_id": rid}, separators=(",", ":"))
+            self.client.publish(cmd_topic(device, tenant, verb), body, qos=1)
+            if not waiter[0].wait(timeout):
+                return {"ok": False, "error": {"code": TIMEOUT, "message": f"no reply to {verb} within {timeout:.0f}s"}}
+            return waiter[1]
+        finally:
+            self._pending.pop(rid, None)
+
+    def _hops(self, app: App) -> list[HopMetrics] | None:
+        dep = app.deployment
+        if dep.part_of is not None or not remote_devices(dep, self.device) or app.status != "running":
+            return None
+        cached = self._graphs.get(app.key)
+        if cached is None or cached[0] is not dep:
+            cached = self._graphs[app.key] = (dep, validate_graph(dep, self.core.registry, None, self.device))
+        return pipeline_hops(cached[1], self.fleet.metrics)
 
     def _reply(self, tenant: str | None, request_id: str | None, reply: bytes, props: Properties | None) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -182,7 +379,9 @@ class AgentBridge:
 
     def publish_metrics(self) -> None:
         mods = self.core._module_metrics()
-        self.client.publish(device_metrics_topic(self.device), self.core.device_metrics(mods).model_dump_json(), qos=0)
+        dm = self.core.device_metrics(mods)
+        self.fleet.put_metrics(dm)
+        self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)
         for tenant in self.core.tenants():
             m = self.core.tenant_metrics(tenant, mods=mods)
             self.client.publish(tenant_metrics_topic(self.device, tenant), m.model_dump_json(), qos=0)

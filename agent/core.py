@@ -5,6 +5,15 @@ deploy leaves what ran before running, untouched. Module instances are keyed by 
 (``schemas.graph``): a module that another app already runs is not started twice; the running
 one gains a user (and its output ring a consumer).
 
+Apps spanning devices: every agent that runs a part of such an app holds the whole graph
+(every module's ``device`` filled in) and starts only its own modules. An edge from a module
+here to one on a peer becomes a ``RingToLink`` relay (the module's output ring -> the link,
+stream = the module's identity); an edge from a peer's module to one here becomes a
+``LinkToRing`` relay (the stream -> a local ring ``edgeva.<prefix>.in.<identity>``) that the
+local module consumes like any ring. Relays are keyed by (direction, peer, stream) and shared
+between apps like instances: each counts its apps and stops when the last one goes. Which
+agent coordinates, and how parts are sent, is the MQTT side's business (``agent.bridge``).
+
 Commands are serialised by the caller (one worker thread); callbacks from the supervisor
 (events, metrics, status) take ``self.lock``.
 """
@@ -12,6 +21,7 @@ Commands are serialised by the caller (one worker thread); callbacks from the su
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.appmetrics import AppStats
+from agent.dataplane.link import LinkError
+from agent.dataplane.relay import LinkToRing, RingToLink
 from agent.dataplane.ring import RingError, ring_stats, sweep_segments
 from agent.dataplane.segment import segment_name
+from agent.peers import Peers
 from agent.store import DesiredState
 from agent.supervisor import Instance, Supervisor
 from modules.registry import load_registry
@@ -60,10 +73,22 @@ class App:
     modules: dict[str, str] = field(default_factory=dict)  # local name -> instance name
     sinks: set[str] = field(default_factory=set)  # instance names ending the app
     stats: AppStats = field(default_factory=AppStats)
+    relays: set[tuple[str, str, str]] = field(default_factory=set)  # keys of the relays it uses
+    held: list[str] = field(default_factory=list)  # sources started held, waiting for start
 
     @property
     def key(self) -> str:
         return f"{self.tenant}/{self.deployment.app}"
+
+
+@dataclass
+class Relay:
+    """A ``RingToLink`` ("out") or ``LinkToRing`` ("in") shared by the apps in ``users``."""
+
+    obj: RingToLink | LinkToRing
+    users: set[str] = field(default_factory=set)
+    upstream: str | None = None  # out: the local instance whose ring it reads
+    policy: str = "block"
 
 
 def _last_module(graph: ValidatedGraph) -> str:
@@ -71,6 +96,11 @@ def _last_module(graph: ValidatedGraph) -> str:
     app's end-to-end latency and frame count are measured there (once per frame, even when
     the graph ends in several branches)."""
     return [n for n in graph.order if not graph.downstream[n]][-1]
+
+
+def remote_devices(dep: Deployment, device: str) -> set[str]:
+    """Devices other than ``device`` that ``dep`` places modules on."""
+    return {m.device for m in dep.modules.values() if m.device and m.device != device}
 
 
 def _last_proc(inst: Instance) -> P2:
@@ -94,6 +124,8 @@ class AgentCore:
         state_changed: Callable[[], None] = lambda: None,
         nslots: int = 8,
         metrics_interval: float = 1.0,
+        peers: Peers | None = None,
+        link_slot_bytes: int = 8 << 20,
     ) -> None:
         self.device = device
         self.prefix = prefix or device
@@ -104,6 +136,11 @@ class AgentCore:
         self.apps: dict[str, App] = {}  # app name -> App (app names are device-wide)
         self.by_identity: dict[str, str] = {}  # current identity -> instance name
         self.users: dict[str, set[str]] = {}  # instance name -> app names
+        self.peers = peers or Peers(device, None)
+        self.link_slot_bytes = link_slot_bytes
+        self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
+        #: app -> per-hop metrics of an app spanning devices (set by the bridge, which sees the fleet)
+        self.hops_for: Callable[[App], list | None] = lambda app: None
         self.store = DesiredState(state_dir)
         swept = sweep_segments(self.prefix)
         if swept:
@@ -111,32 +148,64 @@ class AgentCore:
         self.sup = Supervisor(self._on_event, self._on_metrics, self._on_change)
 
     # -- commands ------------------------------------------------------------------------------
-    def deploy(self, tenant: str, dep: Deployment, persist: bool = True) -> dict:
-        """Start an app; shares running modules. Identical redeploy: ok, unchanged."""
+    def check(self, tenant: str, dep: Deployment, known_devices: set[str] | None) -> tuple[ValidatedGraph, App | None]:
+        """Check a deploy whole; returns its graph and the app already deployed under that name
+        (same graph) or None. Raises ``EdgevaError``."""
         with self.lock:
             existing = self.apps.get(dep.app)
             if existing is not None:
                 self._own(tenant, existing)
-                same = existing.deployment.model_dump(exclude={"request_id"}) == dep.model_dump(exclude={"request_id"})
-                if same and existing.status == "running":
-                    return self._app_result(existing, unchanged=True)
-                if not same:
+                mask = {"request_id", "part_of"}
+                if existing.deployment.model_dump(exclude=mask) != dep.model_dump(exclude=mask):
                     raise EdgevaError(CONFLICT, f"app {dep.app!r} is already deployed with another graph: remove it first", "app")
-            graph = validate_graph(dep, self.registry, {self.device}, self.device)
-            app = existing or App(tenant, dep)
-        started = self._start_app(app, graph)
+        graph = validate_graph(dep, self.registry, known_devices, self.device)
+        if remote_devices(dep, self.device) and not self.peers.enabled:
+            path = next(f"modules.{n}.device" for n, m in dep.modules.items() if m.device and m.device != self.device)
+            raise EdgevaError(SETUP_FAILED, f"device {self.device!r} has no data plane for links to other devices: "
+                                            "start its agent with --data-bind tcp://HOST:PORT", path)
+        return graph, existing
+
+    def deploy(self, tenant: str, dep: Deployment, persist: bool = True,
+               known_devices: set[str] | None | bool = True, hold: bool = False) -> dict:
+        """Start an app (this device's modules of it); shares running modules. Identical
+        redeploy: ok, unchanged. ``known_devices``: devices modules may name (True: this one
+        only; None: any, for parts and restores). ``hold``: sources wait for ``release``."""
+        known = {self.device} if known_devices is True else known_devices
+        graph, existing = self.check(tenant, dep, known)  # type: ignore[arg-type]
+        if existing is not None and existing.status == "running":
+            return self._app_result(existing, unchanged=True)
+        app = existing or App(tenant, dep)
+        app.deployment = dep
+        started = self._start_app(app, graph, hold=hold)
         if persist:
             self.store.put(tenant, dep, "running")
         self.state_changed()
-        return self._app_result(app, started=started)
+        return self._app_result(app, started=started, held=bool(app.held))
 
-    def _start_app(self, app: App, graph: ValidatedGraph) -> list[str]:
-        """Start what the app needs that is not running yet; returns the instances started."""
+    def release(self, name: str) -> list[str]:
+        """Let the held sources of app ``name`` produce (every part of it runs)."""
+        with self.lock:
+            app = self.apps.get(name)
+            if app is None:
+                return []
+            held, app.held = app.held, []
+        for iname in held:
+            inst = self.sup.instances.get(iname)
+            if inst is not None and inst.spec.hold:
+                inst.spec = inst.spec.model_copy(update={"hold": False})  # a restart must not wait
+                self.sup.send(inst, R.GoMsg())
+        return held
+
+    def _start_app(self, app: App, graph: ValidatedGraph, hold: bool = False) -> list[str]:
+        """Start what the app needs here that is not running yet (its modules on this device
+        and the relays to and from peers); returns the instances started."""
         ids = graph.identities()
         started: list[str] = []
         names: dict[str, str] = {}
+        touched: list[tuple[str, str, str]] = []  # relays this app started to use
+        mine = [n for n in graph.order if graph.devices[n] == self.device]
         try:
-            for local in graph.order:
+            for local in mine:
                 ident = ids[local]
                 with self.lock:
                     inst_name = self.by_identity.get(ident)
@@ -144,7 +213,7 @@ class AgentCore:
                 if inst is not None and inst.status not in ("failed", "ended", "stopped"):
                     names[local] = inst_name
                     continue
-                spec = self._spec(ident, graph, local, names, app)
+                spec = self._spec(ident, graph, local, names, app, touched)
                 try:
                     self.sup.start(spec)
                 except RuntimeError as e:
@@ -155,32 +224,102 @@ class AgentCore:
                     self.by_identity[ident] = ident
                 started.append(ident)
                 names[local] = ident
-        except BaseException:
+            for local in mine:  # edges to peers: this module's ring -> the link
+                for down in graph.downstream[local]:
+                    peer = graph.devices[down]
+                    if peer == self.device:
+                        continue
+                    inst = self.sup.instances[names[local]]
+                    policy = graph.spec(down).policy or ("drop_oldest" if inst.live else "block")
+                    key = ("out", peer, ids[local])
+                    self._use_relay(key, app, touched, lambda inst=inst, peer=peer, s=ids[local], p=policy: Relay(
+                        RingToLink(inst.ring, self.peers.get(peer), s, p), upstream=inst.name, policy=p))
+        except BaseException as e:
+            self._drop_relays(app.deployment.app, touched, "out")
             for name in reversed(started):
                 self.sup.stop(name)
                 with self.lock:
                     self.by_identity.pop(name, None)
+            self._drop_relays(app.deployment.app, touched, "in")
             self.state_changed()
+            if isinstance(e, (LinkError, RingError)):
+                raise EdgevaError(SETUP_FAILED, f"links of app {app.deployment.app!r}: {e}", "modules") from None
             raise
+        last = _last_module(graph)
         with self.lock:
             app.modules = names
-            app.sinks = {names[_last_module(graph)]}
+            app.sinks = {names[last]} if last in names else set()
+            app.relays |= set(touched)
             app.status, app.error = "running", None
             self.apps[app.deployment.app] = app
             for inst in set(names.values()):
                 self.users.setdefault(inst, set()).add(app.deployment.app)
             self._tell_apps(set(names.values()))
-        for name in started:  # the whole app is up: held sources may start
-            inst = self.sup.instances.get(name)
-            if inst is not None and inst.spec.hold:
-                inst.spec = inst.spec.model_copy(update={"hold": False})  # a restart must not wait
-                self.sup.send(inst, R.GoMsg())
+            app.held = [n for n in started if n in self.sup.instances and self.sup.instances[n].spec.hold]
+        if not hold:  # the whole app is up: held sources may start
+            self.release(app.deployment.app)
         return started
 
-    def _spec(self, ident: str, graph: ValidatedGraph, local: str, names: dict[str, str], app: App) -> R.RunnerSpec:
+    # -- relays ------------------------------------------------------------------------------------
+    def _use_relay(self, key: tuple[str, str, str], app: App, touched: list, make: Callable[[], Relay]) -> Relay:
+        with self.lock:
+            relay = self.relays.get(key)
+        if relay is None:
+            relay = make()
+            with self.lock:
+                self.relays[key] = relay
+            log.info("relay %s %s stream %s started", key[0], key[1], key[2])
+        if app.deployment.app not in relay.users:
+            relay.users.add(app.deployment.app)
+            touched.append(key)
+        return relay
+
+    def _drop_relays(self, app_name: str, keys, kind: str) -> None:
+        """``app_name`` no longer uses the ``kind`` relays among ``keys``; stop unused ones."""
+        for key in list(keys):
+            if key[0] != kind:
+                continue
+            with self.lock:
+                relay = self.relays.get(key)
+                if relay is None:
+                    continue
+                relay.users.discard(app_name)
+                if relay.users:
+                    continue
+                del self.relays[key]
+            if isinstance(relay.obj, RingToLink):
+                relay.obj.stop()
+            else:
+                relay.obj.close()
+            log.info("relay %s %s stream %s stopped", *key)
+
+    def _in_ring(self, app: App, peer: str, stream: str, touched: list) -> str:
+        """The local ring that carries ``peer``'s stream ``stream`` (made on first use)."""
+        ring = segment_name(self.prefix, "in", stream)
+        self._use_relay(("in", peer, stream), app, touched, lambda: Relay(LinkToRing(
+            self.peers.get(peer), stream, ring, slot_size=self.link_slot_bytes, nslots=self.nslots)))
+        return ring
+
+    def relay_drops(self, key: tuple[str, str, str]) -> int:
+        """Messages an out relay lost: skipped in the ring, dropped from the link's queue."""
+        relay = self.relays.get(key)
+        if relay is None or not isinstance(relay.obj, RingToLink):
+            return 0
+        pl = self.peers.links.get(key[1])
+        link = pl.link if pl is not None else None
+        by_stream = link.stats()["dropped_by_stream"] if link is not None else {}
+        return relay.obj.ring_dropped + by_stream.get(key[2], 0)
+
+    def _spec(self, ident: str, graph: ValidatedGraph, local: str, names: dict[str, str], app: App,
+              touched: list) -> R.RunnerSpec:
         spec = graph.spec(local)
         inputs = []
         for up in graph.upstream[local]:
+            if graph.devices[up] != self.device:  # a peer's module: its stream, through a local ring
+                ring = self._in_ring(app, graph.devices[up], graph.identity(up), touched)
+                # Lossless by default: a live upstream's sender already drops what we cannot take.
+                inputs.append(R.InputSpec(ring=ring, policy=spec.policy or "block"))
+                continue
             up_inst = self.sup.instances[names[up]]
             policy = spec.policy or ("drop_oldest" if up_inst.live else "block")
             inputs.append(R.InputSpec(ring=up_inst.ring, policy=policy))
@@ -224,8 +363,10 @@ class AgentCore:
                 else:
                     self.users.pop(inst, None)
                     orphans.append(inst)
-            app.modules, app.sinks = {}, set()
+            app.modules, app.sinks, app.held = {}, set(), []
+            relays, app.relays = app.relays, set()
             self._tell_apps(shared)
+        self._drop_relays(app.deployment.app, relays, "out")  # before their producers stop
         # Downstream first: consumers detach before their producer goes away.
         for inst in reversed(self._start_order(orphans)):
             self.sup.stop(inst)
@@ -233,6 +374,7 @@ class AgentCore:
                 for ident, name in list(self.by_identity.items()):
                     if name == inst:
                         del self.by_identity[ident]
+        self._drop_relays(app.deployment.app, relays, "in")  # after their consumers stopped
         return orphans
 
     def _start_order(self, names: list[str]) -> list[str]:
@@ -262,12 +404,14 @@ class AgentCore:
         self.state_changed()
         return {"app": cmd.app, "status": "stopped", "stopped_modules": stopped}
 
-    def start(self, tenant: str, cmd: StartCommand) -> dict:
+    def start(self, tenant: str, cmd: StartCommand, hold: bool = False) -> dict:
+        """Start a stopped app; on a running app whose sources are held, let them go."""
         app = self._get(tenant, cmd.app)
         if app.status == "running":
-            return self._app_result(app, unchanged=True)
-        graph = validate_graph(app.deployment, self.registry, {self.device}, self.device)
-        self._start_app(app, graph)
+            released = self.release(cmd.app)
+            return self._app_result(app, unchanged=not released, released=released)
+        graph = validate_graph(app.deployment, self.registry, None, self.device)
+        self._start_app(app, graph, hold=hold)
         self.store.put(tenant, app.deployment, "running")
         self.state_changed()
         return self._app_result(app)
@@ -296,7 +440,7 @@ class AgentCore:
                                         "updating it would change them too; deploy a module with its own args instead",
                               f"modules.{cmd.module}")
         new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
-        graph = validate_graph(new_dep, self.registry, {self.device}, self.device)
+        graph = validate_graph(new_dep, self.registry, None, self.device)
         res = self.sup.update(inst_name, config.model_dump(mode="json", exclude_unset=True))
         restarted = False
         if not res.applied:
@@ -319,6 +463,8 @@ class AgentCore:
         with self.lock:
             old_ids = {v: k for k, v in self.by_identity.items()}
             for local, ident in graph.identities().items():
+                if local not in app.modules:  # on another device
+                    continue
                 inst = app.modules[local]
                 self.by_identity.pop(old_ids.get(inst, ""), None)
                 self.by_identity[ident] = inst
@@ -400,10 +546,28 @@ class AgentCore:
                     app.stats.add(frame_id, ms, now=t_done)
 
     def _on_change(self, inst: Instance) -> None:
+        if inst.status == "running" and inst.restarts:
+            self._reattach_relays(inst)
         self.state_changed()
+
+    def _reattach_relays(self, inst: Instance) -> None:
+        """A restarted module has a new ring under the same name: its out relays re-attach."""
+        with self.lock:
+            keys = [k for k, r in self.relays.items() if r.upstream == inst.name]
+        for key in keys:
+            with self.lock:
+                relay = self.relays.get(key)
+            if relay is None:
+                continue
+            relay.obj.stop()  # type: ignore[union-attr]
+            try:
+                relay.obj = RingToLink(inst.ring, self.peers.get(key[1]), key[2], relay.policy)  # type: ignore[arg-type]
+            except (RingError, LinkError) as e:
+                log.error("relay to %s for %s could not re-attach: %s", key[1], inst.name, e)
 
     # -- state and metrics --------------------------------------------------------------------------
     def device_state(self, data_addr: str | None = None) -> DeviceState:
+        """This device's retained state (``links``: where it listens for each peer)."""
         with self.lock:
             apps: dict[str, dict[str, AppState]] = {}
             for name, app in self.apps.items():
@@ -417,10 +581,16 @@ class AgentCore:
                 for name, inst in self.sup.instances.items()
             }
         return DeviceState(device=self.device, status="online", ts=time.time(), data_addr=data_addr,
-                           apps=apps, modules=mods, version=VERSION)
+                           links=dict(self.peers.listening), apps=apps, modules=mods, version=VERSION)
 
     def _module_metrics(self) -> dict[str, ModuleMetrics]:
         pid_name = {inst.pid: name for name, inst in self.sup.instances.items()}
+        me = os.getpid()  # the agent's own consumers are out relays: reported as link:<peer>
+        with self.lock:
+            relay_drops: dict[str, dict[str, int]] = {}
+            for key, r in self.relays.items():
+                if r.upstream is not None:
+                    relay_drops.setdefault(r.upstream, {})[f"link:{key[1]}"] = self.relay_drops(key)
         out = {}
         for name, inst in list(self.sup.instances.items()):
             m = inst.last_metrics
@@ -432,6 +602,8 @@ class AgentCore:
                     st = None
                 if st is not None:
                     for c in st.consumers:
+                        if c.pid == me:
+                            continue
                         who = pid_name.get(c.pid, f"pid:{c.pid}")
                         occ[who] = round(c.pending / st.nslots, 3)
                         drops[who] = c.dropped
@@ -439,13 +611,15 @@ class AgentCore:
                 type=inst.spec.type,
                 frames_in=m.frames_in if m else 0, frames_out=m.frames_out if m else 0,
                 proc_ms=_last_proc(inst),
-                occupancy=occ, dropped=drops, restarts=inst.restarts,
+                occupancy=occ, dropped={**drops, **relay_drops.get(name, {})}, restarts=inst.restarts,
             )
         return out
 
     def _app_dropped(self, app: App, mods: dict[str, ModuleMetrics]) -> int:
         mine = set(app.modules.values())
-        return sum(n for inst in mine for who, n in mods.get(inst, ModuleMetrics(type="")).dropped.items() if who in mine)
+        links = {f"link:{k[1]}" for k in app.relays if k[0] == "out"}
+        return sum(n for inst in mine for who, n in mods.get(inst, ModuleMetrics(type="")).dropped.items()
+                   if who in mine or who in links)
 
     def tenant_metrics(self, tenant: str, peek: bool = False, mods: dict | None = None) -> TenantMetrics:
         mods = self._module_metrics() if mods is None else mods
@@ -460,13 +634,15 @@ class AgentCore:
                     a.stats.interval = saved
                 else:
                     out_apps[n] = a.stats.snapshot()
+                out_apps[n].hops = self.hops_for(a)
             used = {i for a in apps.values() for i in a.modules.values()}
         return TenantMetrics(device=self.device, tenant=tenant, ts=time.time(), interval_s=self.metrics_interval,
                              apps=out_apps, modules={k: v for k, v in mods.items() if k in used})
 
     def device_metrics(self, mods: dict | None = None) -> DeviceMetrics:
         mods = self._module_metrics() if mods is None else mods
-        return DeviceMetrics(device=self.device, ts=time.time(), interval_s=self.metrics_interval, modules=mods)
+        return DeviceMetrics(device=self.device, ts=time.time(), interval_s=self.metrics_interval, modules=mods,
+                             links=self.peers.metrics())
 
     def tenants(self) -> set[str]:
         with self.lock:
@@ -477,8 +653,8 @@ class AgentCore:
         """Bring back the desired state saved by a previous run (reboot, crash)."""
         for tenant, dep, status in self.store.load():
             try:
-                if status == "running":
-                    self.deploy(tenant, dep, persist=False)
+                if status == "running":  # of an app spanning devices: this device's part only
+                    self.deploy(tenant, dep, persist=False, known_devices=None)
                 else:
                     with self.lock:
                         self.apps[dep.app] = App(tenant, dep, status="stopped")
@@ -488,4 +664,19 @@ class AgentCore:
                     self.apps[dep.app] = App(tenant, dep, status="failed", error=e.message)
 
     def close(self) -> None:
+        with self.lock:
+            keys = list(self.relays)
+        for key in keys:
+            if key[0] == "out":
+                self._drop_all(key)
         self.sup.close()
+        for key in keys:
+            if key[0] == "in":
+                self._drop_all(key)
+        self.peers.close()
+
+    def _drop_all(self, key: tuple[str, str, str]) -> None:
+        with self.lock:
+            relay = self.relays.pop(key, None)
+        if relay is not None:
+            relay.obj.stop() if isinstance(relay.obj, RingToLink) else relay.obj.close()

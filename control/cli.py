@@ -22,6 +22,7 @@ COMMANDS = {
     "status": "status",
     "metrics": "metrics",
     "demo": "demo",
+    "plan": "plan",
 }
 
 

@@ -59,6 +59,23 @@ class ModuleSpec(BaseModel):
     )
 
 
+class PartOf(BaseModel):
+    """Marks a deploy as one device's part of an app spanning devices (agent to agent).
+
+    The coordinator (the agent that received the operator's deploy) sends every other device
+    the whole graph, every module's ``device`` filled in, with this field: the receiving agent
+    starts only its own modules and the links to its peers. Operators never set it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coordinator: Name = Field(description="device whose agent received the deploy and coordinates")
+    hold: bool = Field(
+        default=False,
+        description="keep sources held until a `start` of the app (the coordinator sends it "
+        "once every part runs, so that no frame is sent before its consumer listens)",
+    )
+
+
 class Deployment(BaseModel):
     """One application: a name and a graph of modules (the ``deploy`` command's payload)."""
 
@@ -68,6 +85,10 @@ class Deployment(BaseModel):
     app: Name = Field(description="application name, unique per tenant and device")
     modules: Annotated[dict[Name, ModuleSpec], Field(min_length=1)] = Field(
         description="module name (unique in the app) -> spec"
+    )
+    part_of: PartOf | None = Field(
+        default=None,
+        description="set by agents only: this is one device's part of a multi-device app",
     )
 
 

@@ -7,6 +7,8 @@ Times (percentiles) cover the last interval (``interval_s``) and are null when i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.deployment import Name
@@ -48,6 +50,24 @@ class ModuleMetrics(BaseModel):
     restarts: int = Field(default=0, ge=0)
 
 
+class HopMetrics(BaseModel):
+    """One hop along an app's main path (its first source to its last module): a module's
+    processing, or a crossed link (serialise on the sender + network + deserialise on the
+    receiver). Times are p50 of the last interval, in ms; ``cumulative_ms`` sums the hops so
+    far (the paper's Figure 8, per hop)."""
+
+    model_config = _STRICT
+
+    kind: Literal["module", "link"]
+    name: str = Field(description="module name in the app, or 'SENDER->RECEIVER' for a link")
+    device: Name = Field(description="device of the module; for a link, the receiving device")
+    ms: float | None = Field(default=None, description="this hop's time (p50); null: no sample yet")
+    serialise_ms: float | None = Field(default=None, description="links: encode on the sender")
+    network_ms: float | None = Field(default=None, description="links: sender's send to receiver's receive")
+    deserialise_ms: float | None = Field(default=None, description="links: decode on the receiver")
+    cumulative_ms: float | None = Field(default=None, description="sum of the hops up to this one")
+
+
 class AppMetrics(BaseModel):
     """One application, measured by frame id from decode to the app's last module."""
 
@@ -61,6 +81,11 @@ class AppMetrics(BaseModel):
     )
     lagging: bool = Field(default=False, description="the agent judges the app falls behind")
     events: int = Field(default=0, ge=0, description="events published")
+    hops: list[HopMetrics] | None = Field(
+        default=None,
+        description="apps spanning devices, on the coordinating agent: per-hop times along "
+        "the main path and their cumulative sum; null otherwise",
+    )
 
 
 class LinkMetrics(BaseModel):

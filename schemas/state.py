@@ -53,6 +53,11 @@ class DeviceState(BaseModel):
     data_addr: str | None = Field(
         default=None, description="nng address peers dial for links, e.g. tcp://10.0.0.5:5600"
     )
+    links: dict[str, str] = Field(
+        default_factory=dict,
+        description="peer device -> nng address this agent listens on for that peer's link "
+        "(of two agents, the one whose id sorts first listens; the other dials this address)",
+    )
     apps: dict[str, dict[str, AppState]] = Field(
         default_factory=dict, description="tenant -> app -> state"
     )

@@ -23,11 +23,25 @@ def _run(args: argparse.Namespace) -> int:
         client_id_prefix=f"edgeva-agent-{args.device}",
     )
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.device)
-    bridge = AgentBridge(
-        {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
-         "nslots": args.slots, "metrics_interval": args.metrics_interval},
-        args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate,
-    )
+    peers = None
+    if args.data_bind:
+        from agent.dataplane.link import LinkTLS
+
+        tls_files = (args.link_tls_ca, args.link_tls_cert, args.link_tls_key)
+        if any(tls_files) and not all(tls_files):
+            return fail(2, "edgeva agent: --link-tls-ca, --link-tls-cert and --link-tls-key go together")
+        tls = LinkTLS(*tls_files) if all(tls_files) else None
+        peers = {"bind": args.data_bind, "advertise": args.data_advertise, "tls": tls,
+                 "tls_check_name": args.link_tls_check_name, "max_message_size": int(args.link_max_mb * (1 << 20))}
+    try:
+        bridge = AgentBridge(
+            {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
+             "nslots": args.slots, "metrics_interval": args.metrics_interval,
+             "link_slot_bytes": int(args.link_slot_mb * (1 << 20))},
+            args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate, peers=peers,
+        )
+    except ValueError as e:
+        return fail(2, f"edgeva agent: {e}")
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -60,4 +74,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-interval", type=float, default=2.0, metavar="S", help="seconds between metrics (default: 2)")
     p.add_argument("--event-rate", type=float, default=100.0, metavar="N", help="events per second per app at most (default: 100)")
     p.add_argument("--slots", type=int, default=8, help="slots per ring (default: 8)")
+    g = p.add_argument_group(
+        "links to other agents (apps spanning devices)",
+        "Without --data-bind the agent has no data plane and refuses apps that span devices. Of two "
+        "agents, the one whose device id sorts first listens (one port per peer, announced in its "
+        "retained state) and the other dials it.")
+    g.add_argument("--data-bind", metavar="tcp://HOST:PORT", default=os.environ.get("EDGEVA_DATA_BIND"),
+                   help="host to listen on for peers' links and first port to try (0: any free port; N: "
+                        "N, N+1, ... one per peer) (env EDGEVA_DATA_BIND); tls+tcp:// with the --link-tls-* files")
+    g.add_argument("--data-advertise", metavar="HOST", help="host peers dial (default: the --data-bind host)")
+    g.add_argument("--link-tls-ca", metavar="PEM", help="links over mutual TLS: CA that signs every agent's certificate")
+    g.add_argument("--link-tls-cert", metavar="PEM", help="this agent's link certificate")
+    g.add_argument("--link-tls-key", metavar="PEM", help="this agent's link certificate's key")
+    g.add_argument("--link-tls-check-name", action="store_true",
+                   help="also require a listener's certificate to name its device id (subjectAltName)")
+    g.add_argument("--link-max-mb", type=float, default=16.0, metavar="MB",
+                   help="largest message on a link, same on every agent (default: 16)")
+    g.add_argument("--link-slot-mb", type=float, default=8.0, metavar="MB",
+                   help="slot size of rings fed by a link: the largest message a peer's module may send "
+                        "here (default: 8, a 1080p RGB frame fits)")
     p.set_defaults(func=_run)
