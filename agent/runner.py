@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from agent.dataplane.codec import CodecError
 from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer
 from agent.dataplane.segment import SegmentError, open_segment, pid_alive, unlink_segment
-from modules.base import Module, ModuleContext
+from modules.base import NO_FRAME, Module, ModuleContext
 from modules.registry import module_class
 from schemas import runner as R
 from schemas.message import Message
@@ -305,6 +305,10 @@ class Runner:
                 self.ended = True
                 self.chan.send(R.EndedMsg())
                 return
+            if msg is NO_FRAME:  # a live source reconnecting: stay responsive meanwhile
+                prod.abort()
+                self._housekeeping()
+                continue
             t_out = time.time_ns()
             msg.hops.append([name, t_in, t_out])
             prod.commit(w, msg)

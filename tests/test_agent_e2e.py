@@ -231,3 +231,31 @@ def test_embedded_amqtt_broker(amqtt_broker, tmp_path):
     finally:
         agent.stop()
         w.close()
+
+
+def test_rtsp_camera_that_drops_comes_back_without_a_restart(env, tmp_path):
+    """A live source that goes away: the decoder process reconnects by itself (NO_FRAME keeps
+    it responsive meanwhile), frame ids keep counting, nothing restarts."""
+    from tests.rtsp_peer import RtspPeer
+
+    w, agent, cmd, device = env
+    ev = f"edgeva/v1/{device}/default/events/cam"
+    with RtspPeer(tmp_path) as peer:
+        dep = {"app": "cam", "modules": {
+            "dec": {"type": "decoder", "outputs": ["pub"],
+                    "args": {"source": peer.url, "fps": 10, "reconnect_s": 0.2, "reconnect_max_s": 0.5}},
+            "pub": {"type": "publish", "args": {"fields": ["reconnects"]}}}}
+        r = cmd.send("deploy", dep)
+        assert r["ok"], r
+        pid = r["result"]["modules"]["dec"]["pid"]
+        w.wait(ev, lambda ms: len(ms) >= 5)
+        peer.stop()
+        time.sleep(1.0)
+        upd = cmd.send("update", {"app": "cam", "module": "pub", "args": {"fields": ["reconnects", "width"]}})
+        assert upd["ok"] and upd["result"]["applied_live"]  # control still served during the outage
+        peer.start()
+        w.wait(ev, lambda ms: ms[-1].get("reconnects") == 1 and "width" in ms[-1], timeout=30)
+        ids = frame_ids(w.get(ev))
+        assert ids == sorted(set(ids))  # ids keep counting up across the outage
+        status = cmd.send("status", {"app": "cam"})["result"]["apps"]["cam"]["modules"]["dec"]
+        assert status["pid"] == pid and status["status"] == "running"
