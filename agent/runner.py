@@ -33,6 +33,7 @@ log = logging.getLogger("edgeva.runner")
 CONTROL_EVERY_S = 0.05
 META_SLOT = 1 << 20  # modules that only add metadata
 SAMPLES = 4096
+BATCH_WAIT_S = 0.005  # how long a batch waits for a message already pending on another input
 
 
 def _die_with_parent() -> None:
@@ -162,8 +163,10 @@ class _Merged:
         self.done = [threading.Event() for _ in inputs]
         self.stop = False
         self.current = -1
-        for i in range(len(inputs)):
-            threading.Thread(target=self._pump, args=(i,), daemon=True).start()
+        self.held: list[int] = []  # inputs whose message get_many handed out
+        self.threads = [threading.Thread(target=self._pump, args=(i,), daemon=True) for i in range(len(inputs))]
+        for t in self.threads:
+            t.start()
 
     def _pump(self, i: int) -> None:
         inp = self.inputs[i]
@@ -177,6 +180,41 @@ class _Merged:
             self.q.put((i, msg))
             self.done[i].wait()
             self.done[i].clear()
+
+    def get_many(self, timeout: float, most: int) -> list[Message]:
+        """What is waiting now, up to ``most`` messages of distinct inputs (after waiting up
+        to ``timeout`` for the first); all stay valid until the next call."""
+        for i in self.held:
+            self.done[i].set()
+        self.held = []
+        out: list[Message] = []
+        try:
+            i, msg = self.q.get(timeout=timeout)
+        except queue.Empty:
+            return out
+        # A just-released input's thread needs a moment to hand over its next message: wait
+        # for it (briefly) only if its ring really has one pending.
+        deadline = time.monotonic() + BATCH_WAIT_S
+        while True:
+            if msg is not None:
+                self.held.append(i)
+                out.append(msg)
+            if len(out) >= most:
+                return out
+            try:
+                i, msg = self.q.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(
+                j not in self.held and inp.cons.pending > 0 for j, inp in enumerate(self.inputs)
+            ):
+                return out
+            try:
+                i, msg = self.q.get(timeout=left)
+            except queue.Empty:
+                return out
 
     def get(self, timeout: float) -> Message | None:
         if self.current >= 0:
@@ -196,8 +234,11 @@ class _Merged:
 
     def close(self) -> None:
         self.stop = True
+        self.held = []
         for e in self.done:
             e.set()
+        for t in self.threads:  # they leave their get() within its timeout; then close the rings
+            t.join(2)
         for i in self.inputs:
             i.close()
 
@@ -317,6 +358,8 @@ class Runner:
                 self._housekeeping()
 
     def _run_filter(self) -> None:
+        if isinstance(self.source, _Merged) and self.module.max_batch > 1:
+            return self._run_batched()
         src, name = self.source, self.spec.name
         while not self.stopping:
             msg = src.get(timeout=0.1)
@@ -338,6 +381,35 @@ class Runner:
             self.stats.add_proc((t_out - t_in) / 1e6)
             if self.sinks:
                 self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
+            if time.monotonic() >= self.next_control:
+                self._housekeeping()
+
+    def _run_batched(self) -> None:
+        """Several inputs and a module that batches (a detector serving several cameras):
+        messages that are waiting together go to ``process_batch`` as one batch."""
+        src, name, most = self.source, self.spec.name, self.module.max_batch
+        while not self.stopping:
+            msgs = src.get_many(0.1, most)
+            if not msgs:
+                if src.eof:
+                    self.ended = True
+                    self.chan.send(R.EndedMsg())
+                    return
+                self._housekeeping()
+                continue
+            self.stats.frames_in += len(msgs)
+            t_in = time.time_ns()
+            results = self.module.process_batch(msgs)
+            t_out = time.time_ns()
+            for out in results:
+                for o in (() if out is None else (out,) if isinstance(out, Message) else out):
+                    o.hops.append([name, t_in, t_out])
+                    self._publish(o)
+                    self.stats.frames_out += 1
+            self.stats.add_proc((t_out - t_in) / 1e6 / len(msgs))
+            if self.sinks:
+                for msg in msgs:
+                    self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
             if time.monotonic() >= self.next_control:
                 self._housekeeping()
 

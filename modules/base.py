@@ -18,7 +18,7 @@ metrics and restarts belong to the agent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -101,6 +101,16 @@ class Module(Generic[C]):
     def process(self, msg: Message) -> Message | Iterable[Message] | None:
         """Handle one input message; return what goes downstream."""
         return msg
+
+    #: Modules that gain from batching (inference) set this above 1 (in ``setup``) and may
+    #: override ``process_batch``: when messages of several inputs (cameras) are waiting
+    #: together, the runtime hands over up to this many at once.
+    max_batch: int = 1
+
+    def process_batch(self, msgs: Sequence[Message]) -> list[Message | Iterable[Message] | None]:
+        """Handle several input messages at once (one per input at most); return one result
+        per message, in order, each what ``process`` would return for it."""
+        return [self.process(m) for m in msgs]
 
     def produce(self, alloc: Alloc) -> Message | None:
         """Sources only: make the next message, writing big arrays through ``alloc`` so they

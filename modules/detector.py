@@ -162,6 +162,7 @@ class Detector(Module[DetectorConfig]):
             self._resized = np.empty((h, w, 3), np.uint8)
             self._rgb = np.empty((h, w, 3), np.uint8)
             self._x = b.input_buffer()
+        self.max_batch = max(1, b.max_batch)  # the runtime batches frames of several inputs up to this
         self._apply(self.config)
 
     def _apply(self, c: DetectorConfig) -> None:
