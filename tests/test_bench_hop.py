@@ -96,7 +96,7 @@ def test_registry_has_the_contract_transports() -> None:
 
 def test_all_transports_both_payloads() -> None:
     before = _shm_leftovers()
-    results = run_hop(sorted(EXPECTED), frame_shape=SMALL_FRAME, plans=TINY)
+    results = run_hop(sorted(EXPECTED), frame_shape=SMALL_FRAME, plans=TINY, rounds=2)
     add_ratios(results)
     doc = json.loads(json.dumps(to_json(results, quick=True)))  # must be plain JSON
     failed = {f"{r['transport']}/{r['payload']}": r["error"] for r in doc["results"] if not r["ok"]}
@@ -108,6 +108,7 @@ def test_all_transports_both_payloads() -> None:
             assert isinstance(r[key], float) and r[key] > 0, (r["transport"], key, r[key])
         assert r["p99_us"] >= r["p50_us"]
         assert r["p50_vs_ring"] > 0
+        assert r["rounds"] == 2 and min(r["p50_rounds_us"]) <= r["p50_us"] <= max(r["p50_rounds_us"])
     assert doc["quick"] is True and doc["host"]["cpu_count"] >= 1
     assert "ring" in format_table(results)
     assert _shm_leftovers() <= before  # nothing left in /dev/shm
@@ -116,10 +117,10 @@ def test_all_transports_both_payloads() -> None:
 def test_broken_transports_fail_without_hanging(broken: None) -> None:
     t0 = time.monotonic()
     plan = Plan(1, 2, 2, msg_timeout_s=2.0, start_timeout_s=30.0, case_timeout_s=60.0)
-    results = run_hop(["test-crash", "shm-pipe"], ["meta"], plans={"meta": plan})
+    results = run_hop(["test-crash", "shm-pipe"], ["meta"], plans={"meta": plan}, rounds=1)
     # Both ends stuck and deaf to their timeouts: only the parent's deadline ends the case.
     stuck = Plan(1, 2, 2, msg_timeout_s=2.0, start_timeout_s=30.0, case_timeout_s=4.0)
-    results += run_hop(["test-hang"], ["meta"], plans={"meta": stuck})
+    results += run_hop(["test-hang"], ["meta"], plans={"meta": stuck}, rounds=1)
     by = {r.transport: r for r in results}
     assert not by["test-crash"].ok and "consumer died (exit code 3)" in by["test-crash"].error
     assert by["shm-pipe"].ok  # a failure does not spoil the cases after it

@@ -543,6 +543,7 @@ class RingConsumer(_Ring):
         self._b = self._co + c * C_WORDS
         self._paddr = _sock_addr(name, "p", w[H_TOKEN])
         self._views = [self._slot_view(s) for s in range(self.nslots)]
+        self._decoded: list[dict] = [{} for _ in range(self.nslots)]  # array views per slot
         self._attached = True
         self._holding = False  # this process knows it holds C_HELD (vs. an unseen hand-off)
         self._last = -1  # seq of the last message returned: older hand-off notes are stale
@@ -601,7 +602,7 @@ class RingConsumer(_Ring):
                 self._notify(self._paddr)
             if s >= 0:
                 self._holding, self._last = True, seq
-                return decode(self._views[s][:n])
+                return decode(self._views[s][:n], cache=self._decoded[s])
             if self.eof or timed_out or timeout == 0:
                 return None
             if deadline == -1.0:
@@ -614,7 +615,7 @@ class RingConsumer(_Ring):
                 if seq > self._last:
                     # The producer already made us the holder of ``seq``: no lock needed.
                     self._holding, self._last = True, seq
-                    return decode(self._views[s][:n])
+                    return decode(self._views[s][:n], cache=self._decoded[s])
 
     def _wait(self, deadline: float | None) -> bytes | None:
         """The next wake-up datagram, or None at ``deadline``."""
@@ -676,6 +677,7 @@ class RingConsumer(_Ring):
             self._notify(self._paddr)
         self._rx.close()
         self._views.clear()
+        self._decoded.clear()
         self._close_mapping()
 
     def __enter__(self) -> RingConsumer:

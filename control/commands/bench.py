@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--transports", type=_csv, metavar="A,B", help="subset, e.g. ring,shm-pipe")
     h.add_argument("--payloads", type=_csv, default=["frame", "meta"], metavar="A,B",
                    help="frame, meta (default both)")
+    h.add_argument("--rounds", type=int, default=3,
+                   help="runs per case, transports taking turns; the median is reported (default: 3)")
     h.set_defaults(func=run_hop_cmd)
     d = sub.add_parser("deploy", help="deploy-to-first-event and second-app attach times over MQTT")
     d.add_argument("--runs", type=int, default=5, help="repetitions (default: %(default)s)")
@@ -85,7 +87,7 @@ def run_hop_cmd(args: argparse.Namespace) -> int:
 
     print(f"edgeva bench hop{' --quick' if args.quick else ''}: "
           f"{', '.join(args.transports or known)} x {', '.join(args.payloads)}", flush=True)
-    results = run_hop(args.transports, args.payloads, quick=args.quick, progress=progress)
+    results = run_hop(args.transports, args.payloads, quick=args.quick, progress=progress, rounds=args.rounds)
     add_ratios(results)
     print()
     print(format_table(results))
