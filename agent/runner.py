@@ -145,6 +145,10 @@ class _Input:
             self.cons = self._attach(timeout=1.0)
             log.info("re-attached to restarted upstream %s", self.spec.ring)
 
+    def get_many(self, timeout: float, most: int) -> list[Message]:
+        msg = self.get(timeout)
+        return [] if msg is None else [msg]
+
     @property
     def eof(self) -> bool:
         return self.cons.eof
@@ -162,7 +166,6 @@ class _Merged:
         self.q: queue.Queue = queue.Queue()
         self.done = [threading.Event() for _ in inputs]
         self.stop = False
-        self.current = -1
         self.held: list[int] = []  # inputs whose message get_many handed out
         self.threads = [threading.Thread(target=self._pump, args=(i,), daemon=True) for i in range(len(inputs))]
         for t in self.threads:
@@ -215,18 +218,6 @@ class _Merged:
                 i, msg = self.q.get(timeout=left)
             except queue.Empty:
                 return out
-
-    def get(self, timeout: float) -> Message | None:
-        if self.current >= 0:
-            self.done[self.current].set()
-            self.current = -1
-        try:
-            i, msg = self.q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if msg is not None:
-            self.current = i
-        return msg
 
     @property
     def eof(self) -> bool:
@@ -358,36 +349,10 @@ class Runner:
                 self._housekeeping()
 
     def _run_filter(self) -> None:
-        if isinstance(self.source, _Merged) and self.module.max_batch > 1:
-            return self._run_batched()
+        """Input messages -> ``process`` -> outputs. With several inputs (cameras) and a module
+        that batches (``max_batch`` > 1), messages waiting together go to ``process_batch``."""
         src, name = self.source, self.spec.name
-        while not self.stopping:
-            msg = src.get(timeout=0.1)
-            if msg is None:
-                if src.eof:
-                    self.ended = True
-                    self.chan.send(R.EndedMsg())
-                    return
-                self._housekeeping()
-                continue
-            self.stats.frames_in += 1
-            t_in = time.time_ns()
-            out = self.module.process(msg)
-            t_out = time.time_ns()
-            for o in (() if out is None else (out,) if isinstance(out, Message) else out):
-                o.hops.append([name, t_in, t_out])
-                self._publish(o)
-                self.stats.frames_out += 1
-            self.stats.add_proc((t_out - t_in) / 1e6)
-            if self.sinks:
-                self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
-            if time.monotonic() >= self.next_control:
-                self._housekeeping()
-
-    def _run_batched(self) -> None:
-        """Several inputs and a module that batches (a detector serving several cameras):
-        messages that are waiting together go to ``process_batch`` as one batch."""
-        src, name, most = self.source, self.spec.name, self.module.max_batch
+        most = self.module.max_batch if isinstance(src, _Merged) else 1
         while not self.stopping:
             msgs = src.get_many(0.1, most)
             if not msgs:
@@ -399,7 +364,7 @@ class Runner:
                 continue
             self.stats.frames_in += len(msgs)
             t_in = time.time_ns()
-            results = self.module.process_batch(msgs)
+            results = self.module.process_batch(msgs) if most > 1 else (self.module.process(msgs[0]),)
             t_out = time.time_ns()
             for out in results:
                 for o in (() if out is None else (out,) if isinstance(out, Message) else out):
