@@ -11,11 +11,14 @@ fleet's retained states (a device that is offline or unknown: ``unknown_device``
 starts), sends every other device its part (the whole graph with every ``device`` filled in and
 ``part_of: {coordinator, hold: true}``) as a deploy on that device's command topic with the
 same tenant, starts its own part, and once every part runs sends each a ``start`` (their
-sources were held so that no frame leaves before its consumer listens) and lets its own
-sources go. It replies ok only then; if a part fails or does not answer, every part started
-is removed again and the reply carries the part's error, its path prefixed with
+sources were held so that no frame leaves before its consumer listens; a part first waits
+for its links to be up, ``link_timeout``) and lets its own sources go. It replies ok only
+then; if a part fails or does not answer within ``part_timeout``, every part started is
+removed again and the reply carries the part's error, its path prefixed with
 ``devices.<device>.``. ``stop``/``remove``/``start`` of the app on the coordinator reach every
-part; ``update`` of a module on another device is forwarded there. While it waits for a part,
+online part; ``update`` is applied where the module runs and the new graph then sent to every
+part (``_update``). A restarted part asks its coordinator whether the app still exists
+before restoring it (``restore``). While it waits for a part,
 this agent's command worker is busy: two agents coordinating apps through each other at the
 same moment wait for each other until the part timeout, and both deploys are rolled back.
 """
@@ -67,6 +70,8 @@ from schemas.topics import (
 log = logging.getLogger("edgeva.bridge")
 FLEET_SUBS = ("edgeva/v1/+/state", "edgeva/v1/+/metrics")
 PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
+LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
+RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -106,9 +111,19 @@ class AgentBridge:
         event_rate: float = 100.0,
         data_addr: str | None = None,
         peers: dict[str, Any] | None = None,
+        part_timeout: float = PART_TIMEOUT_S,
+        link_timeout: float = LINK_TIMEOUT_S,
+        restore_first: bool = False,
     ) -> None:
         """``peers``: keywords of ``agent.peers.Peers`` (``bind``, ``advertise``, ``tls``, ...);
-        None: no data plane (apps spanning devices are refused)."""
+        None: no data plane (apps spanning devices are refused). ``part_timeout``: how long a
+        coordinator waits for a part's reply; ``link_timeout``: how long a starting part waits
+        for the links its relays use (keep it under ``part_timeout``). ``restore_first``: commands
+        wait until ``restore()`` is done."""
+        self.part_timeout, self.link_timeout = part_timeout, link_timeout
+        self._restored = threading.Event()  # commands wait until the desired state is back
+        if not restore_first:
+            self._restored.set()
         self.device = core_args["device"]
         self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
@@ -175,6 +190,10 @@ class AgentBridge:
 
     # -- commands ---------------------------------------------------------------------------------
     def _work(self) -> None:
+        # A peer's status question must see the restored apps, not an empty agent.
+        while not self._restored.wait(0.5):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             try:
                 topic, payload, props = self.cmds.get(timeout=0.5)
@@ -215,6 +234,8 @@ class AgentBridge:
             remote = remote_devices(app.deployment, self.device) if app.deployment.part_of is None else set()
             if remote:
                 return self._coordinated(tenant, verb, cmd, app, remote)
+            if verb == "start" and app.deployment.part_of is not None:  # the coordinator's go
+                return core.start(tenant, cmd, link_timeout=self.link_timeout)
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
         return handler(tenant, cmd)
@@ -223,6 +244,12 @@ class AgentBridge:
     def _deploy(self, tenant: str, dep: Deployment) -> dict:
         core = self.core
         if dep.part_of is not None:  # a coordinator's part: it checked the fleet already
+            existing = core.apps.get(dep.app)
+            if (existing is not None and existing.tenant == tenant and existing.deployment.part_of is not None
+                    and existing.deployment.part_of.coordinator == dep.part_of.coordinator
+                    and existing.deployment.model_dump(exclude={"request_id", "part_of"})
+                    != dep.model_dump(exclude={"request_id", "part_of"})):
+                return core.adopt(tenant, dep)  # its coordinator's newer graph (an update)
             return core.deploy(tenant, dep, known_devices=None, hold=dep.part_of.hold)
         remote = remote_devices(dep, self.device)
         if not remote:
@@ -267,9 +294,12 @@ class AgentBridge:
             result = start_local()
             local = True
             for d in done:  # every part runs: sources may go (downstream listens everywhere)
-                r = self._request(d, tenant, "start", {"app": dep.app})
+                r = self._request(d, tenant, "start", {"app": dep.app})  # it waits for its links
                 if not r.get("ok"):
                     raise _part_error(d, r)
+            app = self.core.apps.get(dep.app)
+            if app is not None:
+                self.core.wait_links(app, self.link_timeout)
             self.core.release(dep.app)
         except BaseException:
             for d in done:
@@ -292,28 +322,59 @@ class AgentBridge:
                                     lambda: core.start(tenant, StartCommand(app=cmd.app), hold=True), undo="stop")
         if verb == "update":
             assert isinstance(cmd, UpdateCommand)
-            spec = app.deployment.modules.get(cmd.module)
-            if spec is None or not spec.device or spec.device == self.device:
-                return core.update(tenant, cmd)
-            r = self._request(spec.device, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}))
-            if not r.get("ok"):
-                raise _part_error(spec.device, r)
-            new = {**spec.args, **cmd.args}
-            dep = app.deployment
-            app.deployment = dep.model_copy(update={"modules": {**dep.modules,
-                                                                cmd.module: spec.model_copy(update={"args": new})}})
-            core.store.put(tenant, app.deployment, app.status)
-            return {**r.get("result", {}), "device": spec.device}
+            return self._update(tenant, cmd, app, remote)
         result = getattr(core, verb)(tenant, cmd)
         parts = {}
         for d in sorted(remote):
-            r = self._request(d, tenant, verb, {"app": cmd.app}, timeout=15.0)
+            if d not in self.fleet.online():  # do not wait on a device known to be down
+                parts[d] = {"error": {"code": UNKNOWN_DEVICE, "message": f"device {d!r} is offline; its part "
+                                      "is dropped when its agent restarts (it asks this coordinator)"}}
+                continue
+            r = self._request(d, tenant, verb, {"app": cmd.app}, timeout=min(15.0, self.part_timeout))
             parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
         return {**result, "parts": parts}
 
-    def _request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float = PART_TIMEOUT_S) -> dict:
+    def _update(self, tenant: str, cmd: UpdateCommand, app: App, remote: set[str]) -> dict:
+        """``update`` of a module of an app this agent coordinates: the module's device applies
+        it, then every part gets the new graph (it records it and also receives on the new
+        stream names), then every part sends on the new names (``start``). Every part's
+        desired state stays the same graph: a restarted part computes the names the others use."""
+        core = self.core
+        spec = app.deployment.modules.get(cmd.module)
+        where = (spec.device if spec is not None else None) or self.device
+        if where == self.device:
+            result = core.update(tenant, cmd)
+        else:
+            r = self._request(where, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}))
+            if not r.get("ok"):
+                raise _part_error(where, r)
+            result = {**r.get("result", {}), "device": where}
+            new = {**spec.args, **cmd.args}  # type: ignore[union-attr]
+            dep = app.deployment
+            core.adopt(tenant, dep.model_copy(update={"modules": {**dep.modules,
+                                                                  cmd.module: spec.model_copy(update={"args": new})}}))
+        dep = app.deployment
+        part = dep.model_copy(update={
+            "request_id": None,
+            "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
+            "part_of": PartOf(coordinator=self.device, hold=False),
+        }).model_dump(mode="json")
+        part.pop("request_id")
+        parts: dict[str, Any] = {}
+        for d in sorted(remote - {where}):  # phase 1: record, listen on both names
+            r = self._request(d, tenant, "deploy", part, timeout=min(15.0, self.part_timeout))
+            parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
+        for d in sorted(remote):  # phase 2: send on the new names
+            r = self._request(d, tenant, "start", {"app": cmd.app}, timeout=min(15.0, self.part_timeout))
+            if not r.get("ok"):
+                parts[d] = {"error": r.get("error")}
+        core.switch_streams(app)
+        return {**result, "parts": parts}
+
+    def _request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float | None = None) -> dict:
         """Send a command to another agent and wait for its reply (a dict; a timeout reads as
-        an error reply)."""
+        an error reply). ``timeout``: the part timeout by default."""
+        timeout = self.part_timeout if timeout is None else timeout
         rid = f"{self.device}.{uuid.uuid4().hex[:12]}"
         sub = reply_subscription(device, tenant)
         try:
@@ -332,6 +393,39 @@ class AgentBridge:
             return waiter[1]
         finally:
             self._pending.pop(rid, None)
+
+    # -- restore ----------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Bring back the desired state, then start answering commands. A part of an app
+        spanning devices comes back only if its coordinator still has the app: the app may
+        have been removed while this device was off (its part could not be told). Asked with
+        a ``status`` command; a coordinator that is offline or does not answer in time keeps
+        the part (it cannot be told apart from a slow one)."""
+        try:
+            self.core.restore(keep=self._coordinator_has)
+        finally:
+            self._restored.set()
+
+    def _coordinator_has(self, tenant: str, dep: Deployment) -> bool:
+        if dep.part_of is None or dep.part_of.coordinator == self.device:
+            return True
+        coord = dep.part_of.coordinator
+        deadline = time.monotonic() + 2.0  # its retained state arrives right after our subscribe
+        while self.fleet.state(coord) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = self.fleet.state(coord)
+        if st is None or st.status != "online":
+            log.warning("app %s/%s: coordinator %s is %s; part restored", tenant, dep.app, coord,
+                        "unknown" if st is None else st.status)
+            return True
+        r = self._request(coord, tenant, "status", {"app": dep.app}, timeout=RESTORE_ASK_S)
+        if r.get("ok"):
+            return True
+        code = (r.get("error") or {}).get("code")
+        if code in ("not_found", "forbidden"):
+            return False
+        log.warning("app %s/%s: coordinator %s did not say (%s); part restored", tenant, dep.app, coord, code)
+        return True
 
     def _hops(self, app: App) -> list[HopMetrics] | None:
         dep = app.deployment
@@ -389,6 +483,7 @@ class AgentBridge:
     def stop(self) -> None:
         """Stop modules (the desired state keeps the apps for the next start), say offline."""
         self._stop.set()
+        self._restored.set()
         self.core.close()
         if self.client is not None:
             offline = json.dumps({"device": self.device, "status": "offline", "ts": time.time()})

@@ -75,6 +75,9 @@ class App:
     stats: AppStats = field(default_factory=AppStats)
     relays: set[tuple[str, str, str]] = field(default_factory=set)  # keys of the relays it uses
     held: list[str] = field(default_factory=list)  # sources started held, waiting for start
+    waiting: bool = False  # started with hold, not released yet (a part waiting for its go)
+    #: out relays to rename once every part listens on the new name (key -> new stream)
+    renames: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -188,7 +191,7 @@ class AgentCore:
             app = self.apps.get(name)
             if app is None:
                 return []
-            held, app.held = app.held, []
+            held, app.held, app.waiting = app.held, [], False
         for iname in held:
             inst = self.sup.instances.get(iname)
             if inst is not None and inst.spec.hold:
@@ -212,6 +215,9 @@ class AgentCore:
                     inst = self.sup.instances.get(inst_name) if inst_name else None
                 if inst is not None and inst.status not in ("failed", "ended", "stopped"):
                     names[local] = inst_name
+                    for up in graph.upstream[local]:  # the in relays feeding it: this app uses them too
+                        if graph.devices[up] != self.device:
+                            self._in_ring(app, graph.devices[up], ids[up], touched)
                     continue
                 spec = self._spec(ident, graph, local, names, app, touched)
                 try:
@@ -256,6 +262,7 @@ class AgentCore:
                 self.users.setdefault(inst, set()).add(app.deployment.app)
             self._tell_apps(set(names.values()))
             app.held = [n for n in started if n in self.sup.instances and self.sup.instances[n].spec.hold]
+            app.waiting = hold
         if not hold:  # the whole app is up: held sources may start
             self.release(app.deployment.app)
         return started
@@ -404,12 +411,18 @@ class AgentCore:
         self.state_changed()
         return {"app": cmd.app, "status": "stopped", "stopped_modules": stopped}
 
-    def start(self, tenant: str, cmd: StartCommand, hold: bool = False) -> dict:
-        """Start a stopped app; on a running app whose sources are held, let them go."""
+    def start(self, tenant: str, cmd: StartCommand, hold: bool = False, link_timeout: float | None = None) -> dict:
+        """Start a stopped app; on a running app whose sources are held, let them go (once
+        the links of its relays are up, waiting up to ``link_timeout`` s when given); on a
+        running app whose graph changed (``adopt``), send on the new stream names."""
         app = self._get(tenant, cmd.app)
         if app.status == "running":
+            if app.waiting and link_timeout is not None:
+                self.wait_links(app, link_timeout)
+            renamed = self.switch_streams(app)
             released = self.release(cmd.app)
-            return self._app_result(app, unchanged=not released, released=released)
+            extra = {"renamed_streams": renamed} if renamed else {}
+            return self._app_result(app, unchanged=not released and not renamed, released=released, **extra)
         graph = validate_graph(app.deployment, self.registry, None, self.device)
         self._start_app(app, graph, hold=hold)
         self.store.put(tenant, app.deployment, "running")
@@ -432,6 +445,10 @@ class AgentCore:
             config = cls.model_validate({"type": spec.type, **new_args})
         except Exception as e:
             raise from_validation_error(e, ("args",), BAD_ARGS) from None
+        new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
+        if cmd.module not in app.modules:  # runs on another device: this part records the graph
+            self.adopt(tenant, new_dep)
+            return {"app": cmd.app, "module": cmd.module, "args": new_args, "recorded": True}
         inst_name = app.modules[cmd.module]
         with self.lock:
             others = sorted(self.users.get(inst_name, set()) - {cmd.app})
@@ -439,7 +456,7 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"module {cmd.module!r} is shared with apps {', '.join(others)}: "
                                         "updating it would change them too; deploy a module with its own args instead",
                               f"modules.{cmd.module}")
-        new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
+        old_graph = validate_graph(dep, self.registry, None, self.device)
         graph = validate_graph(new_dep, self.registry, None, self.device)
         res = self.sup.update(inst_name, config.model_dump(mode="json", exclude_unset=True))
         restarted = False
@@ -460,18 +477,91 @@ class AgentCore:
         else:
             self.sup.instances[inst_name].spec = self.sup.instances[inst_name].spec.model_copy(
                 update={"config": config.model_dump(mode="json", exclude_unset=True)})
+        self._rekey(app, old_graph, graph)
         with self.lock:
-            old_ids = {v: k for k, v in self.by_identity.items()}
-            for local, ident in graph.identities().items():
-                if local not in app.modules:  # on another device
-                    continue
-                inst = app.modules[local]
-                self.by_identity.pop(old_ids.get(inst, ""), None)
-                self.by_identity[ident] = inst
             app.deployment = new_dep
         self.store.put(tenant, new_dep, "running")
         self.state_changed()
         return {"app": cmd.app, "module": cmd.module, "args": new_args, "applied_live": not restarted}
+
+    def _rekey(self, app: App, old: ValidatedGraph, new: ValidatedGraph) -> None:
+        """The app's graph changed (an ``update``): identities of the changed module and of
+        everything downstream of it change, hence the names of the link streams they feed.
+        Running instances keep their names (re-keyed by identity); in relays also receive the
+        new stream names at once; out relays are renamed by ``switch_streams``, once every part
+        of the app listens on the new names (the coordinator's ``start``). A restart of any
+        part then computes the same names as the parts that kept running."""
+        old_ids, new_ids = old.identities(), new.identities()
+        renamed = {old_ids[n]: new_ids[n] for n in new_ids if n in old_ids and old_ids[n] != new_ids[n]}
+        with self.lock:
+            inst_ident = {v: k for k, v in self.by_identity.items()}
+            for local, inst in app.modules.items():
+                self.by_identity.pop(inst_ident.get(inst, ""), None)
+                self.by_identity[new_ids[local]] = inst
+            for key in sorted(app.relays):
+                direction, peer, stream = key
+                new_stream = renamed.get(stream)
+                relay = self.relays.get(key)
+                if new_stream is None or relay is None:
+                    continue
+                if direction == "in":
+                    relay.obj.add_stream(new_stream)  # type: ignore[union-attr]
+                    new_key = ("in", peer, new_stream)
+                    self.relays[new_key] = self.relays.pop(key)
+                    app.relays.discard(key)
+                    app.relays.add(new_key)
+                else:
+                    app.renames[key] = new_stream
+
+    def adopt(self, tenant: str, dep: Deployment) -> dict:
+        """The coordinator's newer graph of a running part (a module was updated on some
+        device): record it, receive on the new stream names (see ``_rekey``)."""
+        app = self._get(tenant, dep.app)
+        old = validate_graph(app.deployment, self.registry, None, self.device)
+        new = validate_graph(dep, self.registry, None, self.device)
+        if app.status == "running":
+            self._rekey(app, old, new)
+        with self.lock:
+            app.deployment = dep
+        self.store.put(tenant, dep, app.status)
+        self.state_changed()
+        return {**self._app_result(app), "adopted": True}
+
+    def switch_streams(self, app: App) -> list[str]:
+        """Send on the stream names of the app's current graph (after ``adopt``/``update``)."""
+        renamed = []
+        with self.lock:
+            renames, app.renames = app.renames, {}
+            for key, new_stream in sorted(renames.items()):
+                relay = self.relays.pop(key, None)
+                if relay is None:
+                    continue
+                new_key = ("out", key[1], new_stream)
+                self.relays[new_key] = relay
+                app.relays.discard(key)
+                app.relays.add(new_key)
+                relay.obj.retarget(new_stream)  # type: ignore[union-attr]
+                renamed.append(new_stream)
+        return renamed
+
+    def wait_links(self, app: App, timeout: float) -> None:
+        """Wait until the link to every peer the app's relays use is up; ``SETUP_FAILED`` if
+        one is not within ``timeout`` s (a TLS peer whose certificate does not verify never
+        connects: its frames would go nowhere)."""
+        peers = sorted({k[1] for k in app.relays})
+        deadline = time.monotonic() + timeout
+        for peer in peers:
+            pl = self.peers.get(peer)
+            while not pl.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not pl.connected:
+                st = pl.stats()
+                why = {"auth_failed": "TLS handshakes fail: the certificates are not signed by one CA, or a "
+                                      "certificate does not name its device",
+                       "unknown_address": "its link address is not known (no retained state with it)"}.get(
+                    st.get("state", ""), st.get("state", "not connected"))
+                raise EdgevaError(SETUP_FAILED, f"link between {self.device!r} and {peer!r} is not up after "
+                                                f"{timeout:g}s: {why}", "links." + peer)
 
     def status(self, tenant: str, cmd: StatusCommand) -> dict:
         with self.lock:
@@ -649,9 +739,14 @@ class AgentCore:
             return {a.tenant for a in self.apps.values()}
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Bring back the desired state saved by a previous run (reboot, crash)."""
+    def restore(self, keep: Callable[[str, Deployment], bool] = lambda t, d: True) -> None:
+        """Bring back the desired state saved by a previous run (reboot, crash). ``keep(tenant,
+        dep)`` False: the app is forgotten instead (a part whose coordinator removed the app)."""
         for tenant, dep, status in self.store.load():
+            if not keep(tenant, dep):
+                log.info("app %s/%s: dropped, its coordinator no longer has it", tenant, dep.app)
+                self.store.remove(dep.app)
+                continue
             try:
                 if status == "running":  # of an app spanning devices: this device's part only
                     self.deploy(tenant, dep, persist=False, known_devices=None)

@@ -6,9 +6,13 @@ mosquitto_pub would), not through the CLI: the receiving agent coordinates the p
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -41,11 +45,12 @@ def fleet(mosquitto, tmp_path):
     w = Watcher(mosquitto.url)
     agents: dict[str, AgentProc] = {}
 
-    def start(letter: str) -> str:
+    def start(letter: str, *extra: str) -> str:
         device = f"{letter}-{uid}"
-        agents[device] = AgentProc(mosquitto.url, device, tmp_path / device, w, *BIND)
+        agents[device] = AgentProc(mosquitto.url, device, tmp_path / device, w, *BIND, *extra)
         return device
 
+    start.uid = uid  # type: ignore[attr-defined]
     yield w, start, agents
     for a in agents.values():
         a.stop()
@@ -161,3 +166,144 @@ def test_listening_agent_restarts_and_the_peer_redials(fleet):
     w.wait(ev, lambda ms: len(ms) >= n + 20, timeout=20)
     assert state(w, a)["links"][b] != old
     assert agents[b].proc.poll() is None
+
+
+def desired(agent: AgentProc) -> dict:
+    return json.loads((agent.state_dir / "desired.json").read_text())["apps"]
+
+
+def wait_log(agent: AgentProc, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in agent.log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not in {agent.device}'s log:\n{agent.log.read_text()[-2000:]}"
+        time.sleep(0.1)
+
+
+# -- TLS between agents ----------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def device_pki(d: Path, devices: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """A fleet CA and another CA; one certificate per device (device id in subjectAltName),
+    signed by the CA named in ``devices``. Every agent trusts the fleet CA. Returns each
+    device's --link-tls-* arguments."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("fleet", "other"):
+        _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+                 "-subj", f"/CN={ca} CA", cwd=d)
+    out = {}
+    for dev, ca in devices.items():
+        _openssl("req", *ec, "-keyout", f"{dev}.key", "-out", f"{dev}.csr", "-subj", f"/CN={dev}", cwd=d)
+        (d / f"{dev}.ext").write_text(f"subjectAltName=DNS:{dev}\n")
+        _openssl("x509", "-req", "-in", f"{dev}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                 "-CAcreateserial", "-out", f"{dev}.crt", "-days", "2", "-extfile", f"{dev}.ext", cwd=d)
+        out[dev] = ("--link-tls-ca", str(d / "fleet.crt"), "--link-tls-cert", str(d / f"{dev}.crt"),
+                    "--link-tls-key", str(d / f"{dev}.key"), "--link-tls-check-name")
+    return out
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_tls_links_and_an_agent_from_another_ca_cannot_join(fleet, tmp_path):
+    w, start, agents = fleet
+    a, b, c = (f"{x}-{start.uid}" for x in "abc")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    tls = device_pki(pki, {a: "fleet", b: "fleet", c: "other"})  # c trusts the fleet CA; its cert is not from it
+    quick = ("--part-timeout", "8", "--link-timeout", "3")
+    for dev in (a, b, c):
+        start(dev.split("-")[0], *tls[dev], *quick)
+    r = Commander(w, b).send("deploy", split_app("sec", a, b, policy="block"))
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/sec"
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= 40))
+    assert ids == list(range(len(ids)))  # over mutual TLS, from frame 0, none lost, in order
+    assert state(w, a)["links"][b].startswith("tls+tcp://127.0.0.1:")
+    assert state(w, b)["data_addr"].startswith("tls+tcp://")
+    mods = {d: sorted(state(w, d)["modules"]) for d in (a, b)}
+
+    # C's certificate is from another CA: a deploy placing a module on it fails, in bounded time.
+    dep = split_app("intruder", c, b)
+    dep["modules"]["dec"]["args"] = {**DEC["args"], "fps": 7}
+    t0 = time.monotonic()
+    r = Commander(w, b).send("deploy", dep, timeout=30)
+    took = time.monotonic() - t0
+    assert not r["ok"], r
+    assert r["error"]["code"] == "setup_failed" and r["error"]["path"].startswith(f"devices.{c}.links."), r
+    assert "not up" in r["error"]["message"], r
+    print(f"intruder refused in {took:.1f} s:", r["error"])
+    assert took < 12, took  # the link timeout (3 s) plus the deploy, well under the part timeout
+    # Nothing of it runs anywhere, and the first app flows on untouched.
+    for d in (a, b, c):
+        w.wait(f"edgeva/v1/{d}/state", lambda ms: "intruder" not in (ms[-1]["apps"].get("default") or {}))
+        assert "intruder" not in desired(agents[d])
+    assert {d: sorted(state(w, d)["modules"]) for d in (a, b)} == mods
+    assert not state(w, c)["modules"]
+    n = len(w.get(ev))
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 10))
+    assert ids == list(range(len(ids)))
+
+
+# -- update of an app spanning devices ---------------------------------------------------------
+
+
+def test_update_reaches_every_part_and_restarted_parts_still_flow(fleet):
+    w, start, agents = fleet
+    a, b = start("a"), start("b")
+    # A coordinates and runs the decoder; B's part runs publish.
+    r = Commander(w, a).send("deploy", split_app("upd", a, b, policy="block"))
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/upd"
+    w.wait(ev, lambda ms: len(ms) >= 10)
+    r = Commander(w, a).send("update", {"app": "upd", "module": "dec", "args": {"fps": 25}})
+    assert r["ok"], r
+    assert r["result"]["parts"][b]["adopted"], r
+    # Every part holds the new graph (B does not run the decoder: it only recorded it).
+    for d in (a, b):
+        assert desired(agents[d])["upd"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
+    n = len(w.get(ev))
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 10))
+    assert ids == list(range(len(ids)))  # renaming the stream lost nothing
+    # The part that does not run the decoder restarts: it computes the stream A now sends on.
+    agents[b].kill(signal.SIGKILL)
+    w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
+    agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)
+    n = len(w.get(ev))
+    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)
+    # And the one that runs it: it restores the new graph, B listens on its names.
+    agents[a].stop()
+    w.wait(f"edgeva/v1/{a}/state", lambda ms: ms[-1]["status"] == "offline")
+    agents[a] = AgentProc(agents[a].url, a, agents[a].state_dir, w, *BIND)
+    n = len(w.get(ev))
+    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)
+
+
+# -- a part removed while its device was down ---------------------------------------------------
+
+
+def test_part_removed_while_its_device_was_down_is_dropped_at_restart(fleet):
+    w, start, agents = fleet
+    a, b = start("a"), start("b")
+    r = Commander(w, a).send("deploy", split_app("gone", b, a))  # A coordinates, B's part runs the decoder
+    assert r["ok"], r
+    r = Commander(w, a).send("deploy", split_app("kept", b, a, policy="drop_oldest"))  # stays
+    assert r["ok"], r
+    w.wait(f"edgeva/v1/{a}/default/events/gone", lambda ms: len(ms) >= 5)
+    agents[b].kill(signal.SIGKILL)
+    w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
+    time.sleep(1.0)  # A hears of it too
+    t0 = time.monotonic()
+    r = Commander(w, a).send("remove", {"app": "gone"})
+    assert r["ok"] and r["result"]["parts"][b]["error"]["code"] == "unknown_device", r
+    assert time.monotonic() - t0 < 5  # no wait on a device known to be down
+    assert set(desired(agents[b])) == {"gone", "kept"}  # B could not be told
+    agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)
+    wait_log(agents[b], "dropped, its coordinator no longer has it")
+    ev = f"edgeva/v1/{a}/default/events/kept"
+    n = len(w.get(ev))
+    w.wait(ev, lambda ms: len(ms) >= n + 10, timeout=20)  # the app A still has came back
+    assert set(desired(agents[b])) == {"kept"}
+    apps_b = state(w, b)["apps"].get("default") or {}
+    assert set(apps_b) == {"kept"}, apps_b

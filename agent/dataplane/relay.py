@@ -84,6 +84,14 @@ class RingToLink:
             cons.close()
             self.done.set()
 
+    def retarget(self, stream: str) -> None:
+        """Send on ``stream`` from the next message on (the upstream module's identity changed:
+        an ``update`` of an app spanning devices). No message is lost or sent twice: the ring
+        cursor stays. The receiver must already listen on ``stream`` (``LinkToRing.add_stream``)."""
+        if stream != self.stream:
+            self.link.open_stream(stream, self.policy, None)
+            self.stream = stream
+
     def stop(self, timeout: float = 2.0) -> None:
         """Stop relaying (what the link already queued is still sent by the link)."""
         self._stop.set()
@@ -118,6 +126,7 @@ class LinkToRing:
         reserve_timeout: float | None = None,
     ) -> None:
         self.link, self.stream = link, stream
+        self.streams = [stream]  # every name it receives (aliases: see add_stream)
         self.reserve_timeout = reserve_timeout
         self.producer = RingProducer.create(ring_name, slot_size, nslots, max_consumers)
         self.published = self.dropped = self.too_large = 0
@@ -149,10 +158,18 @@ class LinkToRing:
             raise
         self.published += 1
 
+    def add_stream(self, stream: str) -> None:
+        """Also publish what arrives on ``stream`` (the sender is about to be renamed to it:
+        both names are received, so nothing is lost whenever the sender switches)."""
+        if stream not in self.streams:
+            self.streams.append(stream)
+            self.link.on(stream, self._on_message)
+
     def close(self, unlink: bool = True) -> None:
         """Stop receiving the stream, then close the ring (consumers see end of stream)."""
         self._closing = True
-        self.link.off(self.stream)
+        for s in self.streams:
+            self.link.off(s)
         self.producer.close(unlink=unlink)
 
     def stats(self) -> dict:

@@ -39,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
              "nslots": args.slots, "metrics_interval": args.metrics_interval,
              "link_slot_bytes": int(args.link_slot_mb * (1 << 20))},
             args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate, peers=peers,
+            part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
         )
     except ValueError as e:
         return fail(2, f"edgeva agent: {e}")
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     except MqttError as e:
         bridge.core.close()
         return fail(EXIT_UNREACHABLE, f"edgeva agent: {e}")
-    bridge.core.restore()
+    bridge.restore()
     logging.getLogger("edgeva.agent").info("device %s ready; desired state in %s", args.device, state_dir)
     done.wait()
     bridge.stop()
@@ -93,4 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--link-slot-mb", type=float, default=8.0, metavar="MB",
                    help="slot size of rings fed by a link: the largest message a peer's module may send "
                         "here (default: 8, a 1080p RGB frame fits)")
+    g.add_argument("--part-timeout", type=float, default=45.0, metavar="S",
+                   help="how long a coordinating agent waits for another device's part to answer (default: 45)")
+    g.add_argument("--link-timeout", type=float, default=15.0, metavar="S",
+                   help="how long a starting part waits for its links to peers to be up before it fails "
+                        "(a TLS peer from another CA never connects); keep it under --part-timeout (default: 15)")
     p.set_defaults(func=_run)
