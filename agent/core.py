@@ -54,9 +54,8 @@ from schemas.errors import (
     NOT_FOUND,
     SETUP_FAILED,
     EdgevaError,
-    from_validation_error,
 )
-from schemas.graph import ValidatedGraph, validate_graph
+from schemas.graph import ValidatedGraph, check_args, validate_graph
 from schemas.metrics import P2, DeviceMetrics, ModuleMetrics, TenantMetrics
 from schemas.state import AppState, DeviceState, ModuleState
 
@@ -440,11 +439,7 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"app {cmd.app!r} is {app.status}: start it first", "app")
         spec = dep.modules[cmd.module]
         new_args = {**spec.args, **cmd.args}
-        cls = self.registry[spec.type].config_class
-        try:
-            config = cls.model_validate({"type": spec.type, **new_args})
-        except Exception as e:
-            raise from_validation_error(e, ("args",), BAD_ARGS) from None
+        config = check_args(spec.type, new_args, self.registry[spec.type].config_class)
         new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
         if cmd.module not in app.modules:  # runs on another device: this part records the graph
             self.adopt(tenant, new_dep)

@@ -104,11 +104,13 @@ def _path(*loc: str | int) -> str:
     return format_path(("modules", *loc))
 
 
-def _check_args(name: str, spec: ModuleSpec, cls: type[BaseModel]) -> BaseModel:
-    if "type" in spec.args:
-        raise EdgevaError(BAD_ARGS, "'type' goes beside args, not inside", _path(name, "args", "type"))
+def check_args(type_name: str, args: dict[str, Any], cls: type[BaseModel], where: tuple = ()) -> BaseModel:
+    """Validate a module's args into its config; a ``bad_args`` error with the path under
+    ``where`` (e.g. ``("modules", "det")``) and, for an unknown arg, the known ones."""
+    if "type" in args:
+        raise EdgevaError(BAD_ARGS, "'type' goes beside args, not inside", format_path((*where, "args", "type")))
     try:
-        return cls.model_validate({"type": spec.type, **spec.args})
+        return cls.model_validate({"type": type_name, **args})
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         hint = ""
@@ -116,8 +118,12 @@ def _check_args(name: str, spec: ModuleSpec, cls: type[BaseModel]) -> BaseModel:
             known = sorted(f for f in cls.model_fields if f != "type")
             hint = "known args: " + (", ".join(known) or "none")
         # a 'type' error means the registry name and the config's Literal disagree
-        prefix = ("modules", name) if first["loc"][:1] == ("type",) else ("modules", name, "args")
+        prefix = where if first["loc"][:1] == ("type",) else (*where, "args")
         raise from_validation_error(exc, prefix, BAD_ARGS, hint) from None
+
+
+def _check_args(name: str, spec: ModuleSpec, cls: type[BaseModel]) -> BaseModel:
+    return check_args(spec.type, spec.args, cls, ("modules", name))
 
 
 def _find_cycle(dep: Deployment) -> tuple[list[str], str, int] | None:
