@@ -287,3 +287,19 @@ def test_hand_offs_racing_timeouts_lose_and_repeat_nothing():
                 time.sleep(0.0003)
         assert out.get(timeout=60) == list(range(n))
         c.join(10)
+
+
+def test_too_little_shared_memory_is_a_clear_error_not_a_bus_error(monkeypatch):
+    import agent.dataplane.segment as seg
+
+    real = os.statvfs
+
+    def small(path):
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 100, 100, *tuple(st)[5:]))
+
+    monkeypatch.setattr(seg.os, "statvfs", small)  # /dev/shm with 400 KiB free
+    name = _name("nospace")
+    with pytest.raises(SegmentError, match=r"not enough shared memory .* needs 8\.\d MiB, /dev/shm has 0\.4 MiB free .*--shm-size"):
+        RingProducer.create(name, 1 << 20, nslots=8)
+    assert name not in list_segments()  # nothing half-made left behind

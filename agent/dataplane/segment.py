@@ -37,8 +37,27 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
         pass
 
 
+def shm_free_bytes() -> int | None:
+    """Free space of the shared-memory filesystem, or None where it cannot be read."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
-    """Create a new 0600 segment; a leftover of the same name is a clear error."""
+    """Create a new 0600 segment; a leftover of the same name, or too little shared memory,
+    is a clear error."""
+    free = shm_free_bytes()
+    if free is not None and size > free:
+        # tmpfs creates the file sparse and only fails when a page is first written: as a
+        # SIGBUS ("Bus error") in whichever process writes it. Refuse up front instead.
+        raise SegmentError(
+            f"not enough shared memory for {name!r}: it needs {size / 2**20:.1f} MiB, "
+            f"{SHM_DIR} has {free / 2**20:.1f} MiB free (Docker's default is 64 MB: run with "
+            f"--shm-size, or use fewer/smaller ring slots: `edgeva agent --slots`)"
+        )
     try:
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
     except FileExistsError:
