@@ -17,8 +17,10 @@ then; if a part fails or does not answer within ``part_timeout``, every part sta
 removed again and the reply carries the part's error, its path prefixed with
 ``devices.<device>.``. ``stop``/``remove``/``start`` of the app on the coordinator reach every
 online part; ``update`` is applied where the module runs and the new graph then sent to every
-part (``_update``). A restarted part asks its coordinator whether the app still exists
-before restoring it (``restore``). While it waits for a part,
+online part (``_update``); a part that receives an ``update`` forwards it to its coordinator
+and relays the reply (``_forward``, off the command worker: the coordinator's phases need it).
+A restarted part asks its coordinator whether the app still exists, and for its current graph
+(``part`` in the ``status`` reply), before restoring it (``restore``). While it waits for a part,
 this agent's command worker is busy: two agents coordinating apps through each other at the
 same moment wait for each other until the part timeout, and both deploys are rolled back.
 """
@@ -44,6 +46,7 @@ from agent.peers import Peers
 from schemas.commands import (
     RemoveCommand,
     StartCommand,
+    StatusCommand,
     StopCommand,
     UpdateCommand,
     error_reply,
@@ -211,6 +214,11 @@ class AgentBridge:
                 return
             cmd = parse_command(verb, payload)
             request_id = getattr(cmd, "request_id", None) or request_id
+            coord = self._forward_to(tenant, verb, cmd)
+            if coord is not None:  # replied by that thread once the coordinator answered
+                threading.Thread(target=self._forward, args=(coord, tenant, cmd, request_id, props),
+                                 name="forward", daemon=True).start()
+                return
             result = self._dispatch(tenant, verb, cmd)
             reply = ok_reply(request_id, result)
         except EdgevaError as e:
@@ -236,6 +244,13 @@ class AgentBridge:
                 return self._coordinated(tenant, verb, cmd, app, remote)
             if verb == "start" and app.deployment.part_of is not None:  # the coordinator's go
                 return core.start(tenant, cmd, link_timeout=self.link_timeout)
+        if verb == "status":
+            assert isinstance(cmd, StatusCommand)
+            result = core.status(tenant, cmd)
+            app = core.apps[cmd.app] if cmd.app is not None else None
+            if app is not None and app.deployment.part_of is None and remote_devices(app.deployment, self.device):
+                result["part"] = self._part(app.deployment, hold=False)  # what a restarting part adopts
+            return result
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
         return handler(tenant, cmd)
@@ -272,15 +287,63 @@ class AgentBridge:
         return self._coordinate(tenant, dep, remote,
                                 lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
 
-    def _coordinate(self, tenant: str, dep: Deployment, remote: set[str], start_local, undo: str) -> dict:
-        """Start every part (held), then let them all go; on any failure undo every part."""
-        explicit = dep.model_copy(update={
+    def _part(self, dep: Deployment, hold: bool) -> dict:
+        """What every part of an app coordinated here gets: the whole graph, every ``device``
+        filled in, ``part_of`` this agent (JSON, without a request id)."""
+        part = dep.model_copy(update={
             "request_id": None,
             "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
-            "part_of": PartOf(coordinator=self.device, hold=True),
-        })
-        payload = explicit.model_dump(mode="json")
-        payload.pop("request_id")
+            "part_of": PartOf(coordinator=self.device, hold=hold),
+        }).model_dump(mode="json")
+        part.pop("request_id")
+        return part
+
+    def _forward_to(self, tenant: str, verb: str, cmd: Any) -> str | None:
+        """The coordinator an ``update`` sent to this part goes to (it propagates it to every
+        part), or None: not an update, not a part of this tenant's app, or the coordinator's own
+        request (its ids start with its device id and a dot, see ``_request``)."""
+        if verb != "update":
+            return None
+        app = self.core.apps.get(cmd.app)
+        if app is None or app.tenant != tenant:
+            return None  # the usual not_found/forbidden
+        po = app.deployment.part_of
+        if po is None or po.coordinator == self.device or (cmd.request_id or "").startswith(po.coordinator + "."):
+            return None
+        return po.coordinator
+
+    def _forward(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
+                 props: Properties | None) -> None:
+        """Send an operator's ``update`` to the app's coordinator and relay its reply. Off the
+        command worker: the coordinator sends this part the new graph while we wait."""
+        try:
+            if coord not in self.fleet.online():
+                raise EdgevaError(UNKNOWN_DEVICE, f"the coordinator of app {cmd.app!r}, device {coord!r}, is offline: "
+                                  "an update now would leave the parts with different graphs; retry when it is back",
+                                  "app")
+            # The coordinator waits on the module's device, then on each part (up to 15 s each).
+            timeout = self.part_timeout + 15.0 * (1 + len(remote_devices(self.core._get(tenant, cmd.app).deployment,
+                                                                          coord)))
+            r = self._request(coord, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}),
+                              timeout=timeout)
+            if r.get("ok"):
+                reply = ok_reply(request_id, {**(r.get("result") or {}), "coordinator": coord})
+            else:
+                err = r.get("error") or {}
+                reply = error_reply(request_id, EdgevaError(err.get("code", INTERNAL), f"coordinator {coord!r}: "
+                                                            f"{err.get('message', 'failed')}", err.get("path")))
+        except EdgevaError as e:
+            reply = error_reply(request_id, e)
+        except Exception as e:
+            log.exception("forwarding update of %s to %s failed", cmd.app, coord)
+            reply = error_reply(request_id, EdgevaError(INTERNAL, f"{type(e).__name__}: {e}"))
+        self._reply(tenant, request_id, reply, props)
+        if self._state_dirty.is_set():
+            self._publish_state()
+
+    def _coordinate(self, tenant: str, dep: Deployment, remote: set[str], start_local, undo: str) -> dict:
+        """Start every part (held), then let them all go; on any failure undo every part."""
+        payload = self._part(dep, hold=True)
         done: list[str] = []
         local = False
         parts: dict[str, dict] = {}
@@ -353,18 +416,16 @@ class AgentBridge:
             dep = app.deployment
             core.adopt(tenant, dep.model_copy(update={"modules": {**dep.modules,
                                                                   cmd.module: spec.model_copy(update={"args": new})}}))
-        dep = app.deployment
-        part = dep.model_copy(update={
-            "request_id": None,
-            "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
-            "part_of": PartOf(coordinator=self.device, hold=False),
-        }).model_dump(mode="json")
-        part.pop("request_id")
+        part = self._part(app.deployment, hold=False)
         parts: dict[str, Any] = {}
-        for d in sorted(remote - {where}):  # phase 1: record, listen on both names
+        online = self.fleet.online()
+        for d in sorted(remote - {where} - online):  # not waited for: it asks for the graph at restart
+            parts[d] = {"error": {"code": UNKNOWN_DEVICE, "message": f"device {d!r} is offline; its part adopts "
+                                  "the new graph when its agent restarts (it asks this coordinator)"}}
+        for d in sorted((remote & online) - {where}):  # phase 1: record, listen on both names
             r = self._request(d, tenant, "deploy", part, timeout=min(15.0, self.part_timeout))
             parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
-        for d in sorted(remote):  # phase 2: send on the new names
+        for d in sorted((remote & online) | ({where} - {self.device})):  # phase 2: send on the new names
             r = self._request(d, tenant, "start", {"app": cmd.app}, timeout=min(15.0, self.part_timeout))
             if not r.get("ok"):
                 parts[d] = {"error": r.get("error")}
@@ -400,13 +461,15 @@ class AgentBridge:
         spanning devices comes back only if its coordinator still has the app: the app may
         have been removed while this device was off (its part could not be told). Asked with
         a ``status`` command; a coordinator that is offline or does not answer in time keeps
-        the part (it cannot be told apart from a slow one)."""
+        the part (it cannot be told apart from a slow one). The coordinator's answer carries the
+        app's current graph (``part``): one updated while this device was down replaces the
+        saved one, so that this part uses the stream names the others use."""
         try:
             self.core.restore(keep=self._coordinator_has)
         finally:
             self._restored.set()
 
-    def _coordinator_has(self, tenant: str, dep: Deployment) -> bool:
+    def _coordinator_has(self, tenant: str, dep: Deployment) -> bool | Deployment:
         if dep.part_of is None or dep.part_of.coordinator == self.device:
             return True
         coord = dep.part_of.coordinator
@@ -420,7 +483,21 @@ class AgentBridge:
             return True
         r = self._request(coord, tenant, "status", {"app": dep.app}, timeout=RESTORE_ASK_S)
         if r.get("ok"):
-            return True
+            part = (r.get("result") or {}).get("part")
+            if part is None:
+                return True
+            try:
+                current = Deployment.model_validate(part)
+            except ValueError as e:
+                log.warning("app %s/%s: coordinator %s sent an unreadable graph (%s); saved one restored",
+                            tenant, dep.app, coord, e)
+                return True
+            mask = {"request_id", "part_of"}
+            if current.model_dump(exclude=mask) == dep.model_dump(exclude=mask):
+                return True
+            log.info("app %s/%s: the coordinator's graph changed while this device was down; adopting it",
+                     tenant, dep.app)
+            return current
         code = (r.get("error") or {}).get("code")
         if code in ("not_found", "forbidden"):
             return False

@@ -734,14 +734,20 @@ class AgentCore:
             return {a.tenant for a in self.apps.values()}
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def restore(self, keep: Callable[[str, Deployment], bool] = lambda t, d: True) -> None:
+    def restore(self, keep: Callable[[str, Deployment], bool | Deployment] = lambda t, d: True) -> None:
         """Bring back the desired state saved by a previous run (reboot, crash). ``keep(tenant,
-        dep)`` False: the app is forgotten instead (a part whose coordinator removed the app)."""
+        dep)`` False: the app is forgotten instead (a part whose coordinator removed the app);
+        a ``Deployment``: the app's graph is now that one (a part whose coordinator updated the
+        app meanwhile), saved and restored instead."""
         for tenant, dep, status in self.store.load():
-            if not keep(tenant, dep):
+            verdict = keep(tenant, dep)
+            if verdict is False:
                 log.info("app %s/%s: dropped, its coordinator no longer has it", tenant, dep.app)
                 self.store.remove(dep.app)
                 continue
+            if isinstance(verdict, Deployment):
+                dep = verdict
+                self.store.put(tenant, dep, status)
             try:
                 if status == "running":  # of an app spanning devices: this device's part only
                     self.deploy(tenant, dep, persist=False, known_devices=None)

@@ -307,3 +307,45 @@ def test_part_removed_while_its_device_was_down_is_dropped_at_restart(fleet):
     assert set(desired(agents[b])) == {"kept"}
     apps_b = state(w, b)["apps"].get("default") or {}
     assert set(apps_b) == {"kept"}, apps_b
+
+
+def test_update_sent_to_a_part_goes_through_its_coordinator(fleet):
+    w, start, agents = fleet
+    a, b = start("a"), start("b")
+    r = Commander(w, a).send("deploy", split_app("via", a, b, policy="block"))  # A coordinates, runs dec
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/via"
+    w.wait(ev, lambda ms: len(ms) >= 10)
+    # Sent to B, which only runs publish: B forwards it to A, which applies it and tells every part.
+    r = Commander(w, b).send("update", {"app": "via", "module": "dec", "args": {"fps": 25}}, timeout=60)
+    assert r["ok"], r
+    assert r["result"]["coordinator"] == a and r["result"]["module"] == "dec", r
+    assert r["result"]["parts"][b]["adopted"], r
+    for d in (a, b):
+        assert desired(agents[d])["via"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
+    n = len(w.get(ev))
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 15))
+    assert ids == list(range(len(ids)))  # one stream, renamed in two phases: nothing lost, in order
+
+
+def test_part_down_during_an_update_adopts_the_new_graph_at_restart(fleet):
+    w, start, agents = fleet
+    a, b = start("a"), start("b")
+    r = Commander(w, a).send("deploy", split_app("late", a, b, policy="drop_oldest"))
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/late"
+    w.wait(ev, lambda ms: len(ms) >= 10)
+    agents[b].kill(signal.SIGKILL)
+    w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
+    time.sleep(1.0)  # A hears of it too
+    t0 = time.monotonic()
+    r = Commander(w, a).send("update", {"app": "late", "module": "dec", "args": {"fps": 25}})
+    assert r["ok"] and r["result"]["parts"][b]["error"]["code"] == "unknown_device", r
+    assert time.monotonic() - t0 < 10  # no wait on a device known to be down
+    assert desired(agents[b])["late"]["deployment"]["modules"]["dec"]["args"]["fps"] == 20  # B missed it
+    n = len(w.get(ev))
+    agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)  # restores, asks A first
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)[n:])  # A's new stream name reaches B
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), ids  # in order from some frame on
+    assert desired(agents[b])["late"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
+    wait_log(agents[b], "adopting it")
