@@ -549,7 +549,7 @@ class AgentBridge:
                 log.exception("metrics publication failed")
 
     def publish_metrics(self) -> None:
-        mods = self.core._module_metrics()
+        mods = self.core.module_metrics()
         dm = self.core.device_metrics(mods)
         self.fleet.put_metrics(dm)
         self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)

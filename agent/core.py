@@ -668,7 +668,8 @@ class AgentCore:
         return DeviceState(device=self.device, status="online", ts=time.time(), data_addr=data_addr,
                            links=dict(self.peers.listening), apps=apps, modules=mods, version=VERSION)
 
-    def _module_metrics(self) -> dict[str, ModuleMetrics]:
+    def module_metrics(self) -> dict[str, ModuleMetrics]:
+        """Per module instance: frames, processing time, ring occupancy and drops per consumer."""
         pid_name = {inst.pid: name for name, inst in self.sup.instances.items()}
         me = os.getpid()  # the agent's own consumers are out relays: reported as link:<peer>
         with self.lock:
@@ -707,7 +708,7 @@ class AgentCore:
                    if who in mine or who in links)
 
     def tenant_metrics(self, tenant: str, peek: bool = False, mods: dict | None = None) -> TenantMetrics:
-        mods = self._module_metrics() if mods is None else mods
+        mods = self.module_metrics() if mods is None else mods
         with self.lock:
             apps = {n: a for n, a in self.apps.items() if a.tenant == tenant}
             out_apps = {}
@@ -725,7 +726,7 @@ class AgentCore:
                              apps=out_apps, modules={k: v for k, v in mods.items() if k in used})
 
     def device_metrics(self, mods: dict | None = None) -> DeviceMetrics:
-        mods = self._module_metrics() if mods is None else mods
+        mods = self.module_metrics() if mods is None else mods
         return DeviceMetrics(device=self.device, ts=time.time(), interval_s=self.metrics_interval, modules=mods,
                              links=self.peers.metrics())
 

@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from agent.dataplane.codec import CodecError
-from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer
-from agent.dataplane.segment import SegmentError, open_segment, pid_alive, unlink_segment
+from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer, producer_pid
+from agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
 from modules.base import NO_FRAME, Module, ModuleContext
 from modules.registry import module_class
 from schemas import runner as R
@@ -130,17 +130,8 @@ class _Input:
 
     def _reattach(self) -> None:
         # The upstream crashed; its supervisor starts a new one under the same ring name.
-        try:
-            shm = open_segment(self.spec.ring)
-        except SegmentError:
-            return
-        try:
-            from agent.dataplane.ring import H_PID
-
-            fresh = pid_alive(shm.buf.cast("q")[H_PID])
-        finally:
-            shm.close()
-        if fresh:
+        pid = producer_pid(self.spec.ring)
+        if pid is not None and pid_alive(pid):
             self.cons.close()
             self.cons = self._attach(timeout=1.0)
             log.info("re-attached to restarted upstream %s", self.spec.ring)
@@ -285,14 +276,9 @@ class Runner:
             return RingProducer.create(self.spec.output_ring, size, nslots=self.spec.nslots)
         except SegmentError:
             # Left by this instance's previous life (crash, SIGKILL): reclaim it if dead.
-            shm = open_segment(self.spec.output_ring)
-            try:
-                from agent.dataplane.ring import H_PID
-
-                owner = shm.buf.cast("q")[H_PID]
-            finally:
-                shm.close()
-            if pid_alive(owner):
+            # Anything else (no segment: the error was not a leftover; a live owner) stands.
+            owner = producer_pid(self.spec.output_ring)
+            if owner is None or pid_alive(owner):
                 raise
             unlink_segment(self.spec.output_ring)
             return RingProducer.create(self.spec.output_ring, size, nslots=self.spec.nslots)

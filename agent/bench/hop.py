@@ -151,14 +151,21 @@ def _producer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) 
         cpu = _cpu_s() - cpu0
         out.send({"ok": True, "t_start": t_start, "cpu_s": cpu})
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-        out.send({"ok": False, "error": f"producer: {type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()})
+        _report_failure(out, "producer", e)
     finally:
-        if sender is not None:
-            try:
-                sender.close()
-            except Exception:  # noqa: BLE001 - the result is already out
-                pass
+        _close_quietly(sender)
+
+
+def _report_failure(out: Connection, who: str, e: BaseException) -> None:
+    out.send({"ok": False, "error": f"{who}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+
+
+def _close_quietly(end) -> None:
+    if end is not None:
+        try:
+            end.close()
+        except Exception:  # noqa: BLE001 - the result is already out
+            pass
 
 
 def _consumer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) -> None:
@@ -196,14 +203,9 @@ def _consumer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) 
         out.send({"ok": True, "lat": lat.tobytes(), "load": load.tobytes(), "t_end": t_end,
                   "cpu_s": cpu})
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-        out.send({"ok": False, "error": f"consumer: {type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc()})
+        _report_failure(out, "consumer", e)
     finally:
-        if receiver is not None:
-            try:
-                receiver.close()
-            except Exception:  # noqa: BLE001 - the result is already out
-                pass
+        _close_quietly(receiver)
 
 
 # -- parent --------------------------------------------------------------------------------

@@ -499,10 +499,7 @@ class RingConsumer(_Ring):
         when given, must match the ring's (catches a consumer wired to the wrong ring)."""
         if policy not in _POLICIES:
             raise RingError(f"unknown policy {policy!r}: use 'block' or 'drop_oldest'")
-        try:
-            shm = open_segment(name)
-        except SegmentError as e:
-            raise RingError(str(e)) from None
+        shm = _open_ring(name)
         self = cls(name, shm)
         try:
             self._check(shm.size, slot_size)
@@ -695,13 +692,16 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-def ring_stats(name: str) -> RingStats:
-    """Read a ring's counters without attaching as a consumer (for metrics)."""
+def _open_ring(name: str):
     try:
-        shm = open_segment(name)
+        return open_segment(name)
     except SegmentError as e:
         raise RingError(str(e)) from None
-    r = _Ring(name, shm)
+
+
+def ring_stats(name: str) -> RingStats:
+    """Read a ring's counters without attaching as a consumer (for metrics)."""
+    r = _Ring(name, _open_ring(name))
     try:
         if r._w[H_MAGIC] != MAGIC:
             raise RingError(f"{name!r} is not an edgeva ring")
@@ -711,19 +711,25 @@ def ring_stats(name: str) -> RingStats:
         r._close_mapping()
 
 
+def producer_pid(name: str) -> int | None:
+    """The pid the producer of ring ``name`` recorded (0 if it had not yet), or None when no
+    segment has that name. Whether that process lives tells a crashed ring from a live one."""
+    try:
+        shm = open_segment(name)
+    except SegmentError:
+        return None
+    try:
+        return shm.buf.cast("q")[H_PID] if shm.size >= H_WORDS * 8 else 0
+    finally:
+        shm.close()
+
+
 def sweep_segments(prefix: str | None = None) -> list[str]:
     """Remove edgeva ring segments whose producer process is dead (left by a crash or a
     SIGKILL). Live rings are untouched. Returns the names removed."""
     removed = []
     for name in list_segments(prefix):
-        try:
-            shm = open_segment(name)
-        except SegmentError:
-            continue
-        try:
-            pid = shm.buf.cast("q")[H_PID] if shm.size >= H_WORDS * 8 else 0
-        finally:
-            shm.close()
-        if not pid_alive(pid) and unlink_segment(name):
+        pid = producer_pid(name)
+        if pid is not None and not pid_alive(pid) and unlink_segment(name):
             removed.append(name)
     return removed

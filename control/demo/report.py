@@ -11,7 +11,7 @@ def summarize(core, apps: list[str], seconds: float) -> dict:
     """``{"source_frames", "seconds", "apps": {name: {frames, dropped, latency_ms{p50,p95,p99},
     events, lag_ms_per_min, fps}}}`` plus per-module timings; ``_history`` (popped by the caller)
     holds each app's (time, latency) samples for the plot."""
-    mods = core._module_metrics()
+    mods = core.module_metrics()
     source = max((m.frames_out for m in mods.values() if m.type == "decoder"), default=0)
     out: dict = {"source_frames": source, "seconds": seconds, "apps": {}, "modules": {}, "_history": {}}
     for name in apps:
