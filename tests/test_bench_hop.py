@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.bench.hop import Plan, run_hop
+from agent.bench.hop import Plan, pin_cpus, run_hop
 from agent.bench.report import add_ratios, format_table, to_json
 from agent.bench.transports import REGISTRY, transports
 from agent.bench.transports.base import Received, Receiver, Sender, Transport
@@ -129,6 +129,18 @@ def test_broken_transports_fail_without_hanging(broken: None) -> None:
     add_ratios(results)
     table = format_table(results)
     assert "FAILED" in table and "test-crash" in table
+
+
+@pytest.mark.skipif(pin_cpus() is None, reason="needs two usable CPUs")
+def test_producer_and_consumer_run_pinned_to_distinct_cpus_unless_told_not_to() -> None:
+    p, c = pin_cpus()
+    pinned = run_hop(["shm-pipe"], ["meta"], plans=TINY, rounds=1)[0]
+    assert pinned.ok, pinned.error
+    assert pinned.extra["cpus"] == {"producer": [p], "consumer": [c]}
+    free = run_hop(["shm-pipe"], ["meta"], plans=TINY, rounds=1, pin=False)[0]
+    assert free.ok, free.error
+    everywhere = sorted(os.sched_getaffinity(0))
+    assert free.extra["cpus"] == {"producer": everywhere, "consumer": everywhere}
 
 
 def test_unknown_transport_is_refused() -> None:

@@ -55,7 +55,7 @@ def _receiver(addr: str, q, streams: list[str], n: int, tls: LinkTLS | None, sec
 
     def handler(r) -> None:
         m = r.message
-        if m.arrays and not np.array_equal(m.arrays["frame"], frame(m.frame_id)):
+        if m.arrays and not np.array_equal(m.arrays["frame"], frame(m.frame_id, m.arrays["frame"].shape)):
             bad.append(f"{r.stream}:{m.frame_id}")
         with lock:
             got[r.stream].append(m.frame_id)
@@ -247,6 +247,47 @@ def test_peer_killed_and_restarted_link_resumes_and_counts_drops() -> None:
             if p is not None:
                 p.kill()
                 p.join(3)
+
+
+BIG = ((720, 1280, 3), (480, 1280, 3), (720, 1000, 3))  # sizes change: refills grow and shrink
+
+
+def _send_big(n: int, secs: float = 20.0) -> tuple[list[int], list[str], dict]:
+    """Send ``n`` big frames back to back to a checking receiver; (ids, bad, sender stats)."""
+    frames = [frame(i, BIG[i % 3]) for i in range(n)]  # made first: sends go back to back
+    q = CTX.Queue()
+    p = _start(_receiver, "tcp://127.0.0.1:0", q, ["cam"], n, None, secs)
+    try:
+        addr = _expect(q, "addr")[1]
+        with Link.dial(addr, name="tx", depth=2) as link:
+            assert link.wait_connected(5)
+            for i, f in enumerate(frames):
+                link.send("cam", Message(i, "cam", arrays={"frame": f}), timeout=10)
+            _, got, bad, _ = _expect(q, "done", secs)
+            return got["cam"], bad, link.stats()
+    finally:
+        _stop(p)
+
+
+def test_big_messages_are_refilled_never_while_nng_writes_them() -> None:
+    """Sent messages come back to the link's pool once nng has written them. The receiver is
+    slower than the sender (it rebuilds each expected frame), so nng is still writing one
+    message while the sender fills the next: a buffer refilled too early reaches the peer with
+    another frame's bytes, which the receiver checks."""
+    n = 30
+    got, bad, st = _send_big(n)
+    assert got == list(range(n)) and bad == []
+    assert st["messages_reused"] >= n // 3, st  # the pool is what sends them
+
+
+def test_without_nng_refcount_calls_every_message_is_allocated(monkeypatch) -> None:
+    from agent.dataplane import msgpool
+
+    monkeypatch.setattr(msgpool, "_refs", ())  # as if pynng's extension lacked the symbols
+    n = 30
+    got, bad, st = _send_big(n)
+    assert got == list(range(n)) and bad == []
+    assert st["messages_reused"] == 0
 
 
 def test_block_sender_times_out_without_peer() -> None:

@@ -3,8 +3,16 @@
 Method
 ------
 Each case (a transport x a payload) runs in two fresh processes started with ``spawn`` (never
-``fork``: no inherited sockets, threads or page tables), unpinned, plus the parent, which only
-supervises. The two children talk over a control socketpair that is never timed.
+``fork``: no inherited sockets, threads or page tables), plus the parent, which only supervises.
+The two children talk over a control socketpair that is never timed.
+
+CPU placement: by default the producer is pinned to one CPU and the consumer to another (the
+first two this process may use), with every thread they start (nng's, the link's sender). That
+is how pipeline modules run, side by side on their own cores, and it takes the scheduler out of
+the comparison: unpinned, the two processes sometimes share a core, where a wake-up is a
+context switch (~10 us on a VM) instead of a cross-core interrupt (~40 us), so the same
+transport's small-message latency flips between two modes from one run to the next. ``pin=False``
+(``--no-pin``) measures unpinned; with fewer than two CPUs nothing is pinned.
 
 1. Handshake: the producer ``prepare``s (e.g. creates the ring), the consumer ``open``s (attaches,
    listens) and answers ``ready`` with what the producer needs (a port); the producer connects.
@@ -37,6 +45,7 @@ still removes shared resources. One failing transport never stops the run.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import time
@@ -120,9 +129,20 @@ def _wait_ack(conn: Connection, timeout: float, what: str) -> None:
     conn.recv_bytes()  # raw bytes: no pickling on the (untimed) control path
 
 
-def _producer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) -> None:
+def _pin(cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # before any thread starts: they inherit it
+
+
+def _affinity() -> list[int] | None:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def _producer_main(t: Transport, plan: Plan, peer: Connection, out: Connection,
+                   cpu: int | None = None) -> None:
     sender = None
     try:
+        _pin(cpu)
         src = t.payload.source()
         is_meta = isinstance(src, dict)
         sender = t.sender()
@@ -149,7 +169,7 @@ def _producer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) 
         # No tighter limit than the case's: the consumer reports a stall itself, per message.
         _wait_ack(peer, plan.case_timeout_s, "end of throughput")
         cpu = _cpu_s() - cpu0
-        out.send({"ok": True, "t_start": t_start, "cpu_s": cpu})
+        out.send({"ok": True, "t_start": t_start, "cpu_s": cpu, "cpus": _affinity()})
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
         _report_failure(out, "producer", e)
     finally:
@@ -168,9 +188,11 @@ def _close_quietly(end) -> None:
             pass
 
 
-def _consumer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) -> None:
+def _consumer_main(t: Transport, plan: Plan, peer: Connection, out: Connection,
+                   cpu: int | None = None) -> None:
     receiver = None
     try:
+        _pin(cpu)
         want = touch(t.payload.source())  # what the touched elements must read
         receiver = t.receiver()
         _expect(peer, plan.start_timeout_s, "prepared")
@@ -201,7 +223,7 @@ def _consumer_main(t: Transport, plan: Plan, peer: Connection, out: Connection) 
         cpu = _cpu_s() - cpu0
         peer.send_bytes(b"d")
         out.send({"ok": True, "lat": lat.tobytes(), "load": load.tobytes(), "t_end": t_end,
-                  "cpu_s": cpu})
+                  "cpu_s": cpu, "cpus": _affinity()})
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
         _report_failure(out, "consumer", e)
     finally:
@@ -235,8 +257,16 @@ def _supervise(procs: dict[str, mp.Process], outs: dict[str, Connection], deadli
     return results
 
 
-def run_case(cls: type[Transport], payload: Payload, plan: Plan) -> CaseResult:
-    """Run one transport x payload case in two spawned processes; never raises, never hangs."""
+def pin_cpus() -> tuple[int, int] | None:
+    """(producer CPU, consumer CPU): the first two this process may run on; None if fewer."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
+def run_case(cls: type[Transport], payload: Payload, plan: Plan,
+             cpus: tuple[int, int] | None = None) -> CaseResult:
+    """Run one transport x payload case in two spawned processes, pinned to ``cpus``
+    (producer, consumer) if given; never raises, never hangs."""
     started = time.monotonic()
     res = CaseResult(cls.name, payload.kind, ok=False)
     ctx = mp.get_context("spawn")
@@ -252,7 +282,8 @@ def run_case(cls: type[Transport], payload: Payload, plan: Plan) -> CaseResult:
             out_r[role] = r
             ends.append(w)
             peer = peer_c if role == "consumer" else peer_p
-            p = ctx.Process(target=main, args=(t, plan, peer, w), daemon=True,
+            cpu = None if cpus is None else cpus[role == "consumer"]
+            p = ctx.Process(target=main, args=(t, plan, peer, w, cpu), daemon=True,
                             name=f"hop-{cls.name}-{payload.kind}-{role}")
             p.start()
             procs[role] = p  # only started ones: those are joined below
@@ -297,6 +328,8 @@ def _fill(res: CaseResult, prod: dict, cons: dict, plan: Plan) -> None:
     res.cpu_us = round(res.cpu_producer_us + res.cpu_consumer_us, 1)
     res.load_p50_us = round(float(np.percentile(load, 50)), 1)
     res.latency_n, res.throughput_n = plan.latency_n, m
+    # Where the children really ran (what they could run on, as they saw it).
+    res.extra["cpus"] = {"producer": prod.get("cpus"), "consumer": cons.get("cpus")}
 
 
 def run_hop(
@@ -307,6 +340,7 @@ def run_hop(
     plans: dict[str, Plan] | None = None,
     progress: Callable[[CaseResult], None] | None = None,
     rounds: int | None = None,
+    pin: bool = True,
 ) -> list[CaseResult]:
     """Run every transport x payload case, payload-major, in table order.
 
@@ -314,9 +348,11 @@ def run_hop(
     per payload kind (tests use tiny ones); ``progress`` is called after each case. Each case
     runs ``rounds`` times (default 3), the transports taking turns, and reports the median of
     its rounds: on a shared VM, wake-up latency drifts by tens of microseconds from one second
-    to the next, and interleaving gives every transport the same weather.
+    to the next, and interleaving gives every transport the same weather. ``pin``: producer and
+    consumer on two distinct CPUs (see the module docstring).
     """
     rounds = rounds or 3
+    cpus = pin_cpus() if pin else None
     registry = transports()
     chosen = list(registry) if names is None else list(names)
     unknown = [n for n in chosen if n not in registry]
@@ -332,7 +368,7 @@ def run_hop(
         runs: dict[str, list[CaseResult]] = {name: [] for name in chosen}
         for _ in range(rounds):
             for name in chosen:
-                r = run_case(registry[name], payload, plan)
+                r = run_case(registry[name], payload, plan, cpus)
                 runs[name].append(r)
                 if progress is not None:
                     progress(r)

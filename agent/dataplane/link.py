@@ -18,9 +18,10 @@ Wire format. Each nng message is a link envelope followed by the ring's encoding
 The envelope is a multiple of 64 bytes so that the codec's 64-byte array alignment holds
 relative to the message body. Numbers are little-endian (every supported target is).
 
-Sending (``send``): the message is encoded once, by the calling thread, straight into a new nng
-message (arrays copied once from the caller's buffers; small messages go through a reused
-per-stream buffer), then handed to nng without another Python-side copy. If the socket is idle
+Sending (``send``): the message is encoded once, by the calling thread, straight into an nng
+message (arrays copied once from the caller's buffers; big messages are refilled once nng has
+written them, see ``msgpool``, so nng's zeroing of each new buffer is skipped; small messages go
+through a reused per-stream buffer), then handed to nng without another Python-side copy. If the socket is idle
 and nothing is queued it goes out at once; otherwise it waits in a bounded queue drained by one
 sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while that stream has
 ``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldest`` (the oldest queued message of
@@ -68,6 +69,7 @@ from agent.dataplane.codec import (
     decode,
     encoded_size,
 )
+from agent.dataplane.msgpool import MsgPool
 from schemas.message import Message
 from schemas.metrics import P2, LinkMetrics
 
@@ -225,16 +227,20 @@ class _Stream:
 
 
 class _Out:
-    """One encoded nng message waiting to be sent (owned by us until nng accepts it)."""
+    """One encoded nng message waiting to be sent (owned by us until nng accepts it).
+    ``pool``: set when the message belongs to the link's ``MsgPool`` (which owns it)."""
 
-    __slots__ = ("stream", "msg", "nbytes")
+    __slots__ = ("stream", "msg", "nbytes", "pool")
 
-    def __init__(self, stream: _Stream, msg, nbytes: int) -> None:
-        self.stream, self.msg, self.nbytes = stream, msg, nbytes
+    def __init__(self, stream: _Stream, msg, nbytes: int, pool: MsgPool | None = None) -> None:
+        self.stream, self.msg, self.nbytes, self.pool = stream, msg, nbytes, pool
 
     def free(self) -> None:
         if self.msg is not None:
-            _lib.nng_msg_free(self.msg)
+            if self.pool is not None:
+                self.pool.give_back(self.msg)
+            else:
+                _lib.nng_msg_free(self.msg)
             self.msg = None
 
 
@@ -320,6 +326,9 @@ class Link:
         self._work = threading.Condition(self._lock)
         self._space = threading.Condition(self._lock)
         self._queue: deque[_Out] = deque()
+        # Big messages are refilled rather than allocated (see msgpool): up to a queue's worth
+        # plus the ones nng is writing, so memory stays what a full queue holds anyway.
+        self._pool = MsgPool(depth + 2)
         self._inflight = False
         self._closing = self._closed = False
         self._streams: dict[str, _Stream] = {}
@@ -474,6 +483,7 @@ class Link:
             raise LinkMessageTooLarge(self._too_large(st, need))
         pp = st.pp
         pp[0] = _ffi.NULL
+        pool = None
         try:
             if need <= _SMALL:
                 # Reused per-stream buffer (warm, no allocation), then one small copy into nng.
@@ -483,7 +493,13 @@ class Link:
             else:
                 # Big: encode straight into the nng message; the arrays are copied exactly once.
                 bound = min(ne + encoded_size(msg), self.max_message_size)
-                _check(_lib.nng_msg_alloc(pp, bound))
+                pp[0] = self._pool.take(bound) or _ffi.NULL
+                if pp[0] == _ffi.NULL:
+                    _check(_lib.nng_msg_alloc(pp, bound))
+                    if self._pool.adopt(pp[0]):
+                        pool = self._pool
+                else:
+                    pool = self._pool
                 body = memoryview(_ffi.buffer(_lib.nng_msg_body(pp[0]), bound))
                 body[:ne] = st.env
                 w = FrameWriter(body[ne:])
@@ -494,13 +510,13 @@ class Link:
                 _check(_lib.nng_msg_chop(pp[0], bound - n))
         except MessageTooLarge as e:
             if pp[0] != _ffi.NULL:
-                _lib.nng_msg_free(pp[0])
+                _Out(st, pp[0], 0, pool).free()
             raise LinkMessageTooLarge(f"{self._too_large(st, need)} ({e})") from None
         except BaseException:
             if pp[0] != _ffi.NULL:
-                _lib.nng_msg_free(pp[0])
+                _Out(st, pp[0], 0, pool).free()
             raise
-        return _Out(st, pp[0], n)
+        return _Out(st, pp[0], n, pool)
 
     def _encode_small(self, st: _Stream, msg: Message) -> int:
         """Encode into the stream's scratch buffer, growing it when the header does not fit."""
@@ -565,7 +581,15 @@ class Link:
         body = _ffi.cast("int64_t *", _lib.nng_msg_body(out.msg))
         body[_SEQ_I64] = self._seq
         body[_TS_I64] = time.time_ns()
+        pool = out.pool
+        if pool is not None:
+            pool.keep(out.msg)  # our reference outlives the send: the buffer comes back
         rc = _lib.nng_sendmsg(self._s, out.msg, flags)
+        if pool is not None:
+            if rc:
+                pool.unkeep(out.msg)
+            else:
+                pool.sent(out.msg)
         if rc == 0:
             out.msg = None  # nng owns (and frees) it now
             self._seq += 1
@@ -760,6 +784,7 @@ class Link:
             "connects": self.connects,
             "bytes_sent": self.bytes_sent,
             "messages_sent": self.messages_sent,
+            "messages_reused": self._pool.reused,
             "dropped": self.dropped,
             "dropped_by_stream": {s.name: s.dropped for s in list(self._streams.values())},
             "send_timeouts": self.send_timeouts,
@@ -799,6 +824,8 @@ class Link:
         self._sock.close()  # aborts blocked sends/receives in our threads
         if threading.current_thread() is not self._sender:
             self._sender.join(timeout=2.0)
+        if not self._sender.is_alive():  # else it may still hold a pooled message: leak it
+            self._pool.close()
         d = self._dispatcher
         if d is not None and threading.current_thread() is not d:
             d.join(timeout=2.0)

@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="frame, meta (default both)")
     h.add_argument("--rounds", type=int, default=3,
                    help="runs per case, transports taking turns; the median is reported (default: 3)")
+    h.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the scheduler place producer and consumer (default: each pinned to "
+                   "its own CPU, so that runs compare like with like)")
     h.set_defaults(func=run_hop_cmd)
     d = sub.add_parser("deploy", help="deploy-to-first-event and second-app attach times over MQTT")
     d.add_argument("--runs", type=int, default=5, help="repetitions (default: %(default)s)")
@@ -65,7 +68,7 @@ def run_deploy_cmd(args: argparse.Namespace) -> int:
 
 def run_hop_cmd(args: argparse.Namespace) -> int:
     """Run the cases, print progress and the table; 1 if any case failed, 2 on bad arguments."""
-    from agent.bench.hop import CaseResult, run_hop
+    from agent.bench.hop import CaseResult, pin_cpus, run_hop
     from agent.bench.report import add_ratios, format_table, write_json, write_plot
     from agent.bench.transports import transports
 
@@ -85,9 +88,12 @@ def run_hop_cmd(args: argparse.Namespace) -> int:
             line = f"FAILED: {r.error}"
         print(f"  {r.transport:<13} {r.payload:<5} {line}  ({r.seconds:.1f} s)", flush=True)
 
+    cpus = pin_cpus() if args.pin else None
+    where = f"producer on CPU {cpus[0]}, consumer on CPU {cpus[1]}" if cpus else "unpinned"
     print(f"edgeva bench hop{' --quick' if args.quick else ''}: "
-          f"{', '.join(args.transports or known)} x {', '.join(args.payloads)}", flush=True)
-    results = run_hop(args.transports, args.payloads, quick=args.quick, progress=progress, rounds=args.rounds)
+          f"{', '.join(args.transports or known)} x {', '.join(args.payloads)} ({where})", flush=True)
+    results = run_hop(args.transports, args.payloads, quick=args.quick, progress=progress,
+                      rounds=args.rounds, pin=args.pin)
     add_ratios(results)
     print()
     print(format_table(results))
