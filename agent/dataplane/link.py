@@ -824,8 +824,7 @@ class Link:
         self._sock.close()  # aborts blocked sends/receives in our threads
         if threading.current_thread() is not self._sender:
             self._sender.join(timeout=2.0)
-        if not self._sender.is_alive():  # else it may still hold a pooled message: leak it
-            self._pool.close()
+        self._pool.close()  # messages still in use are let go when their user returns them
         d = self._dispatcher
         if d is not None and threading.current_thread() is not d:
             d.join(timeout=2.0)

@@ -69,7 +69,8 @@ class MsgPool:
     ``take(size)`` -> a message of ``size`` bytes that nobody else references, or None (pool
     exhausted or reuse unavailable: allocate). Before handing a taken message to nng, call
     ``keep`` (our reference survives the send); ``give_back`` returns a taken message that was
-    never sent. ``close`` drops our references (nng frees what it still holds when done).
+    never sent. ``close`` drops our references (nng frees what it still holds when done); a
+    message taken at that moment is let go when it is sent or given back, never under its user.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -80,6 +81,7 @@ class MsgPool:
         self._msgs: list = []  # cffi nng_msg pointers we hold a reference to
         self._busy: set[int] = set()  # taken by our caller, not yet sent or given back
         self._lock = threading.Lock()
+        self._closed = False
         self.reused = 0
 
     def take(self, size: int):
@@ -122,18 +124,25 @@ class MsgPool:
 
     def sent(self, msg) -> None:
         """nng accepted ``msg``: it is ours again once nng drops its reference."""
-        with self._lock:
-            self._busy.discard(_addr(msg))
+        self._return(msg)
 
     def give_back(self, msg) -> None:
         """A taken message that will not be sent (dropped or closing): free to take again."""
+        self._return(msg)
+
+    def _return(self, msg) -> None:
         with self._lock:
             self._busy.discard(_addr(msg))
+            if self._closed:
+                self._msgs.remove(msg)
+                _lib.nng_msg_free(msg)  # our reference; nng frees it later if it holds one
 
     def close(self) -> None:
+        """Drop our reference to every message not in use; the rest go when returned."""
         with self._lock:
-            for m in self._msgs:
-                _lib.nng_msg_free(m)  # nng frees it later if it still holds a reference
-            self._msgs.clear()
-            self._busy.clear()
+            self._closed = True
             self.enabled = False
+            idle = [m for m in self._msgs if _addr(m) not in self._busy]
+            for m in idle:
+                self._msgs.remove(m)
+                _lib.nng_msg_free(m)
