@@ -21,9 +21,9 @@ relative to the message body. Numbers are little-endian (every supported target 
 Sending (``send``): the message is encoded once, by the calling thread, straight into an nng
 message (arrays copied once from the caller's buffers; big messages are refilled once nng has
 written them, see ``msgpool``, so nng's zeroing of each new buffer is skipped; small messages go
-through a reused per-stream buffer), then handed to nng without another Python-side copy. If the socket is idle
-and nothing is queued it goes out at once; otherwise it waits in a bounded queue drained by one
-sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while that stream has
+through a reused per-stream buffer), then handed to nng without another Python-side copy. If the
+socket is idle and nothing is queued it goes out at once; otherwise it waits in a bounded queue
+drained by one sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while that stream has
 ``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldest`` (the oldest queued message of
 that stream is dropped and counted; while disconnected, a live stream keeps only its newest
 ``depth`` messages). One thread sends on a given stream at a time.
