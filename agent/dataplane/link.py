@@ -23,10 +23,10 @@ message (arrays copied once from the caller's buffers; big messages are refilled
 written them, see ``msgpool``, so nng's zeroing of each new buffer is skipped; small messages go
 through a reused per-stream buffer), then handed to nng without another Python-side copy. If the
 socket is idle and nothing is queued it goes out at once; otherwise it waits in a bounded queue
-drained by one sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while that stream has
-``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldest`` (the oldest queued message of
-that stream is dropped and counted; while disconnected, a live stream keeps only its newest
-``depth`` messages). One thread sends on a given stream at a time.
+drained by one sender thread. Per stream: ``block`` (the caller waits up to ``timeout`` while
+that stream has ``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldest`` (the oldest
+queued message of that stream is dropped and counted; while disconnected, a live stream keeps
+only its newest ``depth`` messages). One thread sends on a given stream at a time.
 
 Receiving: ``recv`` (one consumer for all streams) or ``on(stream, handler)`` (a dispatch thread
 calls each stream's handler). A ``Received`` message's arrays are read-only numpy views over the
