@@ -39,7 +39,6 @@ ONNX interface (see modules/assets/README.md):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -48,6 +47,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+from _toolvenv import bootstrap_and_reexec, in_venv, make_log, sha256
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DEFAULT = REPO / "modules" / "assets" / "centernet_mnv3_coco.onnx"
@@ -60,37 +61,7 @@ INPUT_NAME = "tower_0/images:0"
 OUTPUT_NAME = "tower_0/detections"
 
 
-def log(*a):
-    print("[convert_centernet]", *a, flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- venv
-def in_venv() -> bool:
-    return Path(sys.prefix).resolve() == VENV.resolve()
-
-
-def bootstrap_and_reexec(argv):
-    if not (VENV / "bin" / "python").exists():
-        if not (3, 10) <= sys.version_info[:2] <= (3, 13):
-            sys.exit("need Python 3.10-3.13 to create the tensorflow venv")
-        log("creating throwaway venv", VENV)
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    py = str(VENV / "bin" / "python")
-    probe = subprocess.run([py, "-c", "import tensorflow, tf2onnx, onnxruntime"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        log("pip install", *PIP_PINS)
-        subprocess.check_call([py, "-m", "pip", "install", "-q", *PIP_PINS])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    os.execve(py, [py, str(Path(__file__).resolve()), *argv], env)
+log = make_log("convert_centernet")
 
 
 # --------------------------------------------------------------------------- fetch
@@ -249,8 +220,10 @@ def main():
     if args.verify_only:
         verify(args.out)
         return
-    if not in_venv():
-        bootstrap_and_reexec(sys.argv[1:])
+    if not in_venv(VENV):
+        bootstrap_and_reexec(VENV, __file__, sys.argv[1:],
+                             [("import tensorflow, tf2onnx, onnxruntime", PIP_PINS)], log,
+                             "tensorflow", {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     pkg = fetch_model()
     model_json = patch_graph(pkg)
     convert(model_json, args.out, sha256(WORK / "vladmandic-human-3.3.6.tgz"))

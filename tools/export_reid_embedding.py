@@ -42,7 +42,6 @@ embeddings with cosine distance, so L2-normalise before a dot product.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import subprocess
@@ -50,6 +49,8 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+
+from _toolvenv import bootstrap_and_reexec, in_venv, make_log, sha256
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DEFAULT = REPO / "modules" / "assets" / "mobilenetv2_reid.onnx"
@@ -68,16 +69,7 @@ STD = (0.229, 0.224, 0.225)
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 
 
-def log(*a):
-    print("[export_reid_embedding]", *a, flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+log = make_log("export_reid_embedding")
 
 
 def preprocess(crops_bgr):
@@ -93,28 +85,6 @@ def preprocess(crops_bgr):
         rgb = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_LINEAR)
         out[i] = ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
     return out
-
-
-# --------------------------------------------------------------------------- venv
-def in_venv() -> bool:
-    return Path(sys.prefix).resolve() == VENV.resolve()
-
-
-def bootstrap_and_reexec(argv):
-    if not (VENV / "bin" / "python").exists():
-        if not (3, 10) <= sys.version_info[:2] <= (3, 13):
-            sys.exit("need Python 3.10-3.13 to create the torch venv")
-        log("creating throwaway venv", VENV)
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    py = str(VENV / "bin" / "python")
-    if subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0:
-        log("pip install", TORCH_SPEC, "(alone, first)")
-        subprocess.check_call([py, "-m", "pip", "install", "-q", TORCH_SPEC])
-    probe = subprocess.run([py, "-c", "import numpy, onnx, onnxscript, onnxruntime"], capture_output=True)
-    if probe.returncode != 0:
-        log("pip install", *OTHER_PINS)
-        subprocess.check_call([py, "-m", "pip", "install", "-q", *OTHER_PINS])
-    os.execve(py, [py, str(Path(__file__).resolve()), *argv], dict(os.environ, CUDA_VISIBLE_DEVICES=""))
 
 
 # --------------------------------------------------------------------------- fetch
@@ -299,8 +269,11 @@ def main():
     if args.verify_only:
         verify(args.out)
         return
-    if not in_venv():
-        bootstrap_and_reexec(sys.argv[1:])
+    if not in_venv(VENV):
+        bootstrap_and_reexec(VENV, __file__, sys.argv[1:],
+                             [("import torch", [TORCH_SPEC]),  # alone, first: the CPU wheel
+                              ("import numpy, onnx, onnxscript, onnxruntime", OTHER_PINS)],
+                             log, "torch", {"CUDA_VISIBLE_DEVICES": ""})
     wheel_dir = fetch_wheel()
     model = build_model(wheel_dir)
     export(model, args.out)

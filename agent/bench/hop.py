@@ -259,7 +259,7 @@ def _supervise(procs: dict[str, mp.Process], outs: dict[str, Connection], deadli
 
 def pin_cpus() -> tuple[int, int] | None:
     """(producer CPU, consumer CPU): the first two this process may run on; None if fewer."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    allowed = _affinity() or []
     return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
 
 
