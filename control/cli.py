@@ -13,6 +13,7 @@ COMMANDS = {
     "agent": "agent",
     "bench": "bench",
     "schema": "schema",
+    "check": "check",
     "broker": "broker",
     "deploy": "deploy",
     "update": "update",

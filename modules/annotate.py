@@ -34,7 +34,8 @@ class AnnotateConfig(ModuleConfig):
             "A video file (.mp4 or .avi; its folder must exist) or mjpeg://HOST:PORT to serve "
             "http://HOST:PORT/ as a multipart MJPEG stream (any number of viewers; use "
             "0.0.0.0 to accept other machines, port 0 picks a free one)."
-        )
+        ),
+        examples=["mjpeg://127.0.0.1:8090", "annotated.mp4"],
     )
     fps: float = Field(10.0, gt=0, description="Frame rate written into the file (playback speed).")
     draw: list[Layer] = Field(

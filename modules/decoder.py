@@ -53,7 +53,8 @@ class DecoderConfig(ModuleConfig):
 
     type: Literal["decoder"] = "decoder"
     source: str = Field(
-        description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'"
+        description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'",
+        examples=["asset:vtest.mp4", "rtsp://cam-01/stream", "0", "synthetic"],
     )
     fps: float | None = Field(
         default=None,

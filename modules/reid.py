@@ -74,7 +74,8 @@ class ReidConfig(ModuleConfig):
 
     type: Literal["reid"] = "reid"
     gallery: list[Template] = Field(
-        min_length=1, description="People to look for: [{name, image}, ...]."
+        min_length=1, description="People to look for: [{name, image}, ...].",
+        examples=[[{"name": "person-1", "image": "asset:demo_person.png"}]],
     )
     backend: Literal["onnx", "hsv", "combined", "triton"] = Field(
         "combined",

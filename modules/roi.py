@@ -25,6 +25,7 @@ class RoiConfig(ModuleConfig):
             "Named regions in pixel coordinates of the frame: {name: [[x, y], ...]} with at least "
             "3 points each, in order around the region (closed implicitly)."
         ),
+        examples=[{"door": [[0, 0], [320, 0], [320, 240], [0, 240]]}],
     )
     classes: list[int] | None = Field(
         None, description="Monitor only these class ids (e.g. [0] for COCO persons); null: all."

@@ -13,7 +13,9 @@ The paper's Listing 1 form means the same (the type is the prefix of ``<type>_ar
                    "runtime_args": {"outputs": ["Inference_1"]}},
      "Inference_1": {"inference_args": {}, "runtime_args": {}}}
 
-It may carry top-level ``"request_id"`` and ``"app"`` strings; otherwise the app name comes from
+Either form may carry a top-level ``"$schema"`` string (where an editor finds the JSON Schema,
+``schemas/json/deployment.json``); it is dropped on reading. Listing 1 may carry top-level
+``"request_id"`` and ``"app"`` strings; otherwise the app name comes from
 the caller. Errors found while reading Listing 1 itself point into what was written
 (``Decoder_1.runtime_args.foo``); errors found later point into the native form
 (``modules.Decoder_1.args.fps``).
@@ -35,6 +37,8 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 Policy = Literal["block", "drop_oldest"]
+#: Top-level key editors read to find a file's JSON Schema; not part of the deployment.
+SCHEMA_KEY = "$schema"
 
 
 class ModuleSpec(BaseModel):
@@ -97,6 +101,7 @@ _RUNTIME_KEYS = frozenset({"outputs", "device", "policy"})
 
 
 def _listing1_module(name: str, body: Any) -> dict[str, Any]:
+    """One Listing 1 entry in native form; ``EdgevaError(bad_request)`` pointing into it."""
     if not isinstance(body, dict):
         raise EdgevaError(BAD_REQUEST, "expected an object with '<type>_args'", name)
     typed = [k for k in body if k.endswith("_args") and k != "runtime_args"]
@@ -127,20 +132,44 @@ def from_listing1(data: dict[str, Any], app: str | None = None, request_id: str 
     Top-level ``"request_id"`` / ``"app"`` strings in ``data`` are taken as such; ``app`` must
     then agree with the argument if both are given. Raises ``EdgevaError(bad_request)``.
     """
+    return _validate(listing1_native(data, app, request_id))
+
+
+def listing1_native(
+    data: dict[str, Any],
+    app: str | None = None,
+    request_id: str | None = None,
+    errors: list[EdgevaError] | None = None,
+) -> dict[str, Any]:
+    """The native form (a dict, not yet validated) of a Listing 1 payload.
+
+    Raises the first ``EdgevaError(bad_request)``; with ``errors`` given, appends every one
+    there instead (in the order the agent would meet them) and leaves the bad entries out."""
+
+    def refuse(err: EdgevaError) -> None:
+        if errors is None:
+            raise err
+        errors.append(err)
+
     meta = {k: data[k] for k in _META_KEYS if k in data and not isinstance(data[k], dict)}
     if app is not None and "app" in meta and meta["app"] != app:
-        raise EdgevaError(BAD_REQUEST, f"payload names app {meta['app']!r}, not {app!r}", "app")
-    modules = {
-        name: _listing1_module(name, body) for name, body in data.items() if name not in meta
-    }
+        refuse(EdgevaError(BAD_REQUEST, f"payload names app {meta['app']!r}, not {app!r}", "app"))
+    modules = {}
+    for name, body in data.items():
+        if name in meta:
+            continue
+        try:
+            modules[name] = _listing1_module(name, body)
+        except EdgevaError as err:
+            refuse(err)
     native = {
         "request_id": meta.get("request_id", request_id),
         "app": meta.get("app", app),
         "modules": modules,
     }
     if native["app"] is None:
-        raise EdgevaError(BAD_REQUEST, "no app name: give one (Listing 1 carries none)", "app")
-    return _validate(native)
+        refuse(EdgevaError(BAD_REQUEST, "no app name: give one (Listing 1 carries none)", "app"))
+    return native
 
 
 def is_listing1(data: dict[str, Any]) -> bool:
@@ -175,6 +204,7 @@ def parse_deployment(payload: bytes | str | dict[str, Any], app: str | None = No
         data, dup = loads_object(payload)
         if dup:  # its path reads the same in both forms: where the key was written
             raise duplicate_error(dup)
+    data = without_schema_key(data)
     if is_listing1(data):
         return from_listing1(data, app)
     if app is not None and "app" not in data:
@@ -182,3 +212,11 @@ def parse_deployment(payload: bytes | str | dict[str, Any], app: str | None = No
     elif app is not None and data["app"] != app:
         raise EdgevaError(BAD_REQUEST, f"payload names app {data['app']!r}, not {app!r}", "app")
     return _validate(data)
+
+
+def without_schema_key(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without a top-level ``"$schema"`` string (an editor's pointer to the schema).
+    Any other ``$schema`` value is left for validation to refuse."""
+    if isinstance(data.get(SCHEMA_KEY), str):
+        return {k: v for k, v in data.items() if k != SCHEMA_KEY}
+    return data

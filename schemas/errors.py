@@ -110,7 +110,8 @@ def format_path(loc: Iterable[str | int]) -> str:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe(err: dict[str, Any]) -> str:
+    """A short readable message for one of pydantic's errors (``exc.errors()`` item)."""
     kind = err.get("type")
     if kind == "extra_forbidden":
         return "unknown field"
@@ -134,7 +135,7 @@ def from_validation_error(
     errors = exc.errors(include_url=False)
     first = errors[0]
     path = format_path([*prefix, *first["loc"]]) or None
-    message = _describe(first)
+    message = describe(first)
     if hint:
         message += f" ({hint})"
     if len(errors) > 1:

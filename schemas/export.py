@@ -1,23 +1,38 @@
-"""JSON Schema files for non-Python tools (Node-RED flows, dashboards, other agents).
+"""JSON Schema files for non-Python tools (editors, Node-RED flows, dashboards, other agents).
 
-One file per model in ``schemas/json``, written deterministically (sorted keys, 2-space indent,
-trailing newline) so that CI can compare the committed copies with what the code says:
-``edgeva schema check`` fails when a model changed and the files were not re-exported.
+One file per model in ``schemas/json``, plus one per module type in ``schemas/json/modules``,
+written deterministically (sorted keys, 2-space indent, trailing newline) so that CI can compare
+the committed copies with what the code says: ``edgeva schema check`` fails when a model changed
+and the files were not re-exported.
+
+The deployment schema types each module's ``args`` by its ``type``: a ``oneOf`` over every
+module type given (each branch ``if type == T then <T's spec>``, plus an OpenAPI-style
+``discriminator`` for tools that read one), so that ``check-jsonschema`` or an editor flags a
+misspelt arg or a wrong value, not only the agent. The module types come from the caller (the
+registry lives in ``modules``, which ``schemas`` must not import): the committed copies hold
+the built-in types, ``edgeva schema export`` every installed one.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
 from schemas import commands, metrics, state
-from schemas.deployment import Deployment
+from schemas.deployment import SCHEMA_KEY, Deployment
 from schemas.frame import FrameHeader
 
 DEFAULT_DIR = Path(__file__).parent / "json"
+MODULES_DIR = "modules"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+#: Module type name -> its config class (a pydantic model with ``type: Literal[name]``).
+Configs = Mapping[str, type[BaseModel]]
 
 #: file stem -> model. ``deploy`` is ``deployment`` (the Listing 1 form is not a schema).
 MODELS: dict[str, Any] = {
@@ -36,42 +51,151 @@ MODELS: dict[str, Any] = {
 }
 
 
-def render(model: Any) -> str:
-    """The exact text of a model's schema file."""
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        schema = model.model_json_schema()
-    else:
-        schema = TypeAdapter(model).json_schema()
+def _dump(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def expected_files() -> dict[str, str]:
-    """File name -> content, for every exported model."""
-    return {f"{stem}.json": render(model) for stem, model in MODELS.items()}
+def _schema(model: Any) -> dict[str, Any]:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_json_schema()
+    return TypeAdapter(model).json_schema()
 
 
-def export_json_schemas(directory: str | Path = DEFAULT_DIR) -> list[Path]:
-    """Write every schema file into ``directory`` (created if needed); return the paths."""
+def render(model: Any) -> str:
+    """The exact text of a model's schema file."""
+    return _dump(_schema(model))
+
+
+def _pointer(key: str) -> str:
+    # a $defs key inside a JSON Pointer (RFC 6901): a plugin's type name may hold '/' or '~'
+    return "#/$defs/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def _rebase(node: Any, prefix: str) -> Any:
+    """``node`` with every local ``$ref`` renamed into the ``prefix.`` namespace (two module
+    types may both call a nested model ``Options``)."""
+    if isinstance(node, dict):
+        return {
+            k: _pointer(f"{prefix}.{v.rsplit('/', 1)[-1]}")
+            if k == "$ref" and isinstance(v, str) and v.startswith("#/$defs/")
+            else _rebase(v, prefix)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rebase(v, prefix) for v in node]
+    return node
+
+
+def args_schema(type_name: str, config: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema of a module type's ``args``: its config without the ``type`` field
+    (which sits beside ``args`` in a deployment). Unknown args are refused, as by the agent."""
+    schema = copy.deepcopy(config.model_json_schema())
+    schema.get("properties", {}).pop("type", None)
+    required = [r for r in schema.get("required", []) if r != "type"]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)
+    schema["additionalProperties"] = False
+    schema["title"] = f"{type_name} args"
+    doc = (config.__doc__ or "").strip()
+    if doc and "description" not in schema:
+        schema["description"] = doc
+    return schema
+
+
+def deployment_schema(configs: Configs) -> dict[str, Any]:
+    """The deployment's JSON Schema with every module's ``args`` typed by its ``type``.
+
+    ``ModuleSpec`` becomes an object whose ``type`` is one of ``configs`` and which is valid
+    under exactly one branch of a ``oneOf``: ``if type == T then T's spec`` (``else`` false),
+    each spec refusing unknown args and requiring ``args`` when the type has required args.
+    The ``if``/``else: false`` form (not a bare ``const`` per branch) keeps validators' best
+    error the real one (``args.fps: 'ten' is not of type 'number'``), not "'annotate' was
+    expected".
+    """
+    schema = Deployment.model_json_schema()
+    schema["$schema"] = DIALECT
+    schema["properties"][SCHEMA_KEY] = {
+        "type": "string",
+        "description": "where editors find this schema; ignored by the agent",
+    }
+    defs = schema["$defs"]
+    spec = defs.pop("ModuleSpec")
+    names = sorted(configs)
+    branches, mapping = [], {}
+    for name in names:
+        args = args_schema(name, configs[name])
+        for key, sub in sorted(args.pop("$defs", {}).items()):
+            defs[f"{name}.{key}"] = _rebase(sub, name)
+        defs[f"{name}.args"] = _rebase(args, name)
+        variant = copy.deepcopy(spec)
+        variant["title"] = f"{name} module"
+        variant["properties"]["type"] = {"const": name, "description": spec["properties"]["type"].get("description", "")}
+        variant["properties"]["args"] = {"$ref": _pointer(f"{name}.args")}
+        variant["required"] = ["type", "args"] if args.get("required") else ["type"]
+        defs[f"{name}.module"] = variant
+        mapping[name] = _pointer(f"{name}.module")
+        branches.append({
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"$ref": mapping[name]},
+            "else": False,
+        })
+    defs["ModuleSpec"] = {
+        "title": "ModuleSpec",
+        "description": spec.get("description", ""),
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": names, "description": "an installed module type"}},
+        "oneOf": branches,
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
+    return schema
+
+
+def module_schema(type_name: str, config: type[BaseModel]) -> dict[str, Any]:
+    """The schema file of one module type: its ``args`` (as for ``edgeva update --set``)."""
+    return {"$schema": DIALECT, **args_schema(type_name, config)}
+
+
+def expected_files(configs: Configs) -> dict[str, str]:
+    """Relative file name -> content, for every exported model and module type."""
+    files = {f"{stem}.json": render(model) for stem, model in MODELS.items()}
+    files["deployment.json"] = _dump(deployment_schema(configs))
+    for name, config in sorted(configs.items()):
+        files[f"{MODULES_DIR}/{name}.json"] = _dump(module_schema(name, config))
+    return files
+
+
+def export_json_schemas(configs: Configs, directory: str | Path = DEFAULT_DIR) -> list[Path]:
+    """Write every schema file into ``directory`` (created if needed), removing module files
+    of types no longer given; return the paths written."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / MODULES_DIR).mkdir(parents=True, exist_ok=True)
+    expected = expected_files(configs)
+    for stale in (out / MODULES_DIR).glob("*.json"):
+        if f"{MODULES_DIR}/{stale.name}" not in expected:
+            stale.unlink()
     written = []
-    for name, text in expected_files().items():
+    for name, text in expected.items():
         path = out / name
         path.write_text(text, encoding="utf-8", newline="\n")
         written.append(path)
     return written
 
 
-def check_json_schemas(directory: str | Path = DEFAULT_DIR) -> list[str]:
+def check_json_schemas(configs: Configs, directory: str | Path = DEFAULT_DIR) -> list[str]:
     """Names of the files in ``directory`` that differ from the models: changed, missing, or
     stale (a ``.json`` no model exports any more). Empty when all agree."""
     out = Path(directory)
-    expected = expected_files()
+    expected = expected_files(configs)
     bad = []
     for name, text in expected.items():
         path = out / name
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             bad.append(name)
-    if out.is_dir():
-        bad += [p.name for p in out.glob("*.json") if p.name not in expected]
+    for sub in ("", MODULES_DIR):
+        if (out / sub).is_dir():
+            found = (f"{sub}/{p.name}" if sub else p.name for p in (out / sub).glob("*.json"))
+            bad += [n for n in found if n not in expected]
     return sorted(bad)

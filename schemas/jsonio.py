@@ -74,6 +74,28 @@ def loads_object(payload: bytes | bytearray | str) -> tuple[dict[str, Any], tupl
     return _plain(data), _first_dup(data, ())
 
 
+def duplicate_keys(payload: bytes | bytearray | str) -> list[tuple]:
+    """Locations of every duplicated key in a JSON text (``loads_object`` gives the first);
+    empty for text that does not parse."""
+    found: list[tuple] = []
+
+    def walk(value: Any, loc: tuple) -> None:
+        if isinstance(value, _Obj):
+            found.extend((*loc, key) for key in value.dups)
+            for k, v in value.items():
+                walk(v, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
+
+    try:
+        text = payload.decode("utf-8") if isinstance(payload, bytes | bytearray) else payload
+        walk(json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant), ())
+    except (UnicodeDecodeError, ValueError):
+        return []
+    return found
+
+
 def loads_strict(payload: bytes | bytearray | str) -> dict[str, Any]:
     """Parse a JSON object, refusing duplicate keys with ``EdgevaError(duplicate_name)``."""
     data, dup = loads_object(payload)

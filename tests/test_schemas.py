@@ -236,23 +236,35 @@ def test_state_and_metrics_models():
 
 
 def test_export_is_deterministic_and_check_detects_changes(tmp_path):
+    configs = schema_cmd.module_configs(builtin=True)
     a, b = tmp_path / "a", tmp_path / "b"
-    export_json_schemas(a)
-    export_json_schemas(b)
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(expected_files()) and "deployment.json" in names
+    export_json_schemas(configs, a)
+    export_json_schemas(configs, b)
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*.json"))
+    assert names == sorted(expected_files(configs)) and "deployment.json" in names
+    assert "modules/decoder.json" in names
     for name in names:
         text = (a / name).read_bytes()
         assert text == (b / name).read_bytes() and text.endswith(b"}\n")
-    assert check_json_schemas(a) == []
+    assert check_json_schemas(configs, a) == []
     (a / "state.json").write_text((a / "state.json").read_text().replace("online", "on"))
     (a / "cmd_stop.json").unlink()
     (a / "old.json").write_text("{}\n")
-    assert check_json_schemas(a) == ["cmd_stop.json", "old.json", "state.json"]
+    (a / "modules" / "gone.json").write_text("{}\n")
+    assert check_json_schemas(configs, a) == ["cmd_stop.json", "modules/gone.json", "old.json", "state.json"]
+    # a new arg in a module config (as another branch may add) is drift in both files
+    from pydantic import Field, create_model
+
+    grown = create_model("TrackerConfig", __base__=configs["tracker"],
+                         new_arg=(int, Field(3, description="added later")))
+    assert check_json_schemas({**configs, "tracker": grown}, a) == [
+        "cmd_stop.json", "deployment.json", "modules/gone.json", "modules/tracker.json", "old.json",
+        "state.json"]
 
 
 def test_committed_schemas_are_current():
-    assert check_json_schemas() == [], "run: edgeva schema export"
+    bad = check_json_schemas(schema_cmd.module_configs(builtin=True))
+    assert bad == [], "run: edgeva schema export --builtin (make schemas)"
 
 
 def test_schema_cli(tmp_path, capsys):

@@ -1,7 +1,11 @@
-"""``edgeva deploy FILE --device ID [--app NAME]``: send a deployment (native or Listing 1 form).
+"""``edgeva deploy FILE --device ID [--app NAME] [--no-check]``: send a deployment (native or
+Listing 1 form).
 
-The file is read and its shape checked here first (JSON, duplicate keys, fields), so that a
-typo costs no round trip; the device then checks the graph (types, args, cycles, devices).
+The file is checked here first, as ``edgeva check`` does (JSON, shape, types and args against
+the module types installed here, files it names, outputs, cycles), and every error is printed
+with its path, so that a typo costs no round trip and nothing is sent; the device then checks
+it again (and what only it knows: its devices, its running apps). ``--no-check`` skips the
+local check (a type installed only on the device, files that exist only there).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from schemas.errors import EdgevaError
 HELP = "deploy an application (a JSON file in native or Listing 1 form; - reads stdin)"
 
 
-def read_deployment(path: str, app: str | None = None) -> Payload:
+def read_deployment(path: str, app: str | None = None, check: bool = False,
+                    device: str | None = None) -> Payload:
     """The native form of the deployment in ``path`` (``-``: stdin), as the dict to send.
 
     ``app`` names the app of a Listing 1 file (which carries none), or must agree with the
-    file's. Raises ``UsageError`` (unreadable file) or ``InvalidInput`` (invalid content,
-    with ``error <code> at <path>: <message>``).
+    file's. ``check``: check it whole as ``edgeva check`` does (``device``: where it goes).
+    Raises ``UsageError`` (unreadable file) or ``InvalidInput`` (invalid content, with one
+    ``error <code> at <path>: <message>`` line per error).
     """
     from schemas.deployment import parse_deployment
 
@@ -30,10 +36,19 @@ def read_deployment(path: str, app: str | None = None) -> Payload:
         text = _stdin_bytes() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    where = "stdin" if path == "-" else path
+    if check:
+        from control.commands.check import error_lines, installed_registry
+        from schemas.check import check_deployment
+
+        result = check_deployment(text, installed_registry(), app=app, local_device=device)
+        if not result.ok:
+            lines = error_lines([e.to_dict() for e in result.errors])
+            raise InvalidInput("\n".join(lines) + f"\n(in {where}; nothing was sent; --no-check sends it "
+                               "unchecked, e.g. for a type or a file that only the device has)")
     try:
         data = parse_deployment(text, app=app).model_dump(mode="json")
     except EdgevaError as exc:
-        where = "stdin" if path == "-" else path
         raise InvalidInput(f"error {exc} (in {where}; nothing was sent)") from None
     if data.get("request_id") is None:
         data.pop("request_id", None)  # the client makes one up
@@ -48,7 +63,10 @@ def _stdin_bytes() -> bytes:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = add_verb(
         subparsers, "deploy", HELP, app="optional", render=render_app, timeout=30.0,
-        payload=lambda args: read_deployment(args.file, args.app),
+        payload=lambda args: read_deployment(args.file, args.app, check=not args.no_check,
+                                             device=args.device),
         app_help="app name: required for a Listing 1 file, else must match the file's",
     )
     p.add_argument("file", metavar="FILE", help="deployment JSON file, or - for stdin")
+    p.add_argument("--no-check", action="store_true",
+                   help="send without checking types, args and files here (the device still checks)")

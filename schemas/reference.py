@@ -1,0 +1,216 @@
+"""The module reference (``docs/modules.md``), generated from the module configs.
+
+Everything comes from the pydantic models: each arg's type, default, range (``ge``, ``gt``,
+lengths, patterns) and description from its JSON Schema, its example from the field's
+``examples`` (else a value derived from its type, range and default), a section's text from
+the config's and the module's docstrings. A new arg or a new module type therefore appears
+by regenerating (``edgeva schema docs``); CI compares the committed file with the code.
+Nested models are listed with dotted names (``triton.url``, ``gallery[].image``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+HEADER = """\
+# Module reference
+
+Generated from the module configs by `edgeva schema docs` (do not edit by hand: CI checks
+that this file matches the code). A module's args go in its `"args"` in a deployment; unknown
+args are refused, by `edgeva check`, by `check-jsonschema` against
+[`schemas/json/deployment.json`](../schemas/json/deployment.json) and by the agent. Each type's
+args also have a schema of their own: `schemas/json/modules/<type>.json`. How to add a type of
+your own: [Writing a module type](../README.md#writing-a-module-type).
+"""
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    return defs[ref.rsplit("/", 1)[-1]] if isinstance(ref, str) else node
+
+
+def _branches(node: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The non-null alternatives of a field's schema, and whether null is allowed."""
+    alts = node.get("anyOf") or node.get("oneOf")
+    if not alts:
+        return [node], node.get("type") == "null"
+    return [a for a in alts if a.get("type") != "null"], any(a.get("type") == "null" for a in alts)
+
+
+def type_text(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A JSON Schema as a short type: ``number | null``, ``"tcp" | "udp"``, ``[integer, integer]``."""
+    alts, nullable = _branches(node)
+    parts = [_one_type(a, defs) for a in alts]
+    if nullable:
+        parts.append("null")
+    return " | ".join(parts)
+
+
+def _one_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    if "$ref" in node:
+        return "object (" + node["$ref"].rsplit("/", 1)[-1] + ")"
+    if "const" in node:
+        return json.dumps(node["const"])
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    if "anyOf" in node or "oneOf" in node:
+        return "(" + type_text(node, defs) + ")"
+    kind = node.get("type")
+    if kind == "array":
+        if "prefixItems" in node:
+            return "[" + ", ".join(type_text(i, defs) for i in node["prefixItems"]) + "]"
+        items = node.get("items")
+        return f"array of {type_text(items, defs)}" if items else "array"
+    if kind == "object":
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            return f"{{string: {type_text(extra, defs)}}}"
+        return "object"
+    return str(kind or "any")
+
+
+def range_text(node: dict[str, Any]) -> str:
+    """Bounds, lengths, item counts and patterns of a field (any non-null alternative)."""
+    out: list[str] = []
+    for alt in _branches(node)[0]:
+        for key, fmt in (("minimum", ">= {}"), ("exclusiveMinimum", "> {}"), ("maximum", "<= {}"),
+                         ("exclusiveMaximum", "< {}"), ("minLength", "length >= {}"),
+                         ("maxLength", "length <= {}"), ("minItems", "items >= {}"),
+                         ("maxItems", "items <= {}"), ("pattern", "matches `{}`")):
+            if key in alt and not (key in ("minItems", "maxItems") and "prefixItems" in alt):
+                out.append(fmt.format(alt[key]))
+    return ", ".join(out)
+
+
+def _default(field: Any) -> Any:
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=list))  # tuples -> lists, as in JSON
+
+
+def _derived_example(node: dict[str, Any], defs: dict[str, Any], default: Any) -> Any:
+    """A valid-looking value when the field declares no example: not the default where the
+    type offers another choice (an example should show something to change)."""
+    alts, _ = _branches(node)
+    alt = _resolve(alts[0], defs) if alts else {}
+    choices = alt.get("enum") or ([alt["const"]] if "const" in alt else None)
+    if choices:
+        return next((c for c in choices if c != default), choices[0])
+    kind = alt.get("type")
+    if kind == "boolean":
+        return not default if isinstance(default, bool) else True
+    if kind in ("integer", "number"):
+        if default is not None:
+            return default
+        low = alt.get("minimum", alt.get("exclusiveMinimum"))
+        value = 1 if low is None else (low + 1 if "exclusiveMinimum" in alt else low)
+        value = max(value, 1) if alt.get("maximum", 2) >= 1 else value
+        return int(value) if kind == "integer" else float(value)
+    if default is not None:
+        return default
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return None
+
+
+def _cell(text: str) -> str:
+    # one line; '|' would end the cell and '<name>' would vanish as an HTML tag
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(value: Any) -> str:
+    return "`" + json.dumps(value, ensure_ascii=False).replace("|", "\\|") + "`"
+
+
+def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "") -> list[list[str]]:
+    schema = model.model_json_schema()
+    defs = {**defs, **schema.get("$defs", {})}
+    props = schema.get("properties", {})
+    rows: list[list[str]] = []
+    for name, field in model.model_fields.items():
+        if name == "type" and not prefix:
+            continue
+        node = props.get(field.alias or name, {})
+        required = field.is_required()
+        default = None if required else _default(field)
+        examples = (field.examples or [])
+        example = examples[0] if examples else _derived_example(node, defs, default)
+        rows.append([
+            f"`{prefix}{name}`",
+            _cell(type_text(node, defs)),
+            "required" if required else _code(default),
+            _cell(range_text(node)),
+            _cell(field.description or ""),
+            "" if example is None else _code(example),
+        ])
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            sub, is_list = nested
+            rows += _rows(sub, defs, f"{prefix}{name}{'[]' if is_list else ''}.")
+    return rows
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """The model a field holds (``Opts``, ``Opts | None``, ``list[Opts]``), if any."""
+    import typing
+
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], True
+    for arg in args:  # Optional / Union
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+    return None
+
+
+def example_args(config: type[BaseModel]) -> dict[str, Any]:
+    """Args of a minimal working example: every required arg, from its declared example."""
+    schema = config.model_json_schema()
+    out = {}
+    for name, field in config.model_fields.items():
+        if name != "type" and field.is_required():
+            node = schema.get("properties", {}).get(field.alias or name, {})
+            out[name] = field.examples[0] if field.examples else _derived_example(
+                node, schema.get("$defs", {}), None)
+    return out
+
+
+def _doc(obj: Any) -> str:
+    return inspect.cleandoc(obj.__doc__ or "") if obj is not None and obj.__doc__ else ""
+
+
+def render_reference(registry: Mapping[str, Any]) -> str:
+    """The whole ``docs/modules.md`` for ``registry`` (type name -> config class or Module
+    class with ``config_class``)."""
+    out = [HEADER, "| type | config | args |", "|---|---|---|"]
+    entries = {name: registry[name] for name in sorted(registry)}
+    for name, entry in entries.items():
+        config = getattr(entry, "config_class", entry)
+        n = len([f for f in config.model_fields if f != "type"])
+        out.append(f"| [`{name}`](#{name}) | `{config.__name__}` | {n} |")
+    for name, entry in entries.items():
+        config = getattr(entry, "config_class", entry)
+        out += ["", f"## {name}", ""]
+        doc = _doc(config)
+        if doc:
+            out += [doc, ""]
+        module_doc = _doc(entry) if entry is not config else ""  # __doc__ is not inherited
+        if module_doc:
+            out += [module_doc, ""]
+        example = {"type": name, "args": example_args(config)}
+        out += ["```json", json.dumps(example, ensure_ascii=False), "```", ""]
+        out += ["| arg | type | default | range | description | example |",
+                "|---|---|---|---|---|---|"]
+        out += ["| " + " | ".join(row) + " |" for row in _rows(config, {})]
+    return "\n".join(out) + "\n"
