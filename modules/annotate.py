@@ -135,10 +135,15 @@ class Annotate(Module[AnnotateConfig]):
                 n = counts.get(name, {}).get("count")
                 _label(img, name if n is None else f"{name}: {n}", pts[0, 0], _POLY)
         if "detections" in layers:
-            for d in fields.get("detections") or []:
+            dets = fields.get("detections") or []
+            labels = fields.get("labels")  # the detector's class names, parallel to detections
+            if not isinstance(labels, list) or len(labels) != len(dets):
+                labels = None
+            for i, d in enumerate(dets):
                 p1, p2 = (int(d[0]), int(d[1])), (int(d[2]), int(d[3]))
                 cv2.rectangle(img, p1, p2, _DET, 1)
-                _label(img, f"{int(d[5])} {d[4]:.2f}", p1, _DET)
+                name = labels[i] if labels is not None else int(d[5])
+                _label(img, f"{name} {d[4]:.2f}", p1, _DET)
         if "tracks" in layers:
             for t in fields.get("tracks") or []:
                 b, colour = t["box"], _PALETTE[int(t["id"]) % len(_PALETTE)]

@@ -94,3 +94,29 @@ def test_config_errors(tmp_path):
         AnnotateConfig(output="x.mp4", draw=["everything"])
     with pytest.raises(ModuleError, match="does not exist"):
         Annotate(AnnotateConfig(output=str(tmp_path / "no" / "x.mp4")), ModuleContext("a")).setup()
+
+
+def _drawn(fields: dict) -> np.ndarray:
+    mod = Annotate(AnnotateConfig(output="mjpeg://127.0.0.1:0", draw=["detections"]), ModuleContext("a"))
+    img = np.zeros((240, 320, 3), np.uint8)
+    mod.draw(img, fields)
+    return img
+
+
+def _text(text: str) -> np.ndarray:
+    """A blank frame with only ``text`` written where annotate labels the box at (40, 60)."""
+    img = np.zeros((240, 320, 3), np.uint8)
+    cv2.putText(img, text, (40, 57), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, (40, 57), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 200, 200), 1, cv2.LINE_AA)
+    return img
+
+
+def test_detections_are_labelled_by_class_name():
+    det = [40, 60, 120, 200, 0.57, 0]
+    # the label sits above the box's top edge (y 60): compare that band
+    labelled = _drawn({"detections": [det], "labels": ["person"]})
+    assert np.array_equal(labelled[:58], _text("person 0.57")[:58])
+    # without the detector's labels (or with a list that does not match), the class id
+    unnamed = _drawn({"detections": [det]})
+    assert np.array_equal(unnamed[:58], _text("0 0.57")[:58])
+    assert np.array_equal(_drawn({"detections": [det], "labels": ["a", "b"]})[:58], _text("0 0.57")[:58])
