@@ -28,12 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from schemas.deployment import (
     Deployment,
     ModuleSpec,
-    Name,
     is_listing1,
     listing1_native,
     without_schema_key,
@@ -54,8 +53,6 @@ from schemas.errors import (
 from schemas.graph import _config_class, _find_cycle, validate_graph
 from schemas.jsonio import duplicate_error, duplicate_keys, loads_object
 from schemas.state import DeviceState
-
-_MODULES = TypeAdapter(dict[Name, ModuleSpec])
 
 
 @dataclass
@@ -108,16 +105,33 @@ def _args_errors(name: str, spec: ModuleSpec, cls: Any) -> tuple[Any, list[Edgev
         return None, _pydantic_errors(exc, (*where, "args"), BAD_ARGS, hint, type_prefix=where)
 
 
-def _graph_errors(dep: Deployment, registry: Mapping[str, Any]) -> list[EdgevaError]:
+def _salvage(native: dict[str, Any]) -> tuple[Deployment | None, set[str]]:
+    """After a shape error: the modules that are well-formed, to check their graph too, and
+    the names of the others (kept, without type or outputs, so that edges to them count)."""
+    raw = native.get("modules")
+    if not isinstance(raw, dict) or not raw:
+        return None, set()
+    mods: dict[str, ModuleSpec] = {}
+    broken: set[str] = set()
+    for name, body in raw.items():
+        try:
+            mods[name] = ModuleSpec.model_validate(body)
+        except ValidationError:
+            mods[name] = ModuleSpec.model_construct(type="", args={}, outputs=[], device=None, policy=None)
+            broken.add(name)
+    return Deployment.model_construct(app=str(native.get("app")), modules=mods), broken
+
+
+def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]) -> list[EdgevaError]:
     mods = dep.modules
     errors: list[EdgevaError] = []
     for name, spec in mods.items():
-        if spec.type not in registry:
+        if name not in broken and spec.type not in registry:
             known = ", ".join(sorted(registry)) or "none installed"
             errors.append(EdgevaError(UNKNOWN_TYPE, f"unknown module type {spec.type!r} (known: {known})",
                                       format_path(("modules", name, "type"))))
     for name, spec in mods.items():
-        if spec.type in registry:
+        if name not in broken and spec.type in registry:
             errors += _args_errors(name, spec, _config_class(registry[spec.type]))[1]
     good_outputs: dict[str, list[str]] = {}
     for name, spec in mods.items():
@@ -220,16 +234,12 @@ def check_deployment(
         dep = Deployment.model_validate(native)
     except ValidationError as exc:
         result.errors += _pydantic_errors(exc, (), BAD_REQUEST)
-        try:  # the modules alone may still be checkable
-            mods = _MODULES.validate_python(native.get("modules"))
-        except ValidationError:
+        dep, broken = _salvage(native)
+        if dep is None:
             return result
-        if not mods:
-            return result
-        dep = Deployment.model_construct(app=str(native.get("app")), modules=mods)
     else:
-        result.deployment = dep
-    result.errors += _graph_errors(dep, registry)
+        result.deployment, broken = dep, set()
+    result.errors += _graph_errors(dep, registry, broken)
     if fleet is not None:
         result.errors += _fleet_errors(dep, local_device, fleet)
     if not result.errors:

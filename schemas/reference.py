@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,7 +124,7 @@ def _derived_example(node: dict[str, Any], defs: dict[str, Any], default: Any) -
 
 def _cell(text: str) -> str:
     # one line; '|' would end the cell and '<name>' would vanish as an HTML tag
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(str(text).split()).replace("|", "\\|"))
 
 
 def _code(value: Any) -> str:
