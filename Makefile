@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
 SECONDS ?= 60
 
-.PHONY: demo test lint bench setup system clean
+.PHONY: demo test lint bench setup system clean schemas
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: setup
 
 test: setup $(MLSERVER)
 	$(BIN)/python -m pytest -q
+
+# The committed JSON Schemas and module reference, regenerated from the code (tests check them).
+schemas: $(STAMP)
+	$(BIN)/edgeva schema export --builtin
+	$(BIN)/edgeva schema docs --builtin
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
