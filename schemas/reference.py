@@ -131,7 +131,8 @@ def _code(value: Any) -> str:
     return "`" + json.dumps(value, ensure_ascii=False).replace("|", "\\|") + "`"
 
 
-def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "") -> list[list[str]]:
+def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "",
+          parent_example: Any = None) -> list[list[str]]:
     schema = model.model_json_schema()
     defs = {**defs, **schema.get("$defs", {})}
     props = schema.get("properties", {})
@@ -142,7 +143,9 @@ def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "") -> lis
         node = props.get(field.alias or name, {})
         required = field.is_required()
         default = None if required else _default(field)
-        examples = (field.examples or [])
+        examples = list(field.examples or [])
+        if not examples and isinstance(parent_example, dict) and name in parent_example:
+            examples = [parent_example[name]]  # from the enclosing field's example
         example = examples[0] if examples else _derived_example(node, defs, default)
         rows.append([
             f"`{prefix}{name}`",
@@ -155,7 +158,8 @@ def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "") -> lis
         nested = _nested_model(field.annotation)
         if nested is not None:
             sub, is_list = nested
-            rows += _rows(sub, defs, f"{prefix}{name}{'[]' if is_list else ''}.")
+            inner = example[0] if is_list and isinstance(example, list) and example else example
+            rows += _rows(sub, defs, f"{prefix}{name}{'[]' if is_list else ''}.", inner)
     return rows
 
 
