@@ -47,6 +47,30 @@ EVERY_ERROR = {
 }
 
 
+def readme_examples() -> list[dict]:
+    """The deployments README.md shows (its ```json blocks holding "modules")."""
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    found = [json.loads(b) for b in blocks]
+    return [d for d in found if isinstance(d, dict) and "modules" in d]
+
+
+def far_example() -> dict:
+    """README's app spanning devices (cam-01, edge-02)."""
+    return next(d for d in readme_examples() if any("device" in m for m in d["modules"].values()))
+
+
+@pytest.fixture
+def cases(tmp_path) -> Path:
+    """The case directory plus README's examples, as files."""
+    out = tmp_path / "cases"
+    out.mkdir()
+    for p in CASES.glob("*.json"):
+        (out / p.name).write_bytes(p.read_bytes())
+    for i, dep in enumerate(readme_examples()):
+        (out / f"readme_{i}.json").write_text(json.dumps(dep, indent=2))
+    return out
+
+
 def pairs(errors: list) -> list[tuple[str, str | None]]:
     return [(e["code"], e["path"]) if isinstance(e, dict) else (e.code, e.path) for e in errors]
 
@@ -81,9 +105,14 @@ INLINE = [
 ]
 
 
-@pytest.mark.parametrize("payload", [p.read_bytes() for p in sorted(CASES.glob("*.json"))] + INLINE,
-                         ids=[p.name for p in sorted(CASES.glob("*.json"))] + [f"inline{i}" for i in range(len(INLINE))])
+ALL = [p.read_bytes() for p in sorted(CASES.glob("*.json"))] + [json.dumps(d).encode() for d in readme_examples()]
+ALL_IDS = [p.name for p in sorted(CASES.glob("*.json"))] + [f"readme{i}" for i in range(len(readme_examples()))]
+
+
+@pytest.mark.parametrize("payload", ALL + INLINE, ids=ALL_IDS + [f"inline{i}" for i in range(len(INLINE))])
 def test_first_error_is_the_agents(payload):
+    """The checker's first error is the one the agent's own functions raise (on every case
+    file, README's examples and a few more)."""
     want = agent_first_error(payload)
     got = check_deployment(payload, REGISTRY, local_device="dev", fleet={})
     if want is None:
@@ -130,7 +159,8 @@ def test_edgeva_check_cli_lists_every_error(tmp_path):
 
 
 def test_fleet_file_devices(tmp_path):
-    far = CASES / "bad_readme_far.json"
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps(far_example()))
     fleet = tmp_path / "fleet.txt"
     # what `mosquitto_sub -v -t 'edgeva/v1/+/state'` prints
     fleet.write_text(
@@ -155,7 +185,7 @@ def test_fleet_file_devices(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path):
+def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path, cases):
     """Every file of the case directory, deployed to a real agent behind the embedded broker and
     checked offline with the fleet's retained states: same verdict, the agent's error first."""
     device = f"chk-{uuid.uuid4().hex[:6]}"
@@ -166,10 +196,10 @@ def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path):
         states = {t: ms[-1] for t, ms in w.msgs.items() if t.endswith("/state") and ms and ms[-1]}
         fleet = tmp_path / "fleet.txt"
         fleet.write_text("".join(f"{t} {json.dumps(s)}\n" for t, s in states.items()))
-        out = run("edgeva", "check", "--json", "--device", device, "--fleet", str(fleet), str(CASES))
+        out = run("edgeva", "check", "--json", "--device", device, "--fleet", str(fleet), str(cases))
         checked = {Path(r["file"]).name: r for r in json.loads(out.stdout)["files"]}
         verdicts = {}
-        for path in sorted(CASES.glob("*.json")):
+        for path in sorted(cases.glob("*.json")):
             text = path.read_text()
             # the agent replies on reply/<request_id>: give every payload one, as its first key
             text = re.sub(r'"request_id":\s*"[^"]*",?', "", text, count=1)
@@ -182,7 +212,11 @@ def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path):
             if not reply["ok"]:
                 err = reply["error"]
                 assert pairs(report["errors"])[0] == (err["code"], err["path"]), (path.name, err, report)
-        assert sum(ok for ok, _ in verdicts.values()) == 3  # the good files did run
+        # README's first example (decoder, detector, tracker) and two others did run; its
+        # second names devices this fleet does not have
+        assert {n for n, (ok, _) in verdicts.items() if ok} == {
+            "good_listing1.json", "good_synthetic_schema_key.json", "readme_0.json"}
+        assert pairs(checked["readme_1.json"]["errors"])[0] == ("unknown_device", "modules.decoder.device")
         assert sum(not ok for ok, _ in verdicts.values()) >= 10
     finally:
         agent.stop()
@@ -190,12 +224,6 @@ def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path):
 
 
 # -- the typed JSON Schema through check-jsonschema -----------------------------------------------------------
-
-
-def readme_examples() -> list[dict]:
-    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    found = [json.loads(b) for b in blocks]
-    return [d for d in found if isinstance(d, dict) and "modules" in d]
 
 
 def schema_verdict(tmp_path: Path, name: str, data: dict | str, schema: Path = SCHEMA) -> subprocess.CompletedProcess:
