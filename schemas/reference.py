@@ -92,7 +92,8 @@ def _default(field: Any) -> Any:
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    return json.loads(json.dumps(value, default=list))  # tuples -> lists, as in JSON
+    # as the JSON a deployment holds: tuples and sets as lists, anything else as its text
+    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple | set | frozenset) else str(v)))
 
 
 def _derived_example(node: dict[str, Any], defs: dict[str, Any], default: Any) -> Any:
