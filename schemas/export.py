@@ -153,6 +153,57 @@ def deployment_schema(configs: Configs) -> dict[str, Any]:
     return schema
 
 
+def listing1_schema(configs: Configs) -> dict[str, Any]:
+    """The paper's Listing 1 form, typed the same way: every top-level entry but ``app``,
+    ``request_id`` and ``$schema`` is a module holding exactly one ``<type>_args`` (typed by
+    the type) and optional ``runtime_args`` (``outputs``, ``device``, ``policy``)."""
+    native = deployment_schema(configs)
+    defs = {k: v for k, v in native["$defs"].items() if k not in ("ModuleSpec", "PartOf")}
+    spec = native["$defs"]["decoder.module"]["properties"] if "decoder" in configs else \
+        Deployment.model_json_schema()["$defs"]["ModuleSpec"]["properties"]
+    defs["runtime_args"] = {
+        "title": "runtime_args",
+        "description": "where the module's output goes, where it runs, how it reads its inputs",
+        "type": "object",
+        "properties": {k: spec[k] for k in ("outputs", "device", "policy")},
+        "additionalProperties": False,
+    }
+    branches = []
+    for name in sorted(configs):
+        key = f"{name}_args"
+        branches.append({
+            "if": {"required": [key]},
+            "then": {
+                "title": f"{name} module",
+                "properties": {key: {"$ref": _pointer(f"{name}.args")},
+                               "runtime_args": {"$ref": _pointer("runtime_args")}},
+                "required": [key],
+                "additionalProperties": False,
+            },
+            "else": False,
+        })
+    defs["Listing1Module"] = {
+        "title": "Listing1Module",
+        "description": "one module: exactly one '<type>_args' and optional 'runtime_args'",
+        "type": "object",
+        "minProperties": 1,
+        "oneOf": branches,
+    }
+    props = native["properties"]
+    return {
+        "$schema": DIALECT,
+        "title": "Listing1Deployment",
+        "description": "The paper's request form (Listing 1): module name -> {'<type>_args': {...}, "
+                       "'runtime_args': {...}}; means the same as deployment.json.",
+        "type": "object",
+        "properties": {k: props[k] for k in ("app", "request_id", SCHEMA_KEY)},
+        "required": ["app"],
+        "additionalProperties": {"$ref": _pointer("Listing1Module")},
+        "minProperties": 2,
+        "$defs": defs,
+    }
+
+
 def module_schema(type_name: str, config: type[BaseModel]) -> dict[str, Any]:
     """The schema file of one module type: its ``args`` (as for ``edgeva update --set``)."""
     return {"$schema": DIALECT, **args_schema(type_name, config)}
@@ -162,6 +213,7 @@ def expected_files(configs: Configs) -> dict[str, str]:
     """Relative file name -> content, for every exported model and module type."""
     files = {f"{stem}.json": render(model) for stem, model in MODELS.items()}
     files["deployment.json"] = _dump(deployment_schema(configs))
+    files["deployment_listing1.json"] = _dump(listing1_schema(configs))
     for name, config in sorted(configs.items()):
         files[f"{MODULES_DIR}/{name}.json"] = _dump(module_schema(name, config))
     return files

@@ -240,9 +240,15 @@ def test_check_jsonschema_accepts_readme_and_demo_apps(tmp_path):
     for i, dep in enumerate([*examples, *apps]):
         out = schema_verdict(tmp_path, f"ok{i}.json", dep)
         assert out.returncode == 0, (dep, out.stdout)
-    for path in sorted(CASES.glob("good_*.json")):
-        assert run("check-jsonschema", "--schemafile", str(SCHEMA), str(path)).returncode == 0 or \
-            path.name == "good_listing1.json"  # Listing 1 is the paper's form, not the schema's
+    assert run("check-jsonschema", "--schemafile", str(SCHEMA), str(CASES / "good_synthetic_schema_key.json")).returncode == 0
+    # the paper's Listing 1 form has a schema of its own, typed the same way
+    listing1 = ROOT / "schemas" / "json" / "deployment_listing1.json"
+    assert run("check-jsonschema", "--schemafile", str(listing1), str(CASES / "good_listing1.json")).returncode == 0
+    bad = run("check-jsonschema", "--schemafile", str(listing1), str(CASES / "bad_listing1.json"))
+    assert bad.returncode == 1 and "$.Decoder_1.runtime_args: Additional properties are not allowed ('speed'" in bad.stdout
+    typo = {"app": "p", "Decoder_1": {"decoder_args": {"source": "synthetic", "fsp": 1}}}
+    out = schema_verdict(tmp_path, "typo.json", typo, listing1)
+    assert out.returncode == 1 and "$.Decoder_1.decoder_args: Additional properties are not allowed ('fsp'" in out.stdout
 
 
 @pytest.mark.parametrize("case,where", [
