@@ -105,6 +105,8 @@ def _derived_example(node: dict[str, Any], defs: dict[str, Any], default: Any) -
     if choices:
         return next((c for c in choices if c != default), choices[0])
     kind = alt.get("type")
+    if kind == "array" and "prefixItems" in alt and default is None:  # a tuple: one per item
+        return [_derived_example(item, defs, None) for item in alt["prefixItems"]]
     if kind == "boolean":
         return not default if isinstance(default, bool) else True
     if kind in ("integer", "number"):

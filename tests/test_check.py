@@ -12,6 +12,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from control.cli import main
@@ -384,6 +385,19 @@ def test_reference_follows_the_configs_and_its_examples_are_valid():
             assert f"| `{field}` |" in text, (name, field)
             for example in info.examples or []:  # every declared example is a valid value
                 config.model_validate({"type": name, **minimal, field: example})
+    # every top-level row's example (declared or derived from type and range) is valid too
+    sections = dict(re.findall(r"\n## (\S+)\n(.*?)(?=\n## |\Z)", text, re.S))
+    for name, cls in REGISTRY.items():
+        minimal = example_args(cls.config_class)
+        rows = re.findall(r"^\| `(\w+)` \|.*\| (`.*`|) \|$", sections[name], re.M)
+        assert len(rows) == len(cls.config_class.model_fields) - 1, name
+        for field, cell in rows:
+            if not cell:
+                continue
+            try:
+                cls.config_class.model_validate({"type": name, **minimal, field: json.loads(cell[1:-1])})
+            except pydantic.ValidationError as e:  # only a rule tying args together may refuse it
+                assert all(err["loc"][:1] != (field,) for err in e.errors()), (name, field, cell)
     # an arg added to a config (as another branch may) appears with its type, default, range
     grown = create_model("TrackerConfig", __base__=REGISTRY["tracker"].config_class,
                          queue_depth=(int, Field(4, ge=1, le=64, description="frames held back")))
