@@ -71,7 +71,10 @@ from schemas.topics import (
 )
 
 log = logging.getLogger("edgeva.bridge")
-FLEET_SUBS = ("edgeva/v1/+/state", "edgeva/v1/+/metrics")
+# Other agents' states tell where peers listen; their metrics give per-hop times of apps that
+# span devices, so only an agent with a data plane listens to them (every agent hearing every
+# agent's metrics grows the broker's traffic with the square of the fleet).
+FLEET_STATES, FLEET_METRICS = "edgeva/v1/+/state", "edgeva/v1/+/metrics"
 PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
 LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
 RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
@@ -155,15 +158,18 @@ class AgentBridge:
             on_connect=self._on_connect,
         )
         self.client.on_message = self._on_message
-        subscribe_wait(self.client, [cmd_subscription(self.device), *FLEET_SUBS])
+        subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()])
         self._publish_state()
         threading.Thread(target=self._work, name="commands", daemon=True).start()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
         log.info("agent %s connected to %s (MQTT %s)", self.device, self.broker, "5" if is_v5(self.client) else "3.1.1")
 
+    def _fleet_subs(self) -> tuple[str, ...]:
+        return (FLEET_STATES, FLEET_METRICS) if self.peers.enabled else (FLEET_STATES,)
+
     def _on_connect(self, client: mqtt.Client) -> None:
         # After a reconnect: subscriptions of a clean session are gone, state must be re-told.
-        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *FLEET_SUBS, *self._reply_subs)])
+        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *self._fleet_subs(), *self._reply_subs)])
         self._state_dirty.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
