@@ -76,12 +76,16 @@ class FleetClient:
         """Ids of the devices whose latest state says online, sorted."""
         return sorted(d for d, s in self.states().items() if s.status == "online")
 
-    def wait_devices(self, count: int, timeout: float = 30.0, online: bool = True) -> list[str]:
-        """Block until ``count`` devices are online (or, ``online=False``, until none is); ids."""
+    def wait_devices(self, count: int, timeout: float = 30.0, online: bool = True,
+                     since: float | None = None) -> list[str]:
+        """Block until ``count`` devices are online (or, ``online=False``, until none is); ids.
+        ``since``: count only states stamped at or after this unix time (a fresh announcement,
+        e.g. after a broker restart)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                up = sorted(d for d, s in self._states.items() if s.status == "online")
+                up = sorted(d for d, s in self._states.items() if s.status == "online"
+                            and (since is None or (s.ts or 0) >= since))
                 if (len(up) >= count) if online else not up:
                     return up
                 left = deadline - time.monotonic()

@@ -61,6 +61,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--json", metavar="FILE", help="write the results as JSON")
     f.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
     f.set_defaults(func=run_fleet_cmd)
+    k = sub.add_parser(
+        "soak", help="the three demo apps for N minutes with modules killed and the broker restarted",
+        description="Runs the demo's apps (looped clip) on a real agent and a private mosquitto, kills "
+        "a module and restarts the broker at intervals, and samples RSS and fds of every process, "
+        "/dev/shm use, latency and drops; judges whether memory stays flat and restarts add up.",
+    )
+    k.add_argument("--minutes", type=float, default=10.0, help="how long (default: %(default)s)")
+    k.add_argument("--kill-every", type=float, default=120.0, metavar="S",
+                   help="SIGKILL one module (in turn) this often (default: %(default)s)")
+    k.add_argument("--broker-every", type=float, default=180.0, metavar="S",
+                   help="take the broker away this often (default: %(default)s)")
+    k.add_argument("--broker-down", type=float, default=5.0, metavar="S",
+                   help="for this long (default: %(default)s)")
+    k.add_argument("--sample-every", type=float, default=5.0, metavar="S", help="(default: %(default)s)")
+    k.add_argument("--json", metavar="FILE", help="write samples, faults and the verdict as JSON")
+    k.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    k.set_defaults(func=run_soak_cmd)
 
 
 def run_detector_cmd(args: argparse.Namespace) -> int:
@@ -89,6 +106,29 @@ def run_fleet_cmd(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {args.plot}")
     return 0 if all(t["met"] for t in out["targets"].values()) else 1
+
+
+def run_soak_cmd(args: argparse.Namespace) -> int:
+    """0 when memory, shm, latency and restarts all hold, 1 otherwise."""
+    from control.bench_soak import run_soak
+
+    out = run_soak(args.minutes, args.kill_every, args.broker_every, args.broker_down, args.sample_every,
+                   args.json, args.plot)
+    s = out["summary"]
+    print()
+    print(f"  window: {s['window']}")
+    print(f"  RSS growth per process (%): {s['rss_growth_pct']}  flat: {s['rss_flat']}"
+          + (f" (not judged, killed in the last minute: {', '.join(s['rss_not_judged'])})" if s["rss_not_judged"] else ""))
+    print(f"  /dev/shm growth: {s['shm_growth_pct']} %  flat: {s['shm_flat']}")
+    for app, v in sorted(s["latency"].items()):
+        print(f"  {app:<9} latency p95 median {v['p95_median_ms']} ms, slope {v['p95_slope_ms_per_min']} ms/min")
+    print(f"  kills {s['kills']}, restarts {s['restarts']}, accounted: {s['restarts_accounted']}; "
+          f"broker outages {s['broker_outages']}, agent back online after each: {s['back_online_after_outages']}")
+    for path in (args.json, args.plot):
+        if path:
+            print(f"wrote {path}")
+    keys = ("rss_flat", "shm_flat", "latency_not_growing", "restarts_accounted", "back_online_after_outages")
+    return 0 if all(s[k] for k in keys) else 1
 
 
 def run_deploy_cmd(args: argparse.Namespace) -> int:
