@@ -59,9 +59,12 @@ class Mosquitto:
             raise RuntimeError(f"mosquitto did not listen on {self.port}: {log[-2000:]}")
         return self
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop it (``kill``: SIGKILL, as a crash or a power cut would)."""
         if self.proc is None:
             return
+        if kill:
+            self.proc.kill()
         self.proc.terminate()
         try:
             self.proc.wait(5)
