@@ -42,7 +42,9 @@ from paho.mqtt.properties import Properties
 from agent.core import AgentCore, App, remote_devices
 from agent.fleet import FleetView, pipeline_hops
 from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
+from agent.outbox import Outbox
 from agent.peers import Peers
+from agent.replies import MUTATING, ReplyCache
 from schemas.commands import (
     RemoveCommand,
     StartCommand,
@@ -71,10 +73,14 @@ from schemas.topics import (
 )
 
 log = logging.getLogger("edgeva.bridge")
-FLEET_SUBS = ("edgeva/v1/+/state", "edgeva/v1/+/metrics")
+# Other agents' states tell where peers listen; their metrics give per-hop times of apps that
+# span devices, so only an agent with a data plane listens to them (every agent hearing every
+# agent's metrics grows the broker's traffic with the square of the fleet).
+FLEET_STATES, FLEET_METRICS = "edgeva/v1/+/state", "edgeva/v1/+/metrics"
 PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
 LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
 RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
+FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -131,6 +137,8 @@ class AgentBridge:
         self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
         self.cmds: queue.Queue = queue.Queue()
+        self.outbox = Outbox()  # events while the broker is away
+        self.replies = ReplyCache()  # a repeated request id is answered, not applied again
         self.buckets: dict[tuple[str, str], _Bucket] = {}
         self._stop = threading.Event()
         self._state_dirty = threading.Event()
@@ -155,16 +163,22 @@ class AgentBridge:
             on_connect=self._on_connect,
         )
         self.client.on_message = self._on_message
-        subscribe_wait(self.client, [cmd_subscription(self.device), *FLEET_SUBS])
+        subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()])
         self._publish_state()
         threading.Thread(target=self._work, name="commands", daemon=True).start()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
         log.info("agent %s connected to %s (MQTT %s)", self.device, self.broker, "5" if is_v5(self.client) else "3.1.1")
 
+    def _fleet_subs(self) -> tuple[str, ...]:
+        return (FLEET_STATES, FLEET_METRICS) if self.peers.enabled else (FLEET_STATES,)
+
     def _on_connect(self, client: mqtt.Client) -> None:
         # After a reconnect: subscriptions of a clean session are gone, state must be re-told.
-        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *FLEET_SUBS, *self._reply_subs)])
+        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *self._fleet_subs(), *self._reply_subs)])
         self._state_dirty.set()
+        if len(self.outbox):
+            # after a broker restart every client reconnects at once: give subscribers a moment
+            threading.Timer(FLUSH_SETTLE_S, self.outbox.flush, args=(client,)).start()
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         parts = m.topic.split("/")
@@ -214,6 +228,10 @@ class AgentBridge:
                 return
             cmd = parse_command(verb, payload)
             request_id = getattr(cmd, "request_id", None) or request_id
+            if verb in MUTATING and (first := self.replies.get(tenant, request_id)) is not None:
+                log.info("%s: request %s was already applied; its reply is sent again", topic, request_id)
+                self._reply(tenant, request_id, first, props)
+                return
             coord = self._forward_to(tenant, verb, cmd)
             if coord is not None:  # replied by that thread once the coordinator answered
                 threading.Thread(target=self._forward, args=(coord, tenant, cmd, request_id, props),
@@ -221,6 +239,8 @@ class AgentBridge:
                 return
             result = self._dispatch(tenant, verb, cmd)
             reply = ok_reply(request_id, result)
+            if verb in MUTATING:  # a failed one may be retried with the same id
+                self.replies.put(tenant, request_id, reply)
         except EdgevaError as e:
             log.info("%s refused: %s", topic, e)
             reply = error_reply(request_id, e)
@@ -532,7 +552,8 @@ class AgentBridge:
         if bucket is None:
             bucket = self.buckets[(tenant, app)] = _Bucket(self.event_rate)
         if bucket.take() and self.client is not None:
-            self.client.publish(events_topic(self.device, tenant, app), json.dumps(event, separators=(",", ":")), qos=0)
+            self.outbox.publish(self.client, events_topic(self.device, tenant, app),
+                                json.dumps(event, separators=(",", ":")))
 
     def _publish_state(self) -> None:
         self._state_dirty.clear()
@@ -551,6 +572,7 @@ class AgentBridge:
     def publish_metrics(self) -> None:
         mods = self.core.module_metrics()
         dm = self.core.device_metrics(mods)
+        dm.events_waiting, dm.events_dropped_offline = len(self.outbox), self.outbox.dropped
         self.fleet.put_metrics(dm)
         self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)
         for tenant in self.core.tenants():

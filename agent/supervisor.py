@@ -39,6 +39,15 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
+def _warm_up() -> None:
+    # The forkserver starts on the first module start and then imports numpy, cv2 and the
+    # runner (1-2 s of CPU, more on a small board): pay that at agent start, not in a deploy.
+    if "forkserver" in mp.get_all_start_methods():
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 @dataclass
 class Instance:
     """A supervised module process."""
@@ -87,6 +96,7 @@ class Supervisor:
         self._closed = False
         self._thread = threading.Thread(target=self._read_loop, name="supervisor", daemon=True)
         self._thread.start()
+        threading.Thread(target=_warm_up, name="forkserver-warm-up", daemon=True).start()
 
     # -- starting and stopping --------------------------------------------------------------------
     def start(self, spec: R.RunnerSpec, wait_ready: bool = True, timeout: float = READY_TIMEOUT_S) -> Instance:

@@ -22,6 +22,10 @@ class PublishConfig(ModuleConfig):
     max_rate: float = Field(
         default=0.0, ge=0, description="events per second at most (0: every message); the agent also caps each app's event rate"
     )
+    hops: bool = Field(
+        default=False, description="add 'hops': [module, t_in_ns, t_out_ns] per module the frame went "
+        "through (per-hop overhead: the gap between one module's t_out and the next one's t_in)"
+    )
 
 
 class Publish(Module[PublishConfig]):
@@ -50,6 +54,8 @@ class Publish(Module[PublishConfig]):
             ts=msg.ts_ns / 1e9,
             latency_ms=round(msg.latency_ms(), 3),
         )
+        if cfg.hops:
+            event["hops"] = [list(h) for h in msg.hops]
         self.ctx.emit(event)
         return None
 

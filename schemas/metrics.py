@@ -130,3 +130,6 @@ class DeviceMetrics(BaseModel):
     mem_mb: float | None = None
     modules: dict[str, ModuleMetrics] = Field(default_factory=dict)
     links: dict[str, LinkMetrics] = Field(default_factory=dict, description="peer device -> link")
+    events_waiting: int = Field(default=0, ge=0, description="events kept while the broker was away, not yet sent")
+    events_dropped_offline: int = Field(
+        default=0, ge=0, description="events lost because the broker was away longer than the outbox holds")

@@ -44,6 +44,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--json", metavar="FILE", help="write the results as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
     t.set_defaults(func=run_detector_cmd)
+    f = sub.add_parser(
+        "fleet", help="control plane at fleet scale: N agents against one mosquitto",
+        description="Starts fleets of real agents (no modules until a deploy) against a private "
+        "mosquitto and times a status of every agent, a new client's view of the fleet, a deploy "
+        "to half of them (synthetic source -> publish) and the broker's idle message rate.",
+    )
+    f.add_argument("--agents", type=int, default=100, help="largest fleet (default: %(default)s)")
+    f.add_argument("--sizes", type=lambda s: [int(x) for x in _csv(s)], metavar="N,N",
+                   help="fleet sizes to run (default: N/4, N/2, N)")
+    f.add_argument("--workers", type=int, help="processes hosting the agents (default: 4)")
+    f.add_argument("--idle", type=float, default=5.0, metavar="S",
+                   help="seconds the idle broker rate is measured over (default: %(default)s)")
+    f.add_argument("--metrics-interval", type=float, default=2.0, metavar="S",
+                   help="each agent's metrics period, as deployed (default: %(default)s)")
+    f.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    f.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    f.set_defaults(func=run_fleet_cmd)
+    k = sub.add_parser(
+        "soak", help="the three demo apps for N minutes with modules killed and the broker restarted",
+        description="Runs the demo's apps (looped clip) on a real agent and a private mosquitto, kills "
+        "a module and restarts the broker at intervals, and samples RSS and fds of every process, "
+        "/dev/shm use, latency and drops; judges whether memory stays flat and restarts add up.",
+    )
+    k.add_argument("--minutes", type=float, default=10.0, help="how long (default: %(default)s)")
+    k.add_argument("--kill-every", type=float, default=120.0, metavar="S",
+                   help="SIGKILL one module (in turn) this often (default: %(default)s)")
+    k.add_argument("--broker-every", type=float, default=180.0, metavar="S",
+                   help="take the broker away this often (default: %(default)s)")
+    k.add_argument("--broker-down", type=float, default=5.0, metavar="S",
+                   help="for this long (default: %(default)s)")
+    k.add_argument("--sample-every", type=float, default=5.0, metavar="S", help="(default: %(default)s)")
+    k.add_argument("--json", metavar="FILE", help="write samples, faults and the verdict as JSON")
+    k.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    k.set_defaults(func=run_soak_cmd)
+    pp = sub.add_parser(
+        "paper", help="the paper's evaluation: monolith vs edgeva vs VideoPipe, overhead, Table 2",
+        description="Runs the paper's section 5 on the bundled clip with the demo's modules and models: "
+        "CASE A (monolith), B (edgeva, one agent), C (two agents on their own CPUs), VideoPipe (emulated), "
+        "EdgeEye's placement, cameras sustained, per-hop overhead and Table 2; writes JSON, plots, a report.",
+    )
+    pp.add_argument("--quick", action="store_true", help="12 s per run (the whole under ~5 min)")
+    pp.add_argument("--video", help="another clip (file path or asset:NAME)")
+    pp.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    pp.add_argument("--out", default="out/paper", help="folder for plots and the report (default: %(default)s)")
+    pp.add_argument("--scalability", action="store_true", help="also run 2 to 5 agents (Figure 9)")
+    pp.set_defaults(func=run_paper_cmd)
 
 
 def run_detector_cmd(args: argparse.Namespace) -> int:
@@ -51,6 +97,62 @@ def run_detector_cmd(args: argparse.Namespace) -> int:
 
     cases = run_detector_bench(quick=args.quick, json_path=args.json, plot_path=args.plot)
     return 0 if cases else 1
+
+
+def run_fleet_cmd(args: argparse.Namespace) -> int:
+    """0 when both targets hold at the largest size, 1 otherwise (2: bad arguments)."""
+    from control.bench_fleet import run_fleet_bench
+
+    if args.agents < 2 or any(n < 2 for n in args.sizes or []):
+        print("edgeva bench fleet: fleets have at least 2 agents", file=sys.stderr)
+        return 2
+    out = run_fleet_bench(args.agents, args.sizes, args.workers, args.idle, args.metrics_interval,
+                          args.json, args.plot)
+    print()
+    for key, t in out["targets"].items():
+        print(f"  {key:<10} {t['value']:8.0f} ms  (target < {t['target']:.0f} ms)  {'met' if t['met'] else 'NOT MET'}")
+    for key, v in out["growth"].items():
+        print(f"  growth: {key:<40} {v}")
+    if args.json:
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0 if all(t["met"] for t in out["targets"].values()) else 1
+
+
+def run_paper_cmd(args: argparse.Namespace) -> int:
+    """0 when every claim of the issue holds on this run, 1 otherwise."""
+    from control.bench_paper.run import run_paper
+
+    out = run_paper(args.quick, args.video, args.json, args.out, args.scalability)
+    print()
+    for k, v in out["checks"].items():
+        print(f"  {k:<36} {v}")
+    print(f"wrote {out['report']}" + (f" and {args.json}" if args.json else ""))
+    return 0 if all(v is not False for v in out["checks"].values()) else 1
+
+
+def run_soak_cmd(args: argparse.Namespace) -> int:
+    """0 when memory, shm, latency and restarts all hold, 1 otherwise."""
+    from control.bench_soak import run_soak
+
+    out = run_soak(args.minutes, args.kill_every, args.broker_every, args.broker_down, args.sample_every,
+                   args.json, args.plot)
+    s = out["summary"]
+    print()
+    print(f"  window: {s['window']}")
+    print(f"  RSS growth per process (%): {s['rss_growth_pct']}  flat: {s['rss_flat']}"
+          + (f" (not judged, killed in the last minute: {', '.join(s['rss_not_judged'])})" if s["rss_not_judged"] else ""))
+    print(f"  /dev/shm growth: {s['shm_growth_pct']} %  flat: {s['shm_flat']}")
+    for app, v in sorted(s["latency"].items()):
+        print(f"  {app:<9} latency p95 median {v['p95_median_ms']} ms, slope {v['p95_slope_ms_per_min']} ms/min")
+    print(f"  kills {s['kills']}, restarts {s['restarts']}, accounted: {s['restarts_accounted']}; "
+          f"broker outages {s['broker_outages']}, agent back online after each: {s['back_online_after_outages']}")
+    for path in (args.json, args.plot):
+        if path:
+            print(f"wrote {path}")
+    keys = ("rss_flat", "shm_flat", "latency_not_growing", "restarts_accounted", "back_online_after_outages")
+    return 0 if all(s[k] for k in keys) else 1
 
 
 def run_deploy_cmd(args: argparse.Namespace) -> int:

@@ -1,0 +1,68 @@
+"""``edgeva bench paper``'s parts: the statistics, VideoPipe's merged graph, and short real runs
+of the monolith (CASE A) and of VideoPipe (real module processes, HTTP between them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from control.bench_paper import apps as A
+from control.bench_paper.stats import smooth, summarize
+from control.bench_paper.videopipe import merge
+
+
+def test_lag_is_latency_growing_not_latency_high():
+    flat = [(t / 10, 500.0 + (t % 3)) for t in range(200)]
+    growing = [(t / 10, 50.0 + 40.0 * t / 10) for t in range(200)]  # +40 ms every second
+    assert not summarize(flat, 200, 20.0)["lagging"]
+    s = summarize(growing, 200, 20.0)
+    assert s["lagging"] and s["lag_ms_per_s"] == pytest.approx(40.0, rel=0.01)
+    assert summarize(flat, 400, 20.0)["dropped_ratio"] == 0.5
+
+
+def test_smoothing_drops_the_top_5_percent_first():
+    series = [(float(t), 10.0) for t in range(95)] + [(95.0 + t, 10_000.0) for t in range(5)]
+    assert max(v for _, v in smooth(series, 10)) == pytest.approx(10.0)
+
+
+def test_videopipe_merges_the_apps_as_edgeva_shares_them():
+    deps = A.scenario(3, "synthetic", 5.0)
+    graph, ends = merge(deps)
+    types = sorted(m["type"] for m in graph["modules"].values())
+    # one decoder, one detector and one tracker serve the three apps; no sinks
+    assert types == ["decoder", "detector", "reid", "roi", "tracker"]
+    assert sorted(a for apps in ends.values() for a in apps) == ["reid", "roi", "tracking"]
+    det = next(n for n, m in graph["modules"].items() if m["type"] == "detector")
+    assert sorted(graph["modules"][o]["type"] for o in graph["modules"][det]["outputs"]) == ["reid", "tracker"]
+
+
+def test_scenarios_end_in_a_latency_sink_and_streams_get_their_own_decoder():
+    deps = A.scenario(3, "synthetic", 5.0, stream="cam7")
+    for d in deps:
+        assert d["app"].startswith("cam7-")
+        assert d["modules"][A.SINK]["args"] == {"fields": [], "hops": True}
+        assert d["modules"]["decoder"]["args"]["source_id"] == "cam7"
+        assert not [m for n, m in d["modules"].items() if m["type"] == "publish" and n != A.SINK]
+    placed = A.place(deps[2], A.CASE_C, A.SECOND)
+    assert {n: m["device"] for n, m in placed["modules"].items()} == {
+        "decoder": "dev1", "detector": "dev1", "tracker": "dev2", "roi": "dev2", A.SINK: "dev2"}
+
+
+@pytest.mark.slow
+def test_videopipe_runs_one_frame_at_a_time_and_splits_each_hop():
+    from control.bench_paper.videopipe import run_videopipe
+
+    deps = A.scenario(1, "synthetic", 20.0)  # faster than the pipeline: the source must drop
+    res = run_videopipe(deps, 5.0)
+    done = res["apps"]["reid"]
+    assert done and res["offered"] > len(done), (res["offered"], len(done))
+    hops = {(h["from"].rsplit("-", 1)[0], h["to"].rsplit("-", 1)[0]) for h in res["hops"]}
+    assert hops == {("decoder", "detector"), ("detector", "reid")}
+    assert all(h["serialise_ms"] > 0 and h["network_ms"] >= 0 and h["deserialise_ms"] > 0 for h in res["hops"])
+
+
+@pytest.mark.slow
+def test_monolith_runs_each_app_in_its_own_process():
+    from control.bench_paper.monolith import run_monolith
+
+    res = run_monolith(A.scenario(2, "synthetic", 5.0), 5.0)
+    assert len(res) == 2 and all("series" in r and r["series"] and r["offered"] > 0 for r in res), res
