@@ -8,13 +8,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
 SECONDS ?= 60
+# An example third-party module package; its tests use only the pytest plugin's fixtures.
+EXAMPLE := examples/edgeva-brightness
 
 .PHONY: demo test lint bench setup system clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[ml,test]'
+	$(BIN)/pip install -q --no-deps -e $(EXAMPLE)
 	touch $(STAMP)
 
 # The test inference server (MLServer) lives in a venv of its own: it pins its own pydantic.
@@ -32,6 +35,7 @@ demo: setup
 
 test: setup $(MLSERVER)
 	$(BIN)/python -m pytest -q
+	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -43,6 +43,22 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         return fail(2, f"edgeva agent: {e}")
+    exporter = None
+    if args.metrics_port is not None:
+        from agent.exporter import MetricsServer
+
+        if not 0 <= args.metrics_port <= 65535:
+            bridge.core.close()
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port}: a TCP port is 0..65535")
+        try:
+            exporter = MetricsServer(args.metrics_port, args.metrics_host).start()
+        except OSError as e:  # before the broker: a bad port must not leave a half-started agent
+            bridge.core.close()
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port} on {args.metrics_host}: {e}")
+        collector, core = exporter.collector, bridge.core
+        bridge.metrics_sinks.append(lambda dm, tenants: collector.update(dm, tenants, core.device_state()))
+        logging.getLogger("edgeva.agent").info(
+            "Prometheus metrics on http://%s:%d/metrics", args.metrics_host, exporter.port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -50,11 +66,15 @@ def _run(args: argparse.Namespace) -> int:
         bridge.start()
     except MqttError as e:
         bridge.core.close()
+        if exporter is not None:
+            exporter.stop()
         return fail(EXIT_UNREACHABLE, f"edgeva agent: {e}")
     bridge.restore()
     logging.getLogger("edgeva.agent").info("device %s ready; desired state in %s", args.device, state_dir)
     done.wait()
     bridge.stop()
+    if exporter is not None:
+        exporter.stop()
     return 0
 
 
@@ -74,6 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto", help="MQTT version (default: auto)")
     p.add_argument("--metrics-interval", type=float, default=2.0, metavar="S", help="seconds between metrics (default: 2)")
     p.add_argument("--event-rate", type=float, default=100.0, metavar="N", help="events per second per app at most (default: 100)")
+    p.add_argument("--metrics-port", type=int, metavar="N",
+                   help="serve Prometheus metrics at http://HOST:N/metrics (0: a free port; see docs/prometheus.md)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address for --metrics-port; 0.0.0.0 lets a Prometheus on another host scrape "
+                        "(the page shows every tenant's apps) (default: %(default)s)")
     p.add_argument("--slots", type=int, default=8, help="slots per ring (default: 8)")
     g = p.add_argument_group(
         "links to other agents (apps spanning devices)",
