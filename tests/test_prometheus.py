@@ -7,10 +7,13 @@ embedded broker; the page is fetched over HTTP and parsed with
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +214,26 @@ def test_collector_renders_what_the_agent_computed():
     col.update(_device(), {"t": tm3}, state)
     fams = {f.name: f for f in col.collect()}
     assert "edgeva_app_frames_per_second" not in fams
+
+
+def test_grafana_dashboard_queries_only_series_the_exporter_serves():
+    """Every metric the shipped dashboard queries is one the exporter emits (a renamed series
+    would leave a panel empty), and its template variables come from ``edgeva_app_up``."""
+    dash = json.loads((Path(__file__).resolve().parent.parent / "control/grafana/edgeva.json").read_text())
+    col = EdgevaCollector()
+    p2 = P2(p50=1.0, p95=2.0)
+    mods = {"m1": ModuleMetrics(type="decoder", proc_ms=p2, occupancy={"m2": 0.5}, dropped={"m2": 1}, restarts=1)}
+    link = LinkMetrics(connected=True, serialise_ms=p2, network_ms=p2, deserialise_ms=p2)
+    am = AppMetrics(frames=5, latency_ms=P3(p50=1, p95=2, p99=3), lag_ms_per_min=1.0,
+                    hops=[HopMetrics(kind="module", name="dec", device="d1", ms=1.0)])
+    state = DeviceState(device="d1", status="online", ts=1.0, apps={"t": {"a": AppState(modules=["m1"], status="running")}})
+    for ts in (1.0, 2.0):
+        col.update(_device({"d2": link}, **mods), {"t": TenantMetrics(device="d1", tenant="t", ts=ts, interval_s=1,
+                                                                       apps={"a": am})}, state)
+    served = {s.name for fam in col.collect() for s in fam.samples}
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"] if isinstance(v.get("query"), dict)]
+    queried = {name for e in exprs for name in re.findall(r"\bedgeva_[a-z_]+", e)}
+    assert len(exprs) > 15 and queried
+    assert queried <= served, f"the dashboard queries series nobody serves: {sorted(queried - served)}"
+    assert {v["name"] for v in dash["templating"]["list"]} >= {"device", "tenant", "app"}
