@@ -66,7 +66,9 @@ class Watcher:
         self.client.connect(host, int(port))
         self.client.loop_start()
         self.client.subscribe(topic, qos=1)
-        assert subscribed.wait(10), "watcher could not subscribe"
+        if not subscribed.wait(10):
+            self.close()
+            raise AssertionError(f"watcher could not subscribe to {topic} on {url}")
 
     def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         try:

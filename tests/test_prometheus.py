@@ -158,6 +158,11 @@ def test_scrape_has_link_times_of_an_app_spanning_two_agents(edgeva_agent_factor
     assert value(fb, "edgeva_link_network_seconds", quantile="0.5", **link_b) > 0
     assert value(fb, "edgeva_link_deserialise_seconds", quantile="0.5", **link_b) > 0
     assert value(fb, "edgeva_link_received_messages", "edgeva_link_received_messages_total", **link_b) > 0
+    # B coordinates the app (the deploy went to it): per-hop times along its path, link included
+    split = {"device": b.device, "tenant": "default", "app": "split"}
+    fb = scrape_until(b.metrics_url, lambda f: bool(samples(f, "edgeva_app_hop_seconds", kind="link", **split)))
+    hops = {s.labels["hop"]: s.labels["hop_device"] for s in samples(fb, "edgeva_app_hop_seconds", **split)}
+    assert hops.get(f"{a.device}->{b.device}") == b.device and hops.get("dec") == a.device, hops
 
 
 def test_metrics_port_in_use_or_out_of_range_is_refused():
