@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
+PROMETHEUS := $(BIN)/promtool
 SECONDS ?= 60
 # An example third-party module package; its tests use only the pytest plugin's fixtures.
 EXAMPLE := examples/edgeva-brightness
@@ -25,7 +26,11 @@ $(MLSERVER): tools/make-mlserver-venv.sh
 	PYTHON=$(PY) tools/make-mlserver-venv.sh
 	touch $(MLSERVER)
 
-setup: system $(STAMP)
+# Prometheus + promtool (Debian's package, unpacked into the venv) for tests/test_prometheus.py.
+$(PROMETHEUS): tools/install-prometheus.sh | $(STAMP)
+	tools/install-prometheus.sh $(BIN)
+
+setup: system $(STAMP) $(PROMETHEUS)
 
 system:
 	@tools/install-system-packages.sh

@@ -47,12 +47,21 @@ class _Snapshot:
     fps: dict[tuple[str, str], float]  # (tenant, app) -> frames/s between the last two ticks
 
 
-def _quantiles(family: GaugeMetricFamily, labels: list[str], p: P2) -> None:
-    """p50/p95[/p99] in ms -> samples in seconds with a ``quantile`` label; an interval
-    without samples (null) gives no sample rather than a made-up value."""
-    for q, ms in (("0.5", p.p50), ("0.95", p.p95), ("0.99", getattr(p, "p99", None))):
-        if ms is not None:
-            family.add_metric([*labels, q], ms / 1000.0)
+class _Quantiles(Metric):
+    """A summary made of ``quantile`` samples only: the agent keeps interval percentiles, not
+    sums, so there is no ``_sum``/``_count`` (the text format and promtool allow that)."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        super().__init__(name, documentation, "summary")
+        self._labels = labels
+
+    def add(self, values: list[str], p: P2) -> None:
+        """p50/p95[/p99] in ms -> samples in seconds; an interval without samples (null)
+        gives no sample rather than a made-up value."""
+        labels = dict(zip(self._labels, values, strict=True))
+        for q, ms in (("0.5", p.p50), ("0.95", p.p95), ("0.99", getattr(p, "p99", None))):
+            if ms is not None:
+                self.add_sample(self.name, {**labels, "quantile": q}, ms / 1000.0)
 
 
 class EdgevaCollector:
@@ -97,9 +106,9 @@ class EdgevaCollector:
         fps = GaugeMetricFamily("edgeva_app_frames_per_second",
                                 "Frames per second at the app's last module, between the agent's last two "
                                 "metrics ticks", labels=_APP)
-        latency = GaugeMetricFamily("edgeva_app_latency_seconds",
-                                    "End-to-end latency from decode to the app's last module, by frame id, over "
-                                    "the last metrics interval", labels=[*_APP, "quantile"])
+        latency = _Quantiles("edgeva_app_latency_seconds",
+                             "End-to-end latency from decode to the app's last module, by frame id, over the "
+                             "last metrics interval", _APP)
         dropped = CounterMetricFamily("edgeva_app_dropped_frames", "Frames the app lost on the way", labels=_APP)
         events = CounterMetricFamily("edgeva_app_events", "Events the app published", labels=_APP)
         lag = GaugeMetricFamily("edgeva_app_lag_ratio",
@@ -122,7 +131,7 @@ class EdgevaCollector:
                 lagging.add_metric(labels, 1.0 if am.lagging else 0.0)
                 if (tenant, name) in snap.fps:
                     fps.add_metric(labels, snap.fps[(tenant, name)])
-                _quantiles(latency, labels, am.latency_ms)
+                latency.add(labels, am.latency_ms)
                 if am.lag_ms_per_min is not None:
                     lag.add_metric(labels, am.lag_ms_per_min / 60_000.0)  # ms per min -> s per s
                 for hop in am.hops or []:
@@ -140,9 +149,8 @@ class EdgevaCollector:
         f_in = CounterMetricFamily("edgeva_module_frames_in", "Messages the module instance consumed", labels=_MOD)
         f_out = CounterMetricFamily("edgeva_module_frames_out", "Messages the module instance produced",
                                     labels=_MOD)
-        proc = GaugeMetricFamily("edgeva_module_processing_seconds",
-                                 "Time in process()/produce() per message over the last interval that had "
-                                 "samples", labels=[*_MOD, "quantile"])
+        proc = _Quantiles("edgeva_module_processing_seconds",
+                          "Time in process()/produce() per message over the last interval that had samples", _MOD)
         occ = GaugeMetricFamily("edgeva_module_queue_occupancy_ratio",
                                 "Unread fraction of the module's output ring, per consumer (0..1; 1: the "
                                 "consumer blocks the producer or starts dropping)", labels=[*_MOD, "consumer"])
@@ -157,7 +165,7 @@ class EdgevaCollector:
             f_in.add_metric(labels, mm.frames_in)
             f_out.add_metric(labels, mm.frames_out)
             restarts.add_metric(labels, mm.restarts)
-            _quantiles(proc, labels, mm.proc_ms)
+            proc.add(labels, mm.proc_ms)
             for consumer, ratio in sorted(mm.occupancy.items()):
                 occ.add_metric([*labels, consumer], ratio)
             for consumer, n in sorted(mm.dropped.items()):
@@ -178,7 +186,7 @@ class EdgevaCollector:
             )
         }
         times = {
-            field: GaugeMetricFamily(f"edgeva_link_{field}_seconds", text, labels=[*_LINK, "quantile"])
+            field: _Quantiles(f"edgeva_link_{field}_seconds", text, _LINK)
             for field, text in (
                 ("serialise", "Encoding a message on this (sending) side, over the last interval"),
                 ("network", "Sender's hand-off to nng to the receiver's receive, over the last interval"),
@@ -192,7 +200,7 @@ class EdgevaCollector:
             for field, fam in counters.items():
                 fam.add_metric(labels, getattr(lm, field))
             for field, fam in times.items():
-                _quantiles(fam, labels, getattr(lm, f"{field}_ms"))
+                fam.add(labels, getattr(lm, f"{field}_ms"))
         yield from (up, *counters.values(), *times.values())
 
 

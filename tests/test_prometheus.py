@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
+from urllib.request import urlopen
 
 import pytest
 
 from agent.exporter import EdgevaCollector
+from control.broker import free_port
 from control.client import EdgevaClient
 from control.testing import Commander, scrape
 from schemas.metrics import (
@@ -163,6 +167,81 @@ def test_scrape_has_link_times_of_an_app_spanning_two_agents(edgeva_agent_factor
     fb = scrape_until(b.metrics_url, lambda f: bool(samples(f, "edgeva_app_hop_seconds", kind="link", **split)))
     hops = {s.labels["hop"]: s.labels["hop_device"] for s in samples(fb, "edgeva_app_hop_seconds", **split)}
     assert hops.get(f"{a.device}->{b.device}") == b.device and hops.get("dec") == a.device, hops
+
+
+def _tool(name: str) -> str:
+    """prometheus / promtool: beside this Python (make setup puts them in .venv/bin) or on PATH."""
+    here = Path(sys.executable).parent / name
+    path = str(here) if here.exists() else shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is missing: run `make setup` (tools/install-prometheus.sh .venv/bin)", pytrace=False)
+    return path
+
+
+def _promql(base: str, expr: str) -> list:
+    with urlopen(f"{base}/api/v1/query?{urlencode({'query': expr})}", timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_the_agent_and_answers_the_dashboard(edgeva, tmp_path):
+    """A real Prometheus (Debian's 2.42) scrapes ``--metrics-port`` every second; promtool lints
+    the page against the naming conventions; every query of the Grafana dashboard is valid
+    PromQL and, for a running single-device app, the app and module panels have data."""
+    url = edgeva.agent.metrics_url
+    edgeva.deploy(app("cam"))
+    edgeva.wait_events("cam", n=3)
+    page = scrape_until(url, lambda f: bool(samples(f, "edgeva_app_latency_seconds", app="cam")))
+    assert page["edgeva_app_latency_seconds"].type == "summary"
+    with urlopen(url, timeout=5) as resp:
+        text = resp.read()
+    lint = subprocess.run([_tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: edgeva\n    static_configs: [{{targets: ['127.0.0.1:{edgeva.agent.metrics_port}']}}]\n")
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed in the finally
+    prom = subprocess.Popen([_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # two scrapes of a moving counter: rate() has something to say
+            try:
+                moving = _promql(base, 'rate(edgeva_app_frames_total{app="cam"}[10s]) > 0')
+            except OSError:
+                moving = []
+            if moving:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        assert moving[0]["metric"]["device"] == edgeva.device and moving[0]["metric"]["tenant"] == "default"
+        up = _promql(base, 'up{job="edgeva"}')
+        assert up and up[0]["value"][1] == "1"
+
+        dash = json.loads((Path(__file__).resolve().parent.parent / "control/grafana/edgeva.json").read_text())
+        subst = {"$device": ".*", "$tenant": ".*", "$app": ".*", "$__rate_interval": "10s", "$__range": "1m"}
+        empty = []
+        for panel in dash["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                for k, v in subst.items():
+                    expr = expr.replace(k, v)
+                result = _promql(base, expr)  # valid PromQL, or the assertion names it
+                # links need two devices, lag needs 10 s of history: the rest must show this app
+                if not result and "edgeva_link_" not in expr and "lag_ratio" not in expr:
+                    empty.append((panel["title"], expr))
+        assert not empty, f"dashboard panels without data for a running app: {empty}"
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        log.close()
 
 
 def test_metrics_port_in_use_or_out_of_range_is_refused():
