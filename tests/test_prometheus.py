@@ -113,6 +113,9 @@ def test_scrape_has_per_app_module_series_that_move(edgeva, edgeva_broker):
     assert value(second, "edgeva_app_lagging", **app_labels) == 0
     assert value(second, "edgeva_app_up", **app_labels) == 1
     assert value(second, "edgeva_app_up", device=dev, tenant="acme", app="acme-cam") == 1
+    print(f"scrapes 1.5 s apart: frames_total {f1:g} -> {f2:g}, fps "
+          f"{value(second, 'edgeva_app_frames_per_second', **app_labels):.1f}, latency p50 "
+          f"{value(second, 'edgeva_app_latency_seconds', quantile='0.5', **app_labels) * 1e3:.2f} ms")
 
     # which module instances each app uses; the shared decoder is one series, not one per app
     used = {s.labels["module"] for s in samples(second, "edgeva_app_module_info", **app_labels)}
