@@ -247,7 +247,7 @@ def test_real_prometheus_scrapes_the_agent_and_answers_the_dashboard(edgeva, tmp
         log.close()
 
 
-def test_metrics_port_in_use_or_out_of_range_is_refused():
+def test_metrics_port_in_use_or_out_of_range_is_refused(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -255,7 +255,7 @@ def test_metrics_port_in_use_or_out_of_range_is_refused():
         for bad, says in ((str(port), f"--metrics-port {port} on 127.0.0.1"), ("70000", "0..65535")):
             run = subprocess.run(
                 [sys.executable, "-m", "control.cli", "agent", "--device", "d1", "--broker", "mqtt://127.0.0.1:1",
-                 "--state-dir", "/nonexistent-edgeva-test", "--metrics-port", bad],
+                 "--state-dir", str(tmp_path / "state"), "--metrics-port", bad],
                 capture_output=True, text=True, timeout=60)
             assert run.returncode == 2, run.stderr
             assert says in run.stderr
