@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 from urllib.request import urlopen
@@ -254,11 +255,13 @@ def test_metrics_port_in_use_or_out_of_range_is_refused(tmp_path):
         port = busy.getsockname()[1]
         for bad, says in ((str(port), f"--metrics-port {port} on 127.0.0.1"), ("70000", "0..65535")):
             run = subprocess.run(
-                [sys.executable, "-m", "control.cli", "agent", "--device", "d1", "--broker", "mqtt://127.0.0.1:1",
+                [sys.executable, "-m", "control.cli", "agent", "--device", f"port-{uuid.uuid4().hex[:8]}",
+                 "--broker", "mqtt://127.0.0.1:1",
                  "--state-dir", str(tmp_path / "state"), "--metrics-port", bad],
                 capture_output=True, text=True, timeout=60)
             assert run.returncode == 2, run.stderr
             assert says in run.stderr
+            assert not (tmp_path / "state").exists()  # refused before the agent touched anything
 
 
 def _device(links: dict | None = None, **mods: ModuleMetrics) -> DeviceMetrics:

@@ -33,6 +33,20 @@ def _run(args: argparse.Namespace) -> int:
         tls = LinkTLS(*tls_files) if all(tls_files) else None
         peers = {"bind": args.data_bind, "advertise": args.data_advertise, "tls": tls,
                  "tls_check_name": args.link_tls_check_name, "max_message_size": int(args.link_max_mb * (1 << 20))}
+    # The metrics port first: a bad one stops the agent before it touches anything (shared
+    # memory of a previous run, the broker).
+    exporter = None
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port}: a TCP port is 0..65535")
+        from agent.exporter import MetricsServer
+
+        try:
+            exporter = MetricsServer(args.metrics_port, args.metrics_host).start()
+        except OSError as e:
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port} on {args.metrics_host}: {e}")
+        logging.getLogger("edgeva.agent").info(
+            "Prometheus metrics on http://%s:%d/metrics", args.metrics_host, exporter.port)
     try:
         bridge = AgentBridge(
             {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
@@ -42,23 +56,12 @@ def _run(args: argparse.Namespace) -> int:
             part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
         )
     except ValueError as e:
+        if exporter is not None:
+            exporter.stop()
         return fail(2, f"edgeva agent: {e}")
-    exporter = None
-    if args.metrics_port is not None:
-        from agent.exporter import MetricsServer
-
-        if not 0 <= args.metrics_port <= 65535:
-            bridge.core.close()
-            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port}: a TCP port is 0..65535")
-        try:
-            exporter = MetricsServer(args.metrics_port, args.metrics_host).start()
-        except OSError as e:  # before the broker: a bad port must not leave a half-started agent
-            bridge.core.close()
-            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port} on {args.metrics_host}: {e}")
+    if exporter is not None:
         collector, core = exporter.collector, bridge.core
         bridge.metrics_sinks.append(lambda dm, tenants: collector.update(dm, tenants, core.device_state()))
-        logging.getLogger("edgeva.agent").info(
-            "Prometheus metrics on http://%s:%d/metrics", args.metrics_host, exporter.port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
