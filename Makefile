@@ -7,14 +7,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
+PROMETHEUS := $(BIN)/promtool
 SECONDS ?= 60
+# An example third-party module package; its tests use only the pytest plugin's fixtures.
+EXAMPLE := examples/edgeva-brightness
 
 .PHONY: demo test lint bench setup system clean schemas
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[ml,test]'
+	$(BIN)/pip install -q --no-deps -e $(EXAMPLE)
 	touch $(STAMP)
 
 # The test inference server (MLServer) lives in a venv of its own: it pins its own pydantic.
@@ -22,7 +26,11 @@ $(MLSERVER): tools/make-mlserver-venv.sh
 	PYTHON=$(PY) tools/make-mlserver-venv.sh
 	touch $(MLSERVER)
 
-setup: system $(STAMP)
+# Prometheus + promtool (Debian's package, unpacked into the venv) for tests/test_prometheus.py.
+$(PROMETHEUS): tools/install-prometheus.sh | $(STAMP)
+	tools/install-prometheus.sh $(BIN)
+
+setup: system $(STAMP) $(PROMETHEUS)
 
 system:
 	@tools/install-system-packages.sh
@@ -32,6 +40,7 @@ demo: setup
 
 test: setup $(MLSERVER)
 	$(BIN)/python -m pytest -q
+	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 # The committed JSON Schemas and module reference, regenerated from the code (tests check them).
 schemas: $(STAMP)

@@ -33,6 +33,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -59,7 +60,7 @@ from schemas.commands import (
 from schemas.deployment import Deployment, PartOf
 from schemas.errors import INTERNAL, SETUP_FAILED, TIMEOUT, UNKNOWN_DEVICE, EdgevaError
 from schemas.graph import validate_graph
-from schemas.metrics import HopMetrics
+from schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
 from schemas.topics import (
     cmd_subscription,
     cmd_topic,
@@ -154,6 +155,9 @@ class AgentBridge:
         self._pending: dict[str, list] = {}  # request id of a command to a peer -> [event, reply]
         self._reply_subs: set[str] = set()
         self._graphs: dict[str, tuple[Deployment, Any]] = {}
+        #: called with (DeviceMetrics, {tenant: TenantMetrics}) after each metrics tick's publish
+        #: (the Prometheus exporter feeds on them: see agent.exporter)
+        self.metrics_sinks: list[Callable[[DeviceMetrics, dict[str, TenantMetrics]], None]] = []
 
     # -- connection --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -575,9 +579,12 @@ class AgentBridge:
         dm.events_waiting, dm.events_dropped_offline = len(self.outbox), self.outbox.dropped
         self.fleet.put_metrics(dm)
         self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)
+        per_tenant = {}
         for tenant in self.core.tenants():
-            m = self.core.tenant_metrics(tenant, mods=mods)
+            m = per_tenant[tenant] = self.core.tenant_metrics(tenant, mods=mods)
             self.client.publish(tenant_metrics_topic(self.device, tenant), m.model_dump_json(), qos=0)
+        for sink in self.metrics_sinks:
+            sink(dm, per_tenant)
 
     def stop(self) -> None:
         """Stop modules (the desired state keeps the apps for the next start), say offline."""

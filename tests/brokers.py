@@ -7,7 +7,8 @@ tests keep apart by device id):
 - ``mosquitto_auth``: mosquitto with a password file and the tenant ACL of docs/protocol.md;
   ``.users`` maps user -> password: ``agent`` (may do anything under edgeva/v1), tenants
   ``acme`` and ``globex`` (their own cmd/reply/events/metrics topics only).
-- ``amqtt_broker``: the embedded broker (``control.broker.EmbeddedBroker``, MQTT 3.1.1).
+- ``amqtt_broker``: the embedded broker (``control.broker.EmbeddedBroker``, MQTT 3.1.1): the
+  pytest plugin's ``edgeva_broker`` (control/pytest_plugin.py) under the name tests use.
 - ``mqtt_broker``: parametrised over ``mosquitto`` and ``amqtt_broker``: a test using it runs
   once per broker.
 
@@ -22,12 +23,12 @@ import pwd
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from control.broker import EmbeddedBroker, free_port, wait_port
+from control.broker import free_port, wait_port
+from control.testing import Broker
 
 __all__ = ["Broker", "amqtt_broker", "mosquitto", "mosquitto_auth", "mqtt_broker"]
 
@@ -46,21 +47,6 @@ pattern read edgeva/v1/+/%u/metrics
 user agent
 topic readwrite edgeva/v1/#
 """
-
-
-@dataclass
-class Broker:
-    """A running broker, as the tests see it."""
-
-    host: str
-    port: int
-    kind: str
-    v5: bool
-    users: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
 
 
 def _mosquitto_path() -> str:
@@ -129,13 +115,9 @@ def mosquitto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]
 
 
 @pytest.fixture(scope="session")
-def amqtt_broker() -> Iterator[Broker]:
-    """The embedded amqtt broker: MQTT 3.1.1 only, anonymous."""
-    broker = EmbeddedBroker(port=0).start()
-    try:
-        yield Broker(broker.host, broker.port, "amqtt", False)
-    finally:
-        broker.stop()
+def amqtt_broker(edgeva_broker: Broker) -> Broker:
+    """The embedded amqtt broker: MQTT 3.1.1 only, anonymous (the plugin's ``edgeva_broker``)."""
+    return edgeva_broker
 
 
 @pytest.fixture(params=["mosquitto", "amqtt_broker"])

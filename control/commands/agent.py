@@ -33,6 +33,20 @@ def _run(args: argparse.Namespace) -> int:
         tls = LinkTLS(*tls_files) if all(tls_files) else None
         peers = {"bind": args.data_bind, "advertise": args.data_advertise, "tls": tls,
                  "tls_check_name": args.link_tls_check_name, "max_message_size": int(args.link_max_mb * (1 << 20))}
+    # The metrics port first: a bad one stops the agent before it touches anything (shared
+    # memory of a previous run, the broker).
+    exporter = None
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port}: a TCP port is 0..65535")
+        from agent.exporter import MetricsServer
+
+        try:
+            exporter = MetricsServer(args.metrics_port, args.metrics_host).start()
+        except OSError as e:
+            return fail(2, f"edgeva agent: --metrics-port {args.metrics_port} on {args.metrics_host}: {e}")
+        logging.getLogger("edgeva.agent").info(
+            "Prometheus metrics on http://%s:%d/metrics", args.metrics_host, exporter.port)
     try:
         bridge = AgentBridge(
             {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
@@ -42,7 +56,12 @@ def _run(args: argparse.Namespace) -> int:
             part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
         )
     except ValueError as e:
+        if exporter is not None:
+            exporter.stop()
         return fail(2, f"edgeva agent: {e}")
+    if exporter is not None:
+        collector, core = exporter.collector, bridge.core
+        bridge.metrics_sinks.append(lambda dm, tenants: collector.update(dm, tenants, core.device_state()))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -50,11 +69,15 @@ def _run(args: argparse.Namespace) -> int:
         bridge.start()
     except MqttError as e:
         bridge.core.close()
+        if exporter is not None:
+            exporter.stop()
         return fail(EXIT_UNREACHABLE, f"edgeva agent: {e}")
     bridge.restore()
     logging.getLogger("edgeva.agent").info("device %s ready; desired state in %s", args.device, state_dir)
     done.wait()
     bridge.stop()
+    if exporter is not None:
+        exporter.stop()
     return 0
 
 
@@ -74,6 +97,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto", help="MQTT version (default: auto)")
     p.add_argument("--metrics-interval", type=float, default=2.0, metavar="S", help="seconds between metrics (default: 2)")
     p.add_argument("--event-rate", type=float, default=100.0, metavar="N", help="events per second per app at most (default: 100)")
+    p.add_argument("--metrics-port", type=int, metavar="N",
+                   help="serve Prometheus metrics at http://HOST:N/metrics (0: a free port; see docs/prometheus.md)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address for --metrics-port; 0.0.0.0 lets a Prometheus on another host scrape "
+                        "(the page shows every tenant's apps) (default: %(default)s)")
     p.add_argument("--slots", type=int, default=8, help="slots per ring (default: 8)")
     g = p.add_argument_group(
         "links to other agents (apps spanning devices)",

@@ -1,0 +1,1 @@
+"""An example third-party edgeva module type (``brightness``), packaged on its own."""
