@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control.processes import join_or_kill, tell_all
+
 APP = "fleetapp"
 STATUS_TARGET_MS, DEPLOY_TARGET_MS = 2000.0, 10000.0
 
@@ -207,22 +209,16 @@ def run_size(n: int, workers: int, idle_s: float, metrics_period: float, say: Ca
             say(f"  deploy to {len(half)}: {ok} ok in {d['replies_ms']:.0f} ms, first event from every app "
                 f"after {d['first_events_ms'] or float('nan'):.0f} ms; removed in {d['remove_ms']:.0f} ms")
         finally:
-            for c in conns:
-                try:
-                    c.send("stop")
-                except OSError:
-                    pass
+            tell_all(conns, "stop")
             rss = []
-            for c, p in zip(conns, procs, strict=True):
+            for c in conns:
                 if c.poll(40):
                     kind, detail = c.recv()
                     if kind == "error" and c.poll(40):
                         kind, detail = c.recv()
                     if kind == "down":
                         rss.append(detail)
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
+            join_or_kill(procs)
             out["worker_rss_mb"] = [round(r, 1) for r in rss]
             out["rss_mb_per_agent"] = round(sum(rss) / n, 2) if rss else None
             fleet.close()

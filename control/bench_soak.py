@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control.bench_paper.stats import slope_ms_per_s
+
 DEVICE = "soak"
 FLAT_PCT = 5.0
 
@@ -116,16 +118,6 @@ class _Metrics:
         m.close(self.client)
 
 
-def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (seconds, value) in value per minute."""
-    if len(points) < 3:
-        return None
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else None
-
-
 def _growth_pct(series: list[tuple[float, float]], start_s: float) -> float | None:
     """Median of the last minute against the median of the minute from ``start_s``, in %."""
     end = series[-1][0] if series else 0
@@ -151,7 +143,7 @@ def _summarize(samples: list[dict], kills: list[dict], outages: list[dict], fina
         pts = [(s["t"], s["apps"][app]["p95"]) for s in samples
                if app in s["apps"] and s["apps"][app].get("p95") is not None and s["t"] >= start]
         lat[app] = {"p95_median_ms": round(statistics.median([p[1] for p in pts]), 1) if pts else None,
-                    "p95_slope_ms_per_min": round(v, 2) if (v := _slope_per_min(pts)) is not None else None}
+                    "p95_slope_ms_per_min": round(60 * v, 2) if (v := slope_ms_per_s(pts)) is not None else None}
     restarts = {n: m.get("restarts", 0) for n, m in final_state.get("modules", {}).items()}
     failed = [n for n, m in final_state.get("modules", {}).items() if m.get("status") == "failed"]
     judged = {n: g for n, g in rss_growth.items() if n not in killed_late and g is not None}

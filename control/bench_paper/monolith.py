@@ -16,6 +16,7 @@ from typing import Any
 
 from control.bench_paper.apps import SINK
 from control.bench_paper.inproc import build_module, produce, run_graph, topo
+from control.processes import join_or_kill
 
 QUEUE = 30  # frames: 3 s at 10 fps, then drops
 
@@ -97,10 +98,7 @@ def run_processes(target: Any, jobs: list[tuple], timeout: float) -> list[dict]:
     except (EOFError, RuntimeError) as exc:
         results = [{"error": str(exc)}]
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        join_or_kill(procs)
     return results
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from agent.dataplane.codec import decode, encode
 from control.bench_paper.apps import SINK
 from control.bench_paper.inproc import build_module, outputs, produce, topo
+from control.processes import join_or_kill, tell_all
 
 
 def merge(deps: list[dict]) -> tuple[dict, dict[str, list[str]]]:
@@ -210,15 +211,8 @@ def run_videopipe(deps: list[dict], seconds: float, placement: dict[str, list[in
             raise RuntimeError("the source runtime did not finish")
         res = parent.recv()[1]
     finally:
-        for c in conns:
-            try:
-                c.send("stop")
-            except OSError:
-                pass
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        tell_all(conns, "stop")
+        join_or_kill(procs)
     apps: dict[str, list] = {d["app"]: [] for d in deps}
     for app, t, lat in res["series"]:
         apps[app].append((t, lat))
