@@ -74,7 +74,7 @@ def _gaps(events: list, path: tuple[str, ...]) -> dict[str, float]:
     """Median gap between one module's t_out and the next one's t_in, per hop of ``path``."""
     gaps: dict[str, list[float]] = {}
     for _t, _lat, hops in events:
-        at = {h[0]: h for h in hops or []}
+        at = {h[0].rsplit("-", 1)[0]: h for h in hops or []}  # instance "tracker-1a2b..." -> "tracker"
         for a, b in zip(path, path[1:], strict=False):
             if a in at and b in at:
                 gaps.setdefault(f"{a}->{b}", []).append((at[b][1] - at[a][2]) / 1e6)
