@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection, wait
 import msgpack
 from pydantic import ValidationError
 
+from agent.jsonsafe import UnsafeValue, json_safe
 from schemas import runner as R
 
 log = logging.getLogger("edgeva.supervisor")
@@ -59,6 +60,7 @@ class Instance:
     last_metrics: R.MetricsMsg | None = None
     proc_history: deque = field(default_factory=lambda: deque(maxlen=3600))  # [p50, p95] per report
     stopping: bool = False
+    bad_messages: int = 0  # pipe messages refused (invalid, or an event with no JSON form)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,7 @@ class Supervisor:
         self._lock = threading.RLock()
         self._wake_r, self._wake_w = self.ctx.Pipe(duplex=False)
         self._closed = False
+        self.callback_errors = 0  # exceptions the agent's callbacks raised (logged, survived)
         self._thread = threading.Thread(target=self._read_loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -172,23 +175,32 @@ class Supervisor:
             pass
 
     def _read_loop(self) -> None:
+        # The one thread that sees every module: readiness, restarts and metrics all stop if
+        # it dies, so nothing a module sends (or a callback raises) may end it.
         while not self._closed:
-            with self._lock:
-                watch: dict = {self._wake_r: None}
-                for inst in self.instances.values():
-                    if inst.conn is not None and not inst.conn.closed:
-                        watch[inst.conn] = inst
-                    if inst.proc is not None and inst.status not in ("failed", "ended"):
-                        watch[inst.proc.sentinel] = inst
-            for ready in wait(list(watch), timeout=1.0):
-                if ready is self._wake_r:
-                    self._wake_r.recv_bytes()
-                    continue
-                inst = watch[ready]
-                if isinstance(ready, Connection):
-                    self._drain(inst, ready)
-                else:
-                    self._exited(inst)
+            try:
+                self._read_once()
+            except Exception:
+                log.exception("supervisor: reader survived an unexpected error")
+                time.sleep(0.1)  # not a hot loop if the error repeats
+
+    def _read_once(self) -> None:
+        with self._lock:
+            watch: dict = {self._wake_r: None}
+            for inst in self.instances.values():
+                if inst.conn is not None and not inst.conn.closed:
+                    watch[inst.conn] = inst
+                if inst.proc is not None and inst.status not in ("failed", "ended"):
+                    watch[inst.proc.sentinel] = inst
+        for ready in wait(list(watch), timeout=1.0):
+            if ready is self._wake_r:
+                self._wake_r.recv_bytes()
+                continue
+            inst = watch[ready]
+            if isinstance(ready, Connection):
+                self._drain(inst, ready)
+            else:
+                self._exited(inst)
 
     def _drain(self, inst: Instance, conn: Connection) -> None:
         try:
@@ -196,10 +208,19 @@ class Supervisor:
                 raw = conn.recv_bytes()
                 try:
                     msg = R.FROM_RUNNER.validate_python(msgpack.unpackb(raw, raw=False))
-                except (ValidationError, ValueError) as e:
-                    log.warning("module %s sent an invalid message: %s", inst.name, e)
+                    if isinstance(msg, R.EventMsg):
+                        msg.event = json_safe(msg.event)
+                except (ValidationError, ValueError, TypeError, UnsafeValue) as e:
+                    inst.bad_messages += 1
+                    if inst.bad_messages == 1 or inst.bad_messages % 1000 == 0:  # not per message
+                        log.warning("module %s sent an invalid message (%d so far): %s",
+                                    inst.name, inst.bad_messages, str(e)[:300])
                     continue
-                self._handle(inst, msg)
+                try:
+                    self._handle(inst, msg)
+                except Exception:
+                    self.callback_errors += 1
+                    log.exception("module %s: handling its %s message failed", inst.name, msg.op)
         except (EOFError, OSError):
             conn.close()
 
@@ -226,6 +247,14 @@ class Supervisor:
             inst.status = "ended"
             self.on_change(inst)
 
+    def _changed(self, inst: Instance) -> None:
+        # A failing callback must not leave a restart half done (status set, process not spawned).
+        try:
+            self.on_change(inst)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("module %s: status callback failed", inst.name)
+
     def _exited(self, inst: Instance) -> None:
         proc = inst.proc
         proc.join(0)
@@ -236,14 +265,14 @@ class Supervisor:
         code = proc.exitcode
         if inst.status == "ended" or (code == 0 and inst.status == "running"):
             inst.status = "ended"
-            self.on_change(inst)
+            self._changed(inst)
             return
         if inst.status == "starting":
             # Died before ready: a setup failure is not worth retrying automatically.
             inst.status = "failed"
             inst.error = inst.error or f"exited with code {code} during setup"
             inst.ready.set()
-            self.on_change(inst)
+            self._changed(inst)
             return
         now = time.monotonic()
         recent = [t for t in inst.restart_times if now - t < RESTART_WINDOW_S]
@@ -251,13 +280,13 @@ class Supervisor:
             inst.status = "failed"
             inst.error = f"crashed {MAX_RESTARTS} times in {RESTART_WINDOW_S:.0f}s (last exit code {code}); not restarted"
             log.error("module %s: %s", inst.name, inst.error)
-            self.on_change(inst)
+            self._changed(inst)
             return
         inst.restart_times.append(now)
         inst.restarts += 1
         inst.status = "restarting"
         log.warning("module %s exited with code %s; restart %d", inst.name, code, inst.restarts)
-        self.on_change(inst)
+        self._changed(inst)
         with self._lock:
             if self.instances.get(inst.name) is inst:
                 if inst.conn is not None:
