@@ -98,7 +98,7 @@ class Deployment(BaseModel):
 
 
 _META_KEYS = ("request_id", "app")
-_RUNTIME_KEYS = frozenset({"outputs", "device", "policy"})
+_RUNTIME_KEYS = frozenset({"outputs", "device", "policy", "hang_timeout"})
 
 
 def _listing1_module(name: str, body: Any) -> dict[str, Any]:

@@ -9,12 +9,16 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import defaultdict
+
+import pytest
 
 from agent.dataplane.segment import segment_name
 from agent.heartbeat import FIRST_CALL_GRACE_S, PROCESS, Heartbeat
 from agent.supervisor import Supervisor
 from schemas import runner as R
+from tests.agent_harness import AgentProc, Commander, Watcher
 
 HANG_S = 2.0
 
@@ -111,3 +115,65 @@ def test_heartbeat_gives_a_first_call_grace_and_names_the_frame() -> None:
     now = hb.w[0]
     assert hb.stuck(2.0, now_ns=now + int(1.9e9)) is None
     assert hb.stuck(2.0, now_ns=now + int(2.1e9))["frame_id"] == 43
+
+
+@pytest.mark.slow
+def test_agent_replaces_a_sigstopped_module_and_says_hung_over_mqtt(mosquitto, tmp_path) -> None:
+    """The same through a real agent and mosquitto: the deployment sets ``hang_timeout``, the
+    app's events topic gets ``module_hung``, status shows the new pid, the other app keeps its
+    frame rate and no other module restarts."""
+    device = f"wd-{uuid.uuid4().hex[:6]}"
+    w = Watcher(mosquitto.url)
+    agent = AgentProc(mosquitto.url, device, tmp_path / "agent", w)
+    cmd = Commander(w, device)
+    try:
+        dec = {"type": "decoder", "args": {"source": "synthetic", "fps": 10, "width": 64, "height": 48}}
+        zone = {"polygons": {"z": [[0, 0], [10, 0], [10, 10]]}}
+        r1 = cmd.send("deploy", {"app": "slowpoke", "modules": {
+            "dec": {**dec, "outputs": ["roi"]},
+            "roi": {"type": "roi", "args": zone, "outputs": ["pub"], "hang_timeout": HANG_S},
+            "pub": {"type": "publish"}}})
+        assert r1["ok"], r1
+        dec_b = {**dec, "args": {**dec["args"], "width": 96}}  # not shared with slowpoke
+        r2 = cmd.send("deploy", {"app": "steady", "modules": {"dec": {**dec_b, "outputs": ["pub"]},
+                                                              "pub": {"type": "publish"}}})
+        assert r2["ok"], r2
+        ev_a, ev_b = (f"edgeva/v1/{device}/default/events/{a}" for a in ("slowpoke", "steady"))
+        arrivals: dict[str, list[float]] = defaultdict(list)
+        w.client.message_callback_add(ev_b, lambda *_: arrivals["steady"].append(time.monotonic()))
+        w.wait(ev_a, lambda ms: len(ms) >= 20, timeout=30)
+        time.sleep(2.0)
+        pids = {a: {m: v["pid"] for m, v in r["result"]["modules"].items()} for a, r in (("slowpoke", r1), ("steady", r2))}
+        old = pids["slowpoke"]["roi"]
+        t_stop = time.monotonic()
+        os.kill(old, signal.SIGSTOP)
+        try:
+            hung = w.wait(ev_a, lambda ms: any(m.get("event") == "module_hung" for m in ms), timeout=HANG_S + 5)
+            ev = next(m for m in hung if m.get("event") == "module_hung")
+            assert ev["restarted"] is True and ev["where"] in ("process", "runner") and ev["stuck_s"] > HANG_S
+            while time.monotonic() < t_stop + HANG_S + 2.0:
+                s = cmd.send("status", {})["result"]["apps"]["slowpoke"]["modules"]["roi"]
+                if s["pid"] != old and s["status"] == "running":
+                    break
+                time.sleep(0.1)
+            t_back = time.monotonic()
+            assert s["pid"] != old and s["status"] == "running", s
+            assert t_back - t_stop <= HANG_S + 2.0 + 0.5, t_back - t_stop  # + one status round trip
+        finally:
+            try:
+                os.kill(old, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        n = len(w.get(ev_a))
+        w.wait(ev_a, lambda ms: len(ms) >= n + 5, timeout=15)  # pub re-attached to the new roi
+        st = cmd.send("status", {})["result"]["apps"]
+        for a, mods in pids.items():
+            for m, pid in mods.items():
+                if (a, m) != ("slowpoke", "roi"):
+                    assert st[a]["modules"][m]["pid"] == pid, (a, m)  # the rest never restarted
+        before = sum(t_stop - 2 <= t < t_stop for t in arrivals["steady"]) / 2
+        during = sum(t_stop <= t < t_back for t in arrivals["steady"]) / (t_back - t_stop)
+        assert during >= 0.7 * before, (before, during)
+    finally:
+        agent.stop()
+        w.close()
