@@ -204,7 +204,7 @@ def _check_header(h: object) -> None:
         raise CodecError(f"header: arrays must be a list, got {type(arrays).__name__}")
 
 
-def _check_array(d: object, alen: int, end: int, names: set) -> tuple[str, np.dtype, tuple, int, int]:
+def _check_array(d: object, alen: int, end: int, names: dict) -> tuple[str, np.dtype, tuple, int, int]:
     """One ``[name, dtype, shape, offset]``: returns name, dtype, shape, element count and the
     byte end. ``end``: where the previous array ended (arrays are laid out in order)."""
     if type(d) is not list or len(d) != 4:
@@ -258,24 +258,24 @@ def decode(buf: memoryview | bytes, *, readonly: bool = True, cache: dict | None
     except Exception as e:  # msgpack raises many kinds (ValueError, StackError, ExtraData...)
         raise CodecError(f"malformed header: {type(e).__name__}: {e}") from None
     _check_header(h)
-    arrays = {}
-    names: set = set()
+    arrays: dict = {}
     end = 0
     for d in h["arrays"]:
-        if (cache is not None and type(d) is list and len(d) == 4 and type(d[2]) is list
-                and _int(d[3]) and all(type(s) is int for s in d[2])):
-            try:
-                key = (d[1], tuple(d[2]), d[3])
-                a = cache.get(key)
-            except TypeError:  # an unhashable part: not cached, so checked below
-                a = None
-            if a is not None and type(d[0]) is str and d[0] not in names and d[3] >= end:
-                names.add(d[0])
-                arrays[d[0]] = a
-                end = d[3] + a.nbytes
-                continue
-        name, dt, shape, count, stop = _check_array(d, alen, end, names)
-        names.add(name)
+        # A ring slot's layout repeats: a cached view stands for a layout checked before. Only
+        # exact types may hit (3.0 == 3 and True == 1 would match a key too).
+        if cache is not None and type(d) is list and len(d) == 4:
+            name, dts, shape, off = d
+            if type(name) is str and type(dts) is str and type(shape) is list and type(off) is int:
+                for s in shape:
+                    if type(s) is not int:
+                        break
+                else:
+                    a = cache.get((dts, tuple(shape), off))
+                    if a is not None and name not in arrays and off >= end:
+                        arrays[name] = a
+                        end = off + a.nbytes
+                        continue
+        name, dt, shape, count, stop = _check_array(d, alen, end, arrays)
         end = stop
         a = np.frombuffer(mv, dtype=dt, count=count, offset=ARRAYS_OFFSET + d[3]).reshape(shape)
         if readonly and a.flags.writeable:
