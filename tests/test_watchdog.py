@@ -83,6 +83,8 @@ def test_sigstopped_module_is_killed_and_replaced_within_its_deadline_others_kee
             assert roi.status == "running" and roi.pid != old_pid, (roi.status, roi.error)
             assert t_back <= deadline, f"replaced {t_back - t_stop:.2f} s after SIGSTOP (deadline {HANG_S} s + 2 s)"
             assert roi.restarts == 1 and "hung" in (roi.error or "hung")
+            print(f"hung event {t_hung - t_stop:.2f} s, replaced {t_back - t_stop:.2f} s after SIGSTOP "
+                  f"(deadline {HANG_S} s)")
         finally:
             try:
                 os.kill(old_pid, signal.SIGCONT)
@@ -159,6 +161,7 @@ def test_agent_replaces_a_sigstopped_module_and_says_hung_over_mqtt(mosquitto, t
             t_back = time.monotonic()
             assert s["pid"] != old and s["status"] == "running", s
             assert t_back - t_stop <= HANG_S + 2.0 + 0.5, t_back - t_stop  # + one status round trip
+            print(f"agent: replaced {t_back - t_stop:.2f} s after SIGSTOP (deadline {HANG_S} s)")
         finally:
             try:
                 os.kill(old, signal.SIGCONT)
