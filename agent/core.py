@@ -344,6 +344,7 @@ class AgentCore:
             metrics_interval=self.metrics_interval,
             log_level=logging.getLevelName(logging.getLogger().level),
             hold=self.registry[spec.type].is_source,
+            **({"hang_timeout": spec.hang_timeout} if spec.hang_timeout is not None else {}),
         )
 
     def _tell_apps(self, instances: set[str]) -> None:

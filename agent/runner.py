@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from agent.dataplane.codec import CodecError
 from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer, producer_pid
 from agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
+from agent.heartbeat import PACE, PROCESS, PRODUCE, Heartbeat
 from modules.base import NO_FRAME, Module, ModuleContext
 from modules.registry import module_class
 from schemas import runner as R
@@ -228,8 +229,9 @@ class _Merged:
 class Runner:
     """Hosts one module instance."""
 
-    def __init__(self, spec: R.RunnerSpec, chan: _Channel) -> None:
+    def __init__(self, spec: R.RunnerSpec, chan: _Channel, heartbeat: Heartbeat | None = None) -> None:
         self.spec = spec
+        self.hb = heartbeat or Heartbeat()  # the supervisor's watchdog reads it
         self.chan = chan
         self.stopping = False
         self.stats = _Stats()
@@ -305,19 +307,24 @@ class Runner:
         while not self.stopping and (self.held or not prod.consumers):
             time.sleep(0.01)
             self._housekeeping()
+        hb = self.hb
         while not self.stopping:
+            hb.enter(PACE)
             self.module.pace()
+            hb.leave()
             try:
                 w = prod.reserve(timeout=0.2)
             except RingFull:
                 self._housekeeping()
                 continue
             t_in = time.time_ns()
+            hb.enter(PRODUCE)
             try:
                 msg = self.module.produce(w.alloc)
             except BaseException:
                 prod.abort()
                 raise
+            hb.leave()
             if msg is None:
                 prod.abort()
                 self.ended = True
@@ -350,7 +357,9 @@ class Runner:
                 continue
             self.stats.frames_in += len(msgs)
             t_in = time.time_ns()
+            self.hb.enter(PROCESS, msgs[0].frame_id)
             results = self.module.process_batch(msgs) if most > 1 else (self.module.process(msgs[0]),)
+            self.hb.leave()
             t_out = time.time_ns()
             for out in results:
                 for o in (() if out is None else (out,) if isinstance(out, Message) else out):
@@ -383,6 +392,7 @@ class Runner:
     # -- control -------------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        self.hb.beat()
         self.next_control = now + CONTROL_EVERY_S
         if now >= self.next_report:
             self._report()
@@ -426,14 +436,15 @@ class Runner:
             self.prod.close(eof=self.ended)
 
 
-def run_module(spec_json: str, conn: Connection) -> None:
-    """Process entry point (the supervisor's target)."""
+def run_module(spec_json: str, conn: Connection, heartbeat=None) -> None:
+    """Process entry point (the supervisor's target); ``heartbeat``: the shared words of an
+    ``agent.heartbeat.Heartbeat`` the supervisor watches."""
     _die_with_parent()
     spec = R.RunnerSpec.model_validate_json(spec_json)
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s {spec.name}: %(message)s")
     chan = _Channel(conn)
     try:
-        runner = Runner(spec, chan)
+        runner = Runner(spec, chan, Heartbeat(heartbeat) if heartbeat is not None else None)
     except (ValidationError, KeyError, ImportError) as e:
         chan.send(R.FailedMsg(stage="setup", message=f"{type(e).__name__}: {e}"))
         raise SystemExit(3) from None

@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection, wait
 import msgpack
 from pydantic import ValidationError
 
+from agent.heartbeat import Heartbeat
+from agent.jsonsafe import UnsafeValue, json_safe
 from schemas import runner as R
 
 log = logging.getLogger("edgeva.supervisor")
@@ -27,6 +29,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+WATCH_EVERY_S = 0.25  # watchdog period: detection lands within deadline + this (+ kill, restart)
 
 
 def _context() -> mp.context.BaseContext:
@@ -68,6 +71,9 @@ class Instance:
     last_metrics: R.MetricsMsg | None = None
     proc_history: deque = field(default_factory=lambda: deque(maxlen=3600))  # [p50, p95] per report
     stopping: bool = False
+    bad_messages: int = 0  # pipe messages refused (invalid, or an event with no JSON form)
+    heartbeat: Heartbeat | None = None  # written by its runner, read by the watchdog
+    hung: dict | None = None  # where the watchdog found it stuck (until it is restarted)
 
     @property
     def name(self) -> str:
@@ -94,6 +100,8 @@ class Supervisor:
         self._lock = threading.RLock()
         self._wake_r, self._wake_w = self.ctx.Pipe(duplex=False)
         self._closed = False
+        self.callback_errors = 0  # exceptions the agent's callbacks raised (logged, survived)
+        self._next_watch = 0.0
         self._thread = threading.Thread(target=self._read_loop, name="supervisor", daemon=True)
         self._thread.start()
         threading.Thread(target=_warm_up, name="forkserver-warm-up", daemon=True).start()
@@ -114,8 +122,10 @@ class Supervisor:
         from agent.runner import run_module
 
         parent, child = self.ctx.Pipe()
+        inst.heartbeat, inst.hung = Heartbeat.create(self.ctx), None
         proc = self.ctx.Process(
-            target=run_module, args=(inst.spec.model_dump_json(), child), name=f"edgeva:{inst.name}", daemon=False
+            target=run_module, args=(inst.spec.model_dump_json(), child, inst.heartbeat.w),
+            name=f"edgeva:{inst.name}", daemon=False,
         )
         inst.ready.clear()
         proc.start()
@@ -182,23 +192,53 @@ class Supervisor:
             pass
 
     def _read_loop(self) -> None:
+        # The one thread that sees every module: readiness, restarts and metrics all stop if
+        # it dies, so nothing a module sends (or a callback raises) may end it.
         while not self._closed:
-            with self._lock:
-                watch: dict = {self._wake_r: None}
-                for inst in self.instances.values():
-                    if inst.conn is not None and not inst.conn.closed:
-                        watch[inst.conn] = inst
-                    if inst.proc is not None and inst.status not in ("failed", "ended"):
-                        watch[inst.proc.sentinel] = inst
-            for ready in wait(list(watch), timeout=1.0):
-                if ready is self._wake_r:
-                    self._wake_r.recv_bytes()
-                    continue
-                inst = watch[ready]
-                if isinstance(ready, Connection):
-                    self._drain(inst, ready)
-                else:
-                    self._exited(inst)
+            try:
+                self._read_once()
+            except Exception:
+                log.exception("supervisor: reader survived an unexpected error")
+                time.sleep(0.1)  # not a hot loop if the error repeats
+
+    def _read_once(self) -> None:
+        with self._lock:
+            watch: dict = {self._wake_r: None}
+            for inst in self.instances.values():
+                if inst.conn is not None and not inst.conn.closed:
+                    watch[inst.conn] = inst
+                if inst.proc is not None and inst.status not in ("failed", "ended"):
+                    watch[inst.proc.sentinel] = inst
+        for ready in wait(list(watch), timeout=WATCH_EVERY_S):
+            if ready is self._wake_r:
+                self._wake_r.recv_bytes()
+                continue
+            inst = watch[ready]
+            if isinstance(ready, Connection):
+                self._drain(inst, ready)
+            else:
+                self._exited(inst)
+        if time.monotonic() >= self._next_watch:
+            self._next_watch = time.monotonic() + WATCH_EVERY_S
+            self._watchdog()
+
+    def _watchdog(self) -> None:
+        """Kill every running module whose heartbeat says it is stuck in one call past its
+        ``hang_timeout``; its exit then goes the crash way (restart, same rate limit)."""
+        with self._lock:
+            insts = list(self.instances.values())
+        for inst in insts:
+            hb, proc = inst.heartbeat, inst.proc
+            if inst.status != "running" or inst.stopping or inst.hung or hb is None or proc is None:
+                continue
+            stuck = hb.stuck(inst.spec.hang_timeout)
+            if stuck is None:
+                continue
+            inst.hung = stuck
+            where = stuck["where"] + (f" (frame {stuck['frame_id']})" if "frame_id" in stuck else "")
+            inst.error = f"hung: {stuck['stuck_s']:.1f} s in {where}, deadline {stuck['deadline_s']:g} s; killed"
+            log.error("module %s %s", inst.name, inst.error)
+            proc.kill()  # SIGKILL also ends a SIGSTOPped process; its sentinel brings us to _exited
 
     def _drain(self, inst: Instance, conn: Connection) -> None:
         try:
@@ -206,10 +246,19 @@ class Supervisor:
                 raw = conn.recv_bytes()
                 try:
                     msg = R.FROM_RUNNER.validate_python(msgpack.unpackb(raw, raw=False))
-                except (ValidationError, ValueError) as e:
-                    log.warning("module %s sent an invalid message: %s", inst.name, e)
+                    if isinstance(msg, R.EventMsg):
+                        msg.event = json_safe(msg.event)
+                except (ValidationError, ValueError, TypeError, UnsafeValue) as e:
+                    inst.bad_messages += 1
+                    if inst.bad_messages == 1 or inst.bad_messages % 1000 == 0:  # not per message
+                        log.warning("module %s sent an invalid message (%d so far): %s",
+                                    inst.name, inst.bad_messages, str(e)[:300])
                     continue
-                self._handle(inst, msg)
+                try:
+                    self._handle(inst, msg)
+                except Exception:
+                    self.callback_errors += 1
+                    log.exception("module %s: handling its %s message failed", inst.name, msg.op)
         except (EOFError, OSError):
             conn.close()
 
@@ -236,6 +285,14 @@ class Supervisor:
             inst.status = "ended"
             self.on_change(inst)
 
+    def _changed(self, inst: Instance) -> None:
+        # A failing callback must not leave a restart half done (status set, process not spawned).
+        try:
+            self.on_change(inst)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("module %s: status callback failed", inst.name)
+
     def _exited(self, inst: Instance) -> None:
         proc = inst.proc
         proc.join(0)
@@ -246,31 +303,46 @@ class Supervisor:
         code = proc.exitcode
         if inst.status == "ended" or (code == 0 and inst.status == "running"):
             inst.status = "ended"
-            self.on_change(inst)
+            self._changed(inst)
             return
         if inst.status == "starting":
             # Died before ready: a setup failure is not worth retrying automatically.
             inst.status = "failed"
             inst.error = inst.error or f"exited with code {code} during setup"
             inst.ready.set()
-            self.on_change(inst)
+            self._changed(inst)
             return
         now = time.monotonic()
         recent = [t for t in inst.restart_times if now - t < RESTART_WINDOW_S]
+        why = "hung" if inst.hung else "crashed"
         if len(recent) >= MAX_RESTARTS:
             inst.status = "failed"
-            inst.error = f"crashed {MAX_RESTARTS} times in {RESTART_WINDOW_S:.0f}s (last exit code {code}); not restarted"
+            inst.error = (f"{why} ({inst.error})" if inst.hung else why) + (
+                f"; {MAX_RESTARTS} restarts in {RESTART_WINDOW_S:.0f}s already (last exit code {code}); not restarted")
             log.error("module %s: %s", inst.name, inst.error)
-            self.on_change(inst)
+            self._hung_event(inst, restarted=False)
+            self._changed(inst)
             return
         inst.restart_times.append(now)
         inst.restarts += 1
         inst.status = "restarting"
-        log.warning("module %s exited with code %s; restart %d", inst.name, code, inst.restarts)
-        self.on_change(inst)
+        log.warning("module %s %s (exit code %s); restart %d", inst.name, why, code, inst.restarts)
+        self._hung_event(inst, restarted=True)
+        self._changed(inst)
         with self._lock:
             if self.instances.get(inst.name) is inst:
                 if inst.conn is not None:
                     inst.conn.close()
                 self._spawn(inst)
 
+    def _hung_event(self, inst: Instance, restarted: bool) -> None:
+        """Tell the apps using a module that the watchdog killed it, and where it was stuck."""
+        if not inst.hung:
+            return
+        event = {"event": "module_hung", "module": inst.name, **inst.hung, "restarted": restarted,
+                 "restarts": inst.restarts}
+        try:
+            self.on_event(inst, event)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("module %s: hung event callback failed", inst.name)

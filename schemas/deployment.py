@@ -61,6 +61,11 @@ class ModuleSpec(BaseModel):
         description="how it consumes its inputs: block (lossless) or drop_oldest (live); "
         "null = the agent's default",
     )
+    hang_timeout: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="seconds one message (or one frame of a source) may take before the module is "
+        "called hung, killed and restarted like a crash; a first call gets at least 60 s; null = 10",
+    )
 
 
 class PartOf(BaseModel):
@@ -97,7 +102,7 @@ class Deployment(BaseModel):
 
 
 _META_KEYS = ("request_id", "app")
-_RUNTIME_KEYS = frozenset({"outputs", "device", "policy"})
+_RUNTIME_KEYS = frozenset({"outputs", "device", "policy", "hang_timeout"})
 
 
 def _listing1_module(name: str, body: Any) -> dict[str, Any]:

@@ -99,6 +99,8 @@ class LinkMetrics(BaseModel):
     messages_sent: int = Field(default=0, ge=0)
     messages_received: int = Field(default=0, ge=0)
     dropped: int = Field(default=0, ge=0, description="messages refused by a full send queue")
+    bad: int = Field(default=0, ge=0, description="received messages dropped as malformed (hostile or broken peer)")
+    unrouted: int = Field(default=0, ge=0, description="received messages of a stream nobody here receives")
     serialise_ms: P2 = Field(default_factory=P2)
     network_ms: P2 = Field(default_factory=P2, description="sender's send to receiver's receive")
     deserialise_ms: P2 = Field(default_factory=P2)

@@ -41,6 +41,11 @@ class RunnerSpec(BaseModel):
     metrics_interval: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
     hold: bool = Field(default=False, description="sources: wait for GoMsg before producing")
+    hang_timeout: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="seconds one process/produce call may take before the agent calls the module hung, "
+        "kills and restarts it (a first call gets at least 60 s)",
+    )
 
 
 class UpdateMsg(BaseModel):

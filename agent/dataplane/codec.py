@@ -63,7 +63,7 @@ def _header(msg: Message, descs: list) -> bytes:
             },
             use_bin_type=True,
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise CodecError(f"message fields are not msgpack-able: {e}") from None
 
 
@@ -144,7 +144,10 @@ def encoded_size(msg: Message) -> int:
 
 
 def _fields_guess(fields: dict) -> int:
-    return len(msgpack.packb(fields, use_bin_type=True)) if fields else 0
+    try:
+        return len(msgpack.packb(fields, use_bin_type=True)) if fields else 0
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CodecError(f"message fields are not msgpack-able: {e}") from None
 
 
 def encode_into(buf: memoryview, msg: Message) -> int:
@@ -162,46 +165,124 @@ def encode(msg: Message) -> bytes:
     return bytes(buf[:n])
 
 
+MAX_NDIM = 8  # frames are 3-d, batches of crops 4-d; more is a lie, not an image
+_HEADER_KEYS = frozenset(("frame_id", "source", "ts_ns", "hops", "fields", "arrays"))
+_WIRE_BY_STR = {dt.str: dt for dt in _WIRE_DTYPES}
+
+
+def _int(v: object) -> bool:
+    # bool is an int subclass: a header that says ``"frame_id": true`` is lying.
+    return type(v) is int
+
+
+def _check_header(h: object) -> None:
+    """Refuse a header that ``FrameHeader`` would refuse, plus the layout checks a schema
+    cannot make (array bytes inside the region, no overlap, the region exactly as long as the
+    arrays need). Plain type checks rather than a pydantic model: this runs per message."""
+    if type(h) is not dict or h.keys() != _HEADER_KEYS:
+        got = sorted(map(str, h)) if isinstance(h, dict) else type(h).__name__
+        raise CodecError(f"header must be a map with keys {sorted(_HEADER_KEYS)}, got {got}")
+    if not _int(h["frame_id"]) or not _int(h["ts_ns"]):
+        raise CodecError("header: frame_id and ts_ns must be integers")
+    if type(h["source"]) is not str:
+        raise CodecError("header: source must be a string")
+    hops = h["hops"]
+    if type(hops) is not list:
+        raise CodecError(f"header: hops must be a list, got {type(hops).__name__}")
+    for i, hop in enumerate(hops):
+        if (type(hop) is not list or len(hop) != 3 or type(hop[0]) is not str
+                or not _int(hop[1]) or not _int(hop[2])):
+            raise CodecError(f"header: hops[{i}] must be [module name, t_in_ns, t_out_ns]")
+    fields = h["fields"]
+    if type(fields) is not dict:
+        raise CodecError(f"header: fields must be a map, got {type(fields).__name__}")
+    for k in fields:
+        if type(k) is not str:
+            raise CodecError(f"header: fields key {k!r} is not a string")
+    arrays = h["arrays"]
+    if type(arrays) is not list:
+        raise CodecError(f"header: arrays must be a list, got {type(arrays).__name__}")
+
+
+def _check_array(d: object, alen: int, end: int, names: dict) -> tuple[str, np.dtype, tuple, int, int]:
+    """One ``[name, dtype, shape, offset]``: returns name, dtype, shape, element count and the
+    byte end. ``end``: where the previous array ended (arrays are laid out in order)."""
+    if type(d) is not list or len(d) != 4:
+        raise CodecError("header: each arrays entry must be [name, dtype, shape, offset]")
+    name, dts, shape, off = d
+    if type(name) is not str or name in names:
+        raise CodecError(f"header: array name {name!r} is not a string or appears twice")
+    dt = _WIRE_BY_STR.get(dts) if type(dts) is str else None
+    if dt is None:
+        raise CodecError(f"array {name!r}: dtype {dts!r} cannot cross a boundary (numbers only)")
+    if type(shape) is not list or len(shape) > MAX_NDIM:
+        raise CodecError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} sizes")
+    count = 1
+    for s in shape:
+        if not _int(s) or s < 0:
+            raise CodecError(f"array {name!r}: shape {shape!r} has a size that is not an integer >= 0")
+        count *= s
+    if not _int(off) or off % ALIGN or off < end:
+        raise CodecError(f"array {name!r}: offset {off!r} is not a {ALIGN}-byte aligned offset after the previous array")
+    stop = off + count * dt.itemsize
+    if stop > alen:
+        raise CodecError(f"array {name!r} ({count * dt.itemsize} B at {off}) lies outside the {alen} B array region")
+    return name, dt, tuple(shape), count, stop
+
+
 def decode(buf: memoryview | bytes, *, readonly: bool = True, cache: dict | None = None) -> Message:
     """Decode a message; its arrays are views over ``buf`` (no copy).
 
+    ``buf`` must hold exactly one message (as a ring slot's length or a link message says).
     ``cache``: a dict kept per buffer (a ring slot) by the caller, so that the same array
     layout in the same buffer yields the same view object instead of a new one per message.
-    Raises ``CodecError`` with the reason when ``buf`` is not a valid message.
+    Raises ``CodecError`` with the reason when ``buf`` is not a valid message, and nothing else
+    whatever the bytes: links carry frames from other devices, rings from tenants' modules.
     """
     mv = memoryview(buf)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
     if len(mv) < ARRAYS_OFFSET:
         raise CodecError(f"buffer of {len(mv)} B is shorter than the {ARRAYS_OFFSET} B prefix")
     magic, hlen, alen, _ = PREFIX.unpack_from(mv, 0)
     if magic != MAGIC:
         raise CodecError(f"bad magic {magic!r}: not an edgeva message")
+    if alen % ALIGN:
+        raise CodecError(f"array region of {alen} B is not a multiple of {ALIGN} B")
     hoff = ARRAYS_OFFSET + alen
-    if hoff + hlen > len(mv):
-        raise CodecError(f"truncated message: needs {hoff + hlen} B, got {len(mv)} B")
+    if hoff + hlen != len(mv):
+        what = "truncated" if hoff + hlen > len(mv) else "trailing bytes after the"
+        raise CodecError(f"{what} message: prefix says {hoff + hlen} B, got {len(mv)} B")
     try:
-        h = msgpack.unpackb(mv[hoff : hoff + hlen], raw=False, strict_map_key=False)
-        arrays = {}
-        for name, dt, shape, off in h["arrays"]:
-            if cache is not None:
-                key = (dt, tuple(shape), off)
-                a = cache.get(key)
-                if a is not None:
-                    arrays[name] = a
-                    continue
-            dt = _check_dtype(name, np.dtype(dt))
-            count = 1
-            for s in shape:
-                count *= s
-            if off < 0 or off + count * dt.itemsize > alen:
-                raise CodecError(f"array {name!r} lies outside the array region")
-            a = np.frombuffer(mv, dtype=dt, count=count, offset=ARRAYS_OFFSET + off).reshape(shape)
-            if readonly and a.flags.writeable:
-                a.flags.writeable = False
-            arrays[name] = a
-            if cache is not None and len(cache) < 64:
-                cache[key] = a
-        return Message(h["frame_id"], h["source"], h["ts_ns"], h["hops"], h["fields"], arrays)
-    except CodecError:
-        raise
-    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
-        raise CodecError(f"malformed header: {e!r}") from None
+        h = msgpack.unpackb(mv[hoff:], raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises many kinds (ValueError, StackError, ExtraData...)
+        raise CodecError(f"malformed header: {type(e).__name__}: {e}") from None
+    _check_header(h)
+    arrays: dict = {}
+    end = 0
+    for d in h["arrays"]:
+        # A ring slot's layout repeats: a cached view stands for a layout checked before. Only
+        # exact types may hit (3.0 == 3 and True == 1 would match a key too).
+        if cache is not None and type(d) is list and len(d) == 4:
+            name, dts, shape, off = d
+            if type(name) is str and type(dts) is str and type(shape) is list and type(off) is int:
+                for s in shape:
+                    if type(s) is not int:
+                        break
+                else:
+                    a = cache.get((dts, tuple(shape), off))
+                    if a is not None and name not in arrays and off >= end:
+                        arrays[name] = a
+                        end = off + a.nbytes
+                        continue
+        name, dt, shape, count, stop = _check_array(d, alen, end, arrays)
+        end = stop
+        a = np.frombuffer(mv, dtype=dt, count=count, offset=ARRAYS_OFFSET + d[3]).reshape(shape)
+        if readonly and a.flags.writeable:
+            a.flags.writeable = False
+        arrays[name] = a
+        if cache is not None and len(cache) < 64:
+            cache[(d[1], shape, d[3])] = a
+    if _align(end) != alen:
+        raise CodecError(f"array region of {alen} B does not match the arrays ({_align(end)} B)")
+    return Message(h["frame_id"], h["source"], h["ts_ns"], h["hops"], h["fields"], arrays)

@@ -99,6 +99,8 @@ _SEQ_I64, _TS_I64 = 2, 3  # int64 indices of seq and sent_ns in the envelope
 _SMALL = 64 << 10  # below this, encode into a reused buffer and copy (cheaper than a big alloc)
 _SEND_SLICE_MS = 100  # sender thread's blocking-send slice: how fast it notices close/staleness
 _RECV_SLICE_MS = 200  # dispatch thread's receive slice: how fast it notices close
+_MAX_NAMES = 1024  # stream names remembered (decoded once); more are decoded per message
+_BAD_LOG_EVERY_S = 10.0  # a peer sending garbage gets one log line per interval, not per frame
 
 
 class LinkError(RuntimeError):
@@ -244,6 +246,45 @@ class _Out:
             self.msg = None
 
 
+def parse(buf: memoryview) -> tuple[bytes, int, int, int, Message]:
+    """One received link message -> (stream name bytes, sender epoch, seq, sent_ns, message).
+
+    Everything in it comes from the peer: raises ``CodecError`` (and nothing else) when the
+    envelope or the frame is not exactly what ``Link.send`` makes."""
+    n = len(buf)
+    if n < ENV.size:
+        raise CodecError(f"message of {n} B is shorter than the {ENV.size} B envelope")
+    magic, units, nlen, _flags, epoch, _r, seq, sent = ENV.unpack_from(buf, 0)
+    if magic != ENV_MAGIC:
+        raise CodecError(f"bad envelope magic {magic!r}")
+    if not 0 < nlen <= MAX_NAME or units != (ENV.size + nlen + 63) // 64 or units * 64 > n:
+        raise CodecError(f"envelope of {units} x 64 B with a {nlen} B stream name does not fit {n} B")
+    raw = bytes(buf[ENV.size : ENV.size + nlen])
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        raise CodecError(f"stream name {raw!r} is not UTF-8") from None
+    return raw, epoch, seq, sent, decode(buf[units * 64 :])
+
+
+class _BadLog:
+    """Rate-limited warning about dropped messages (a hostile peer must not flood the log)."""
+
+    __slots__ = ("last", "quiet")
+
+    def __init__(self) -> None:
+        self.last, self.quiet = -_BAD_LOG_EVERY_S, 0
+
+    def note(self, link: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.last < _BAD_LOG_EVERY_S:
+            self.quiet += 1
+            return
+        more = f" ({self.quiet} more since the last report)" if self.quiet else ""
+        log.warning("link %s: bad message dropped: %s: %s%s", link, type(e).__name__, e, more)
+        self.last, self.quiet = now, 0
+
+
 def _check(rc: int) -> None:
     if rc:
         pynng.check_err(rc)
@@ -346,6 +387,7 @@ class Link:
         self._names: dict[bytes, str] = {}
         self._peer_epoch, self._next_seq = -1, 0
         self.bytes_received = self.messages_received = self.lost = self.unrouted = self.bad = 0
+        self._bad_log = _BadLog()
         self._ser, self._net, self._deser = _Window(), _Window(), _Window()
         try:
             if listen:
@@ -687,18 +729,16 @@ class Link:
         buf = memoryview(_ffi.buffer(owner, n))
         self.bytes_received += n
         try:
-            magic, units, nlen, _flags, epoch, _r, seq, sent = ENV.unpack_from(buf, 0)
-            if magic != ENV_MAGIC:
-                raise CodecError(f"bad envelope magic {magic!r}")
-            raw = bytes(buf[ENV.size : ENV.size + nlen])
-            msg = decode(buf[units * 64 :])
-        except (CodecError, struct.error) as e:
+            raw, epoch, seq, sent, msg = parse(buf)
+        except Exception as e:  # parse raises CodecError only; anything else must not kill us
             self.bad += 1
-            log.warning("link %s: undecodable message dropped: %s", self.name, e)
+            self._bad_log.note(self.name, e)
             return False
         stream = self._names.get(raw)
         if stream is None:
-            stream = self._names[raw] = raw.decode(errors="replace")
+            stream = raw.decode()  # parse checked it is UTF-8
+            if len(self._names) < _MAX_NAMES:  # a peer inventing names must not grow this
+                self._names[raw] = stream
         if epoch != self._peer_epoch:  # the peer (re)started: its seq restarts at 0
             self._peer_epoch, self._next_seq = epoch, seq
         elif seq > self._next_seq:
@@ -740,12 +780,17 @@ class Link:
             except pynng.NNGException as e:
                 log.warning("link %s: receive failed: %s", self.name, e)
                 continue
+            except Exception as e:  # never let one message end every stream of this peer
+                self.bad += 1
+                self._bad_log.note(self.name, e)
+                continue
             if not r:
                 continue
             with self._dispatch_lock:
                 h = self._handlers.get(r.stream)
                 if h is None:
                     self.unrouted += 1
+                    r.lease.release()
                     continue
                 try:
                     h(r)
@@ -766,6 +811,8 @@ class Link:
             messages_sent=self.messages_sent,
             messages_received=self.messages_received,
             dropped=self.dropped,
+            bad=self.bad,
+            unrouted=self.unrouted,
             serialise_ms=self._ser.take(reset),
             network_ms=self._net.take(reset),
             deserialise_ms=self._deser.take(reset),
