@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
 SECONDS ?= 60
 
-.PHONY: demo test lint bench setup system clean
+.PHONY: demo test lint bench setup system nodered clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,8 +30,12 @@ system:
 demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
-test: setup $(MLSERVER)
+test: setup $(MLSERVER) nodered
 	$(BIN)/python -m pytest -q
+
+# Node-RED + Dashboard 2.0 (npm, into .nodered/) and chromium for tests/test_nodered*.py.
+nodered:
+	@tools/install-nodered.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -42,4 +46,4 @@ bench: setup
 	$(BIN)/edgeva bench deploy --json out/deploy.json
 
 clean:
-	rm -rf $(VENV) .venv-mlserver out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver .nodered out .pytest_cache

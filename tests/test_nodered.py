@@ -1,0 +1,250 @@
+"""control/nodered/flows.json against the real thing: Node-RED (npm) running the shipped flow file,
+mosquitto (MQTT 5), a real agent running the demo's apps on the bundled clip, and headless
+Chromium on the dashboard. The inject nodes are clicked through Node-RED's admin API; what the
+flow made of state, replies and events is read from the flow's own GET /edgeva/summary.
+
+The slow tests skip (saying why) only when node, Node-RED or chromium cannot be installed:
+``make nodered`` (tools/install-nodered.sh) installs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from control.nodered import build
+from tests.agent_harness import AgentProc, Watcher
+from tests.nodered_harness import Chromium, NodeRed, flow_nodes, missing_tools, numbers
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out" / "nodered"
+DEVICE = "nr-cam"
+FPS = "3"  # every decoder of the demo's deployments, through EDGEVA_FPS: keep the CPU load modest
+APPS = ("tracking", "roi", "reid")
+
+
+# -- the flow file (fast) ------------------------------------------------------------------------
+
+def test_flows_json_is_built_from_its_sources() -> None:
+    """flows.json is what build.py makes of the demo's deployments and functions/*.js."""
+    assert build.main(["--check"]) == 0, "control/nodered/flows.json is stale: python -m control.nodered.build"
+
+
+def test_flow_contract() -> None:
+    nodes = flow_nodes()
+    ids = [n["id"] for n in nodes]
+    assert len(ids) == len(set(ids)), "duplicate node ids"
+    by_id = {n["id"]: n for n in nodes}
+    for n in nodes:  # every wire and config reference points at a node of the file
+        for port in n.get("wires", []):
+            for dst in port:
+                assert dst in by_id, f"{n['type']} {n.get('name')!r} wires to missing {dst}"
+    brokers = [n for n in nodes if n["type"] == "mqtt-broker"]
+    assert len(brokers) == 1
+    assert brokers[0]["broker"] == "${EDGEVA_MQTT_HOST}" and brokers[0]["port"] == "${EDGEVA_MQTT_PORT}"
+    assert brokers[0]["protocolVersion"] == "5"
+    deps = build.deployments()
+    for app in APPS:
+        inj = [n for n in nodes if n["type"] == "inject" and n.get("name") == f"deploy {app}"]
+        assert len(inj) == 1, f"one inject node named 'deploy {app}'"
+        assert inj[0]["topic"] == "deploy" and json.loads(inj[0]["payload"]) == deps[app]
+    # the deployments validate as the agent will see them, and name no path of this machine
+    from schemas.deployment import Deployment
+
+    for dep in deps.values():
+        Deployment.model_validate(dep)
+        assert str(ROOT) not in json.dumps(dep)
+    assert any(n["type"] == "ui-base" and n["path"] == "/dashboard" for n in nodes)
+    assert "EDGEVA_DEVICE" in by_id[build.node_id("command")]["func"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: run make nodered")
+def test_function_nodes_parse(tmp_path: Path) -> None:
+    """Every function node's code is valid JavaScript as Node-RED wraps it."""
+    for n in flow_nodes():
+        if n["type"] != "function":
+            continue
+        for part in ("func", "initialize"):
+            if not n.get(part):
+                continue
+            src = tmp_path / f"{n['id']}-{part}.js"
+            src.write_text(f"(async function (msg) {{\n{n[part]}\n}});\n")
+            r = subprocess.run(["node", "--check", str(src)], capture_output=True, text=True)
+            assert r.returncode == 0, f"function {n['name']!r} ({part}): {r.stderr}"
+
+
+# -- against Node-RED, mosquitto and an agent (slow) ---------------------------------------------
+
+class Stack:
+    """mosquitto + agent + Node-RED running the shipped flows.json."""
+
+    def __init__(self, broker, workdir: Path) -> None:
+        self.broker, self.workdir = broker, workdir
+        self.watcher = Watcher(broker.url, protocol=mqtt.MQTTv5)
+        self.agent = AgentProc(broker.url, DEVICE, workdir / "agent", self.watcher)
+        self.red = NodeRed(workdir, {
+            "EDGEVA_MQTT_HOST": broker.host, "EDGEVA_MQTT_PORT": str(broker.port),
+            "EDGEVA_DEVICE": DEVICE, "EDGEVA_FPS": FPS,
+        })
+
+    def close(self) -> None:
+        self.red.stop()
+        self.agent.stop()
+        self.watcher.close()
+
+    def retained_state(self) -> dict:
+        """The device's state as a new subscriber gets it: the retained message."""
+        got: list = []
+        done = threading.Event()
+
+        def on_message(_c, _u, m: mqtt.MQTTMessage) -> None:
+            got.append((m.retain, json.loads(m.payload)))
+            done.set()
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ret-{uuid.uuid4().hex[:8]}",
+                        protocol=mqtt.MQTTv5)
+        c.on_message = on_message
+        c.connect(self.broker.host, self.broker.port)
+        c.loop_start()
+        try:
+            c.subscribe(f"edgeva/v1/{DEVICE}/state", qos=1)
+            assert done.wait(10), "no retained state"
+        finally:
+            c.loop_stop()
+            c.disconnect()
+        retained, state = got[0]
+        assert retained, "the first state message of a new subscription must be the retained one"
+        return state
+
+    def wait_retained(self, pred, what: str, timeout: float = 90.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.retained_state()
+            if pred(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"retained state never had {what}: {json.dumps(state)[:2000]}"
+                                     f"\nagent log:\n{self.agent.log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
+def app_status(state: dict, app: str) -> str | None:
+    return state.get("apps", {}).get("default", {}).get(app, {}).get("status")
+
+
+@pytest.fixture(scope="module")
+def stack(mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    why = missing_tools()
+    if why:
+        print(f"SKIP Node-RED tests: {why}")
+        pytest.skip(why)
+    s = Stack(mosquitto, tmp_path_factory.mktemp("nodered"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _replies_for(summary: dict, verb: str, app: str) -> list[dict]:
+    return [r for r in summary["replies"] if r["verb"] == verb and r["app"] == app]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_deploy_injects_run_three_apps_and_events_come_back(stack: Stack) -> None:
+    red = stack.red
+    # the flow learnt from the retained state that the device is online
+    red.wait_summary(lambda s: s["devices"].get(DEVICE, {}).get("status") == "online", "device online", 30)
+    for app in APPS:
+        red.inject(f"deploy {app}")
+    s = red.wait_summary(lambda s: all(_replies_for(s, "deploy", a) for a in APPS), "three deploy replies", 120)
+    for app in APPS:
+        (r,) = _replies_for(s, "deploy", app)
+        assert r["ok"], r
+        assert r["text"].startswith(f"ok deploy {app} on {DEVICE}: running"), r["text"]
+    # replies went to the flow's MQTT 5 response topic (correlation data), not reply/{request_id}
+    topics = list(stack.watcher.msgs)
+    inbox = [t for t in topics if t.startswith(f"edgeva/v1/{DEVICE}/default/reply/nodered-")]
+    assert len(inbox) == 1, topics
+    for r in s["replies"]:
+        assert f"edgeva/v1/{DEVICE}/default/reply/{r['request_id']}" not in topics
+    # every decoder got EDGEVA_FPS: the commands on the wire
+    sent = stack.watcher.get(f"edgeva/v1/{DEVICE}/default/cmd/deploy")
+    assert sorted(d["app"] for d in sent) == sorted(APPS)
+    assert all(d["modules"]["decoder"]["args"]["fps"] == float(FPS) for d in sent)
+
+    state = stack.wait_retained(lambda st: all(app_status(st, a) == "running" for a in APPS),
+                                "the three apps running")
+    assert state["status"] == "online"
+    # sharing: one decoder and one detector serve the three apps
+    types = [m["type"] for m in state["modules"].values()]
+    assert types.count("decoder") == 1 and types.count("detector") == 1, types
+
+    # events of each app came back through the flow: counted, and in words
+    s = red.wait_summary(lambda s: all(s["events"].get(f"{DEVICE}/default/{a}", 0) > 0 for a in APPS),
+                         "events of the three apps", 150)
+    texts = [line["text"] for line in s["log"]]
+    assert any(t.startswith(f"{DEVICE} tracking: ") and " tracks" in t for t in texts), texts
+    assert any(t.startswith(f"{DEVICE} roi: track ") and '"crossing"' in t for t in texts), texts
+    assert any(t.startswith(f"{DEVICE} reid: person-1 seen (similarity ") for t in texts), texts
+    assert s["alerts"] and s["alerts"][0]["person"] == "person-1"
+    zone = s["roi"][f"{DEVICE}/default/roi/crossing"]
+    assert zone["entered"] >= 1 and zone["count"] == len(zone["inside"])
+    # metrics: fps per app from the cumulative frame counters
+    s = red.wait_summary(lambda s: all((s["apps"].get(f"{DEVICE}/default/{a}") or {}).get("fps") for a in APPS),
+                         "fps of the three apps", 60)
+    for app in APPS:
+        a = s["apps"][f"{DEVICE}/default/{app}"]
+        assert a["status"] == "running" and 0 < a["fps"] <= float(FPS) * 1.5, a
+    assert any(f"{DEVICE} is online" in t for t in texts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) -> None:
+    why = missing_tools(chromium=True)
+    if why:
+        print(f"SKIP dashboard test: {why}")
+        pytest.skip(why)
+    red = stack.red
+    if app_status(stack.retained_state(), "tracking") != "running":
+        red.inject("deploy tracking")
+        stack.wait_retained(lambda st: app_status(st, "tracking") == "running", "tracking running")
+    browser = Chromium(tmp_path)
+    try:
+        browser.goto(f"{red.base}/dashboard")
+        browser.wait_text(lambda t: DEVICE in t and "online" in t and "tracking" in t and "running" in t,
+                          f"{DEVICE} online with tracking running")
+        # the apps table: frames of the tracking app, and the fps chart's canvas
+        row_js = ("[...document.querySelectorAll('tr')].map(r => r.innerText)"
+                  f".filter(t => t.includes('{DEVICE}') && t.includes('tracking') && t.includes('running'))[0] || ''")
+        chart_js = "document.querySelectorAll('.nrdb-ui-chart')[0]"
+        browser.wait_text(lambda _t: len(numbers(browser.js(row_js) or "")) >= 3, "an apps row with figures")
+        rect = browser.rect(chart_js)
+        assert rect and rect["width"] > 50 and rect["height"] > 50, f"no fps chart on the page: {rect}"
+        row1 = browser.js(row_js)
+        shot1 = browser.screenshot(OUT / "dashboard-1.png")
+        chart1 = browser.screenshot(tmp_path / "chart-1.png", rect)
+        time.sleep(6)
+        row2 = browser.js(row_js)
+        shot2 = browser.screenshot(OUT / "dashboard-2.png")
+        chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
+        page = browser.text()
+    finally:
+        browser.close()
+    assert "Devices" in page and "Frames per second" in page and "deploy roi" in page.lower()
+    assert row1 != row2, f"the tracking app's figures did not move in 6 s: {row1!r}"
+    # columns: device, app, status, fps, latency p50 ms, frames, dropped, events
+    c1, c2 = [r.split("\t") for r in (row1, row2)]
+    assert int(c2[5]) > int(c1[5]), f"frames did not grow: {row1!r} -> {row2!r}"
+    assert float(c2[3]) > 0, f"fps shown as {c2[3]}"
+    assert chart1 != chart2, "the fps chart did not change between the screenshots"
+    assert shot1 != shot2
