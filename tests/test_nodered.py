@@ -22,7 +22,7 @@ import pytest
 
 from control.nodered import build
 from tests.agent_harness import AgentProc, Watcher
-from tests.nodered_harness import Chromium, NodeRed, flow_nodes, missing_tools, numbers
+from tests.nodered_harness import Chromium, NodeRed, flow_nodes, missing_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "nodered"
@@ -223,11 +223,12 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         browser.goto(f"{red.base}/dashboard")
         browser.wait_text(lambda t: DEVICE in t and "online" in t and "tracking" in t and "running" in t,
                           f"{DEVICE} online with tracking running")
-        # the apps table: frames of the tracking app, and the fps chart's canvas
-        row_js = ("[...document.querySelectorAll('tr')].map(r => r.innerText)"
-                  f".filter(t => t.includes('{DEVICE}') && t.includes('tracking') && t.includes('running'))[0] || ''")
+        # the apps table's row of the tracking app (cells: device, app, status, fps,
+        # latency p50 ms, frames, dropped, events), and the fps chart
+        row_js = ("[...document.querySelectorAll('tr')].map(r => [...r.cells].map(c => c.innerText.trim()))"
+                  f".filter(c => c[0] === '{DEVICE}' && c[1] === 'tracking' && c[2] === 'running')[0] || null")
         chart_js = "document.querySelectorAll('.nrdb-ui-chart')[0]"
-        browser.wait_text(lambda _t: len(numbers(browser.js(row_js) or "")) >= 3, "an apps row with figures")
+        browser.wait_text(lambda _t: (browser.js(row_js) or [""] * 6)[5].isdigit(), "the tracking app's row")
         rect = browser.rect(chart_js)
         assert rect and rect["width"] > 50 and rect["height"] > 50, f"no fps chart on the page: {rect}"
         row1 = browser.js(row_js)
@@ -242,9 +243,7 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         browser.close()
     assert "Devices" in page and "Frames per second" in page and "deploy roi" in page.lower()
     assert row1 != row2, f"the tracking app's figures did not move in 6 s: {row1!r}"
-    # columns: device, app, status, fps, latency p50 ms, frames, dropped, events
-    c1, c2 = [r.split("\t") for r in (row1, row2)]
-    assert int(c2[5]) > int(c1[5]), f"frames did not grow: {row1!r} -> {row2!r}"
-    assert float(c2[3]) > 0, f"fps shown as {c2[3]}"
+    assert int(row2[5]) > int(row1[5]), f"frames did not grow: {row1} -> {row2}"
+    assert float(row2[3]) > 0, f"fps shown as {row2[3]}"
     assert chart1 != chart2, "the fps chart did not change between the screenshots"
     assert shot1 != shot2
