@@ -247,3 +247,64 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
     assert float(row2[3]) > 0, f"fps shown as {row2[3]}"
     assert chart1 != chart2, "the fps chart did not change between the screenshots"
     assert shot1 != shot2
+
+
+def _inbox_reply(stack: Stack, request_id: str) -> dict:
+    """The agent's reply to ``request_id`` as it went to the flow's MQTT 5 response topic."""
+    for topic, msgs in list(stack.watcher.msgs.items()):
+        if "/reply/nodered-" in topic:
+            for m in msgs:
+                if isinstance(m, dict) and m.get("request_id") == request_id:
+                    return m
+    raise AssertionError(f"no reply to {request_id} on the flow's response topic")
+
+
+def _click_and_wait_reply(stack: Stack, inject: str, verb: str, app: str) -> dict:
+    before = len(_replies_for(stack.red.summary(), verb, app))
+    stack.red.inject(inject)
+    s = stack.red.wait_summary(lambda s: len(_replies_for(s, verb, app)) > before, f"the reply to {inject!r}", 60)
+    return _replies_for(s, verb, app)[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_roi_update_stop_start_remove_and_error_replies(stack: Stack) -> None:
+    for app in ("roi", "reid"):
+        if app_status(stack.retained_state(), app) is None:
+            stack.red.inject(f"deploy {app}")
+    stack.wait_retained(lambda st: app_status(st, "roi") == "running" and app_status(st, "reid") == "running",
+                        "roi and reid running")
+
+    r = _click_and_wait_reply(stack, "update RoI polygon", "update", "roi")
+    assert r["ok"] and r["text"].startswith(f"ok update roi roi on {DEVICE}: applied live"), r
+    assert _inbox_reply(stack, r["request_id"])["result"]["args"]["polygons"] == {"crossing": build.ALT_ZONE}
+
+    r = _click_and_wait_reply(stack, "stop roi", "stop", "roi")
+    assert r["ok"] and r["text"].startswith(f"ok stop roi on {DEVICE}: stopped"), r
+    stack.wait_retained(lambda st: app_status(st, "roi") == "stopped", "roi stopped", 30)
+    r = _click_and_wait_reply(stack, "start roi", "start", "roi")
+    assert r["ok"] and r["text"].startswith(f"ok start roi on {DEVICE}: running"), r
+    stack.wait_retained(lambda st: app_status(st, "roi") == "running", "roi running again", 30)
+
+    r = _click_and_wait_reply(stack, "remove reid", "remove", "reid")
+    assert r["ok"] and r["text"].startswith(f"ok remove reid on {DEVICE}: removed"), r
+    stack.wait_retained(lambda st: app_status(st, "reid") is None, "reid gone", 30)
+    s = stack.red.wait_summary(lambda s: f"{DEVICE}/default/reid" not in s["apps"], "reid gone from the flow", 30)
+    assert any(line["text"] == f"{DEVICE}: app reid removed" for line in s["log"])
+
+    # an error reply is matched to its request too, with code and path, in words
+    r = _click_and_wait_reply(stack, "deploy roi", "deploy", "roi")
+    assert not r["ok"] and r["error"]["code"] == "conflict", r
+    assert r["text"].startswith(f"x deploy roi on {DEVICE}: conflict"), r
+    assert stack.red.summary()["pending"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_device_offline_from_last_will(stack: Stack) -> None:
+    """Last in this file: it kills the agent; the broker's last will reaches the flow."""
+    stack.red.wait_summary(lambda s: s["devices"].get(DEVICE, {}).get("status") == "online", "online", 30)
+    stack.agent.kill()
+    s = stack.red.wait_summary(lambda s: s["devices"][DEVICE]["status"] == "offline", "device offline", 30)
+    assert any(line["text"] == f"{DEVICE} is offline" for line in s["log"])
+    assert all(a["status"] == "device offline" for a in s["apps"].values() if a["device"] == DEVICE)
