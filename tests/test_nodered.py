@@ -303,8 +303,12 @@ def test_roi_update_stop_start_remove_and_error_replies(stack: Stack) -> None:
 @pytest.mark.timeout(120)
 def test_device_offline_from_last_will(stack: Stack) -> None:
     """Last in this file: it kills the agent; the broker's last will reaches the flow."""
-    stack.red.wait_summary(lambda s: s["devices"].get(DEVICE, {}).get("status") == "online", "online", 30)
+    if app_status(stack.retained_state(), "tracking") is None:
+        stack.red.inject("deploy tracking")
+    stack.red.wait_summary(lambda s: s["devices"].get(DEVICE, {}).get("apps", {}).get("tracking") == "running",
+                           "tracking running, as the flow sees it", 60)
     stack.agent.kill()
     s = stack.red.wait_summary(lambda s: s["devices"][DEVICE]["status"] == "offline", "device offline", 30)
     assert any(line["text"] == f"{DEVICE} is offline" for line in s["log"])
-    assert all(a["status"] == "device offline" for a in s["apps"].values() if a["device"] == DEVICE)
+    statuses = [a["status"] for a in s["apps"].values() if a["device"] == DEVICE]
+    assert statuses and set(statuses) == {"device offline"}, s["apps"]
