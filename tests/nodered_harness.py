@@ -67,9 +67,10 @@ def inject_id(name: str) -> str:
 
 
 class NodeRed:
-    """``node red.js`` with the shipped flows.json, the given environment and a temp userDir."""
+    """``node red.js`` with the shipped flows.json (or ``flows``), the given environment and a
+    temp userDir."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], flows: Path = FLOWS) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         userdir = workdir / "nodered"
@@ -79,7 +80,7 @@ class NodeRed:
         self.log = workdir / "nodered.log"
         self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            ["node", str(RED_JS), "-u", str(userdir), "-s", str(settings), str(FLOWS)],
+            ["node", str(RED_JS), "-u", str(userdir), "-s", str(settings), str(flows)],
             cwd=userdir, stdout=self._logf, stderr=subprocess.STDOUT,
             env={**os.environ, **env},
         )

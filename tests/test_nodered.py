@@ -312,3 +312,40 @@ def test_device_offline_from_last_will(stack: Stack) -> None:
     assert any(line["text"] == f"{DEVICE} is offline" for line in s["log"])
     statuses = [a["status"] for a in s["apps"].values() if a["device"] == DEVICE]
     assert statuses and set(statuses) == {"device offline"}, s["apps"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_replies_matched_by_request_id_on_mqtt311(amqtt_broker, tmp_path: Path) -> None:
+    """The embedded broker speaks MQTT 3.1.1 only: with the broker node switched to 3.1.1 (as
+    docs/nodered.md says) there is no response topic, the agent answers on reply/{request_id},
+    and the flow still pairs the reply with its request."""
+    why = missing_tools()
+    if why:
+        print(f"SKIP Node-RED tests: {why}")
+        pytest.skip(why)
+    nodes = flow_nodes()
+    for n in nodes:
+        if n["type"] == "mqtt-broker":
+            n["protocolVersion"] = "4"
+    flows = tmp_path / "flows-311.json"
+    flows.write_text(json.dumps(nodes))
+    watcher = Watcher(amqtt_broker.url)
+    agent = AgentProc(amqtt_broker.url, "nr-311", tmp_path / "agent", watcher)
+    red = NodeRed(tmp_path, {"EDGEVA_MQTT_HOST": amqtt_broker.host, "EDGEVA_MQTT_PORT": str(amqtt_broker.port),
+                             "EDGEVA_DEVICE": "nr-311"}, flows)
+    try:
+        red.wait_summary(lambda s: s["devices"].get("nr-311", {}).get("status") == "online", "nr-311 online", 30)
+        red.inject("status")
+        red.inject("stop roi")  # not deployed: an error reply
+        s = red.wait_summary(lambda s: len(s["replies"]) == 2, "two replies", 60)
+    finally:
+        red.stop()
+        agent.stop()
+        watcher.close()
+    by_verb = {r["verb"]: r for r in s["replies"]}
+    assert by_verb["status"]["ok"] and by_verb["status"]["text"] == f"ok status on nr-311: no apps ({by_verb['status']['seconds']:.1f} s)"
+    assert by_verb["stop"]["error"]["code"] == "not_found", by_verb["stop"]
+    for r in s["replies"]:
+        assert watcher.get(f"edgeva/v1/nr-311/default/reply/{r['request_id']}"), "reply not on reply/{request_id}"
+    assert not [t for t in watcher.msgs if "/reply/nodered-" in t]
