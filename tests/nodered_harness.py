@@ -178,7 +178,7 @@ class Chromium:
         self._id += 1
         self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
-            reply = json.loads(self.ws.recv(timeout=60))
+            reply = json.loads(self.ws.recv(timeout=180))
             if reply.get("id") == self._id:
                 if "error" in reply:
                     raise AssertionError(f"{method}: {reply['error']}")

@@ -239,6 +239,13 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         shot2 = browser.screenshot(OUT / "dashboard-2.png")
         chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
         page = browser.text()
+        # a dashboard button sends its command through the flow, and the reply shows on the page
+        clicked = browser.js("(() => { const b = [...document.querySelectorAll('button')]"
+                             ".find(b => b.innerText.trim().toLowerCase() === 'status'); "
+                             "if (b) b.click(); return !!b; })()")
+        assert clicked, "no status button on the dashboard"
+        browser.wait_text(lambda t: f"ok status on {DEVICE}: tracking running" in t,
+                          "the status reply in Messages", 60)
     finally:
         browser.close()
     assert "Devices" in page and "Frames per second" in page and "deploy roi" in page.lower()
