@@ -289,7 +289,7 @@ def build() -> list[dict]:
     f.wire(log, links["log"][0], 1)
 
     f.wire(links["devices"][1], table("ui:devices", "devices", 380, 80,
-                                      ["device", "status", "apps", "modules", "cpu"]))
+                                      ["device", "status", "apps", "modules", "version", "cpu"]))
     f.wire(links["apps"][1], table("ui:apps", "apps", 380, 160,
                                    ["device", "app", "status", "fps", "latency p50 ms", "frames",
                                     "dropped", "events"]))
@@ -319,7 +319,7 @@ def build() -> list[dict]:
     f.wire(to_cmd_in, cmd)
     target = f.add("ui:target", "ui-text", dash, 380, 720, 0, group=groups["control"], order=1,
                    width="0", height="0", name="target", label="commands go to",
-                   format="{{msg.payload}}", layout="row-left", style=False, font="", fontSize=16,
+                   format="{{msg.payload}}", layout="row-spread", style=False, font="", fontSize=16,
                    color="#717171", wrapText=False, className="", value="payload",
                    valueType="msg")
     tell = f.add("ui:target-inject", "inject", dash, 160, 720, 1, name="EDGEVA_DEVICE",

@@ -1,8 +1,8 @@
 // Metrics: the tenant's (edgeva/v1/{device}/{tenant}/metrics: per app frames, latency, drops)
 // and the device's (edgeva/v1/{device}/metrics: CPU, memory). Frame counters are cumulative, so
-// fps = frames gained over the last ~5 s of samples. Outputs: 1 fps chart points (topic
-// "device/app"), 2 latency chart points, 3 refresh the tables, 4 a readable summary per app
-// every 15 s.
+// fps = frames gained over the last ~5 s of samples (at least 2 s). Outputs: 1 fps chart points
+// (topic "device/app"), 2 latency chart points, 3 refresh the tables, 4 a readable summary per
+// app every 15 s.
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const WINDOW_S = 5;
 const SAY_EVERY_MS = 15000;
@@ -43,7 +43,8 @@ for (const [app, a] of Object.entries(m.apps || {})) {
     hist = hist.filter((s) => s.ts >= ts - WINDOW_S);
     samples[k] = hist;
     const first = hist[0];
-    const fps = hist.length > 1 ? (frames - first.frames) / (ts - first.ts) : null;
+    // At least 2 s of samples: over one short interval a frame more or less is a big swing.
+    const fps = ts - first.ts >= 2 ? (frames - first.frames) / (ts - first.ts) : null;
     const lat = a.latency_ms || {};
     const entry = apps[k] || { device, tenant, app, label, status: "unknown", error: null };
     Object.assign(entry, {

@@ -22,7 +22,7 @@ function rows() {
     const fmt = (v, d) => (typeof v === "number" ? v.toFixed(d) : "-");
     const devRows = devices.map((d) => ({
         device: d.device, status: d.status, apps: Object.keys(d.apps).length ? Object.entries(d.apps).map(([a, s]) => `${a} (${s})`).join(", ") : "-",
-        modules: d.modules, cpu: d.cpu === null || d.cpu === undefined ? "-" : `${fmt(d.cpu, 0)} %`,
+        modules: d.modules, version: d.version || "-", cpu: d.cpu === null || d.cpu === undefined ? "-" : `${fmt(d.cpu, 0)} %`,
     }));
     const appRows = apps.map((a) => ({
         device: a.device, app: a.label, status: a.status, fps: fmt(a.fps, 2), "latency p50 ms": fmt(a.latency_p50, 1),
