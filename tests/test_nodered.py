@@ -308,6 +308,30 @@ def test_roi_update_stop_start_remove_and_error_replies(stack: Stack) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_hostile_messages_are_dropped(stack: Stack) -> None:
+    """Garbage on every topic the flow reads: nothing changes, nothing throws, the flow goes on."""
+    before = stack.red.summary()
+    pub = stack.watcher.client
+    bad = [b"not json", b"[]", b"null", b'{"status": 5}', b'{"apps": "x", "status": "online"}',
+           b"\xff\xfe", b'{"event": "enter", "polygon": {"__proto__": 1}}', b'{"ts": "x", "apps": 7}']
+    for payload in bad:
+        for topic in (f"edgeva/v1/{DEVICE}/default/events/tracking", f"edgeva/v1/{DEVICE}/default/metrics",
+                      f"edgeva/v1/{DEVICE}/metrics", f"edgeva/v1/{DEVICE}/default/reply/nr-forged",
+                      "edgeva/v1/bad name/state", "edgeva/v1/a/b/state", f"edgeva/v1/{DEVICE}/default/events/bad app"):
+            pub.publish(topic, payload, qos=1)
+    # a forged state for another device that is not a state at all
+    pub.publish("edgeva/v1/ghost/state", b'{"apps": {"__proto__": {"x": 1}}}', qos=1)
+    stack.red.inject("status")  # a real command after the garbage is still answered
+    s = stack.red.wait_summary(lambda s: len(s["replies"]) > len(before["replies"]), "the status reply", 60)
+    assert s["replies"][-1]["ok"], s["replies"][-1]
+    assert s["devices"][DEVICE]["status"] == "online"
+    assert "ghost" not in s["devices"] and "bad name" not in s["devices"]
+    assert not [k for k in s["events"] if "bad app" in k]
+    assert "TypeError" not in stack.red.log_text() and "ReferenceError" not in stack.red.log_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_device_offline_from_last_will(stack: Stack) -> None:
     """Last in this file: it kills the agent; the broker's last will reaches the flow."""
     if app_status(stack.retained_state(), "tracking") is None:

@@ -31,7 +31,9 @@ const prev = devices[device];
 const now = {};
 if (st.status === "online") {
     for (const [tenant, tapps] of Object.entries(st.apps || {})) {
-        for (const [app, a] of Object.entries(tapps || {})) {
+        if (!NAME.test(tenant) || !tapps || typeof tapps !== "object") continue;
+        for (const [app, a] of Object.entries(tapps)) {
+            if (!NAME.test(app)) continue;
             now[tenant === ours ? app : `${tenant}/${app}`] = { tenant, app, status: String((a && a.status) || "unknown"), error: (a && a.error) || null };
         }
     }
