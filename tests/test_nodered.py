@@ -320,12 +320,12 @@ def test_hostile_messages_are_dropped(stack: Stack) -> None:
                       "edgeva/v1/bad name/state", "edgeva/v1/a/b/state", f"edgeva/v1/{DEVICE}/default/events/bad app"):
             pub.publish(topic, payload, qos=1)
     # a forged state for another device that is not a state at all
-    pub.publish("edgeva/v1/ghost/state", b'{"apps": {"__proto__": {"x": 1}}}', qos=1)
+    pub.publish("edgeva/v1/nr-ghost/state", b'{"apps": {"__proto__": {"x": 1}}}', qos=1)
     stack.red.inject("status")  # a real command after the garbage is still answered
     s = stack.red.wait_summary(lambda s: len(s["replies"]) > len(before["replies"]), "the status reply", 60)
     assert s["replies"][-1]["ok"], s["replies"][-1]
     assert s["devices"][DEVICE]["status"] == "online"
-    assert "ghost" not in s["devices"] and "bad name" not in s["devices"]
+    assert "nr-ghost" not in s["devices"] and "bad name" not in s["devices"]
     assert not [k for k in s["events"] if "bad app" in k]
     assert "TypeError" not in stack.red.log_text() and "ReferenceError" not in stack.red.log_text()
 
