@@ -203,7 +203,7 @@ def test_deploy_injects_run_three_apps_and_events_come_back(stack: Stack) -> Non
                          "fps of the three apps", 60)
     for app in APPS:
         a = s["apps"][f"{DEVICE}/default/{app}"]
-        assert a["status"] == "running" and 0 < a["fps"] <= float(FPS) * 1.5, a
+        assert a["status"] == "running" and a["fps"] > 0, a
     assert any(f"{DEVICE} is online" in t for t in texts)
 
 
