@@ -219,6 +219,18 @@ class Chromium:
                        "const r = e.getBoundingClientRect(); "
                        "return {x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height}; })()")
 
+    def click(self, element_js: str) -> bool:
+        """A real mouse click (press + release) in the middle of the element ``element_js``
+        evaluates to, as widgets that open on mouse events need; False if there is none."""
+        self.js(f"(() => {{ const e = {element_js}; if (e) e.scrollIntoView({{block: 'center'}}); }})()")
+        r = self.js(f"(() => {{ const e = {element_js}; if (!e) return null; const r = e.getBoundingClientRect(); "
+                    "return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()")
+        if not r:
+            return False
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=r["x"], y=r["y"], button="left", clickCount=1)
+        return True
+
     def close(self) -> None:
         try:
             self.ws.close()

@@ -207,6 +207,26 @@ def test_deploy_injects_run_three_apps_and_events_come_back(stack: Stack) -> Non
     assert any(f"{DEVICE} is online" in t for t in texts)
 
 
+_CHOICE = "[...document.querySelectorAll('.v-overlay .v-list-item')].find(e => e.innerText.trim() === 'tracking')"
+_DROPDOWN = "document.querySelector('.nrdb-ui-dropdown')"
+
+
+def _choose_tracking(browser: Chromium) -> bool:
+    """Open the app dropdown and pick 'tracking' (its menu slides in: wait, then click)."""
+    if "tracking" in (browser.js(f"{_DROPDOWN}.innerText") or ""):
+        return True
+    if not browser.js(f"!!({_CHOICE})"):
+        browser.click(f"{_DROPDOWN}.querySelector('.v-field')")
+    time.sleep(1)
+    browser.click(_CHOICE)
+    time.sleep(0.5)
+    return "tracking" in (browser.js(f"{_DROPDOWN}.innerText") or "")
+
+
+_CLICK = ("(() => { const b = [...document.querySelectorAll('button')]"
+          ".find(b => b.innerText.trim().toLowerCase() === '%s'); if (b) b.click(); return !!b; })()")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) -> None:
@@ -240,12 +260,15 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
         page = browser.text()
         # a dashboard button sends its command through the flow, and the reply shows on the page
-        clicked = browser.js("(() => { const b = [...document.querySelectorAll('button')]"
-                             ".find(b => b.innerText.trim().toLowerCase() === 'status'); "
-                             "if (b) b.click(); return !!b; })()")
-        assert clicked, "no status button on the dashboard"
+        assert browser.js(_CLICK % "status"), "no status button on the dashboard"
         browser.wait_text(lambda t: f"ok status on {DEVICE}: tracking running" in t,
                           "the status reply in Messages", 60)
+        # choose the app in the dropdown, then stop and start it from the dashboard
+        browser.wait_text(lambda _t: _choose_tracking(browser), "tracking chosen in the app dropdown", 60)
+        for verb, status in (("stop", "stopped"), ("start", "running")):
+            assert browser.js(_CLICK % verb), f"no {verb} button"
+            browser.wait_text(lambda t, v=verb, st=status: f"ok {v} tracking on {DEVICE}: {st}" in t,
+                              f"the {verb} reply in Messages", 60)
     finally:
         browser.close()
     assert "Devices" in page and "Frames per second" in page and "deploy roi" in page.lower()
