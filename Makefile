@@ -12,7 +12,7 @@ SECONDS ?= 60
 # An example third-party module package; its tests use only the pytest plugin's fixtures.
 EXAMPLE := examples/edgeva-brightness
 
-.PHONY: demo test lint bench setup system clean schemas
+.PHONY: demo test lint bench setup system nodered clean schemas
 
 $(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,7 +38,7 @@ system:
 demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
-test: setup $(MLSERVER)
+test: setup $(MLSERVER) nodered
 	$(BIN)/python -m pytest -q
 	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
@@ -46,6 +46,10 @@ test: setup $(MLSERVER)
 schemas: $(STAMP)
 	$(BIN)/edgeva schema export --builtin
 	$(BIN)/edgeva schema docs --builtin
+
+# Node-RED + Dashboard 2.0 (npm, into .nodered/) and chromium for tests/test_nodered*.py.
+nodered:
+	@tools/install-nodered.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -56,4 +60,4 @@ bench: setup
 	$(BIN)/edgeva bench deploy --json out/deploy.json
 
 clean:
-	rm -rf $(VENV) .venv-mlserver out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver .nodered out .pytest_cache

@@ -1,0 +1,1 @@
+"""Node-RED operator flows and dashboard for edgeva (flows.json, built by build.py)."""
