@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -54,8 +55,16 @@ from schemas.commands import (
     ok_reply,
     parse_command,
 )
-from schemas.deployment import Deployment, PartOf
-from schemas.errors import INTERNAL, SETUP_FAILED, TIMEOUT, UNKNOWN_DEVICE, EdgevaError
+from schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
+from schemas.errors import (
+    BAD_REQUEST,
+    INTERNAL,
+    SETUP_FAILED,
+    TIMEOUT,
+    UNKNOWN_DEVICE,
+    EdgevaError,
+    shown,
+)
 from schemas.graph import validate_graph
 from schemas.metrics import HopMetrics
 from schemas.topics import (
@@ -75,6 +84,9 @@ FLEET_SUBS = ("edgeva/v1/+/state", "edgeva/v1/+/metrics")
 PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
 LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
 RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
+#: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
+#: (256 MiB for mosquitto) would only cost memory and parse time.
+MAX_COMMAND_BYTES = 1 << 20
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -82,6 +94,14 @@ def _part_error(device: str, reply: dict) -> EdgevaError:
     path = err.get("path")
     return EdgevaError(err.get("code", INTERNAL), f"device {device!r}: {err.get('message', 'failed')}",
                        f"devices.{device}" + (f".{path}" if path else ""))
+
+
+class _ResponseTopicError(EdgevaError):
+    """The request's response topic is not the sender's: reply on the tenant's reply topic."""
+
+
+#: what may follow ``.../reply/`` in a response topic: a request id, no wildcard or level
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 class _Bucket:
@@ -202,16 +222,25 @@ class AgentBridge:
                 topic, payload, props = self.cmds.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._handle(topic, payload, props)
+            try:
+                self._handle(topic, payload, props)
+            except Exception:  # a bug in replying must not end command handling for everyone
+                log.exception("command on %s could not be handled", topic)
 
     def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
         t0 = time.monotonic()
-        request_id = extract_request_id(payload)
-        tenant = None
+        request_id = tenant = None
         try:
+            # Inside the try: every byte of the payload is hostile (a JSON nested 1,000 deep
+            # once killed this thread from here).
+            request_id = extract_request_id(payload[:MAX_COMMAND_BYTES])
             device, tenant, verb = parse_cmd_topic(topic)
             if device != self.device:
                 return
+            props = self._check_response_topic(tenant, props)
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise EdgevaError(BAD_REQUEST, f"payload of {len(payload)} B is over the limit of "
+                                  f"{MAX_COMMAND_BYTES} B")
             cmd = parse_command(verb, payload)
             request_id = getattr(cmd, "request_id", None) or request_id
             coord = self._forward_to(tenant, verb, cmd)
@@ -224,6 +253,8 @@ class AgentBridge:
         except EdgevaError as e:
             log.info("%s refused: %s", topic, e)
             reply = error_reply(request_id, e)
+            if isinstance(e, _ResponseTopicError):
+                props = None
         except Exception as e:  # never let one command take the agent down
             log.exception("command %s failed", topic)
             reply = error_reply(request_id, EdgevaError(INTERNAL, f"{type(e).__name__}: {e}"))
@@ -512,6 +543,21 @@ class AgentBridge:
         if cached is None or cached[0] is not dep:
             cached = self._graphs[app.key] = (dep, validate_graph(dep, self.core.registry, None, self.device))
         return pipeline_hops(cached[1], self.fleet.metrics)
+
+    def _check_response_topic(self, tenant: str, props: Properties | None) -> Properties | None:
+        """Refuse an MQTT 5 response topic outside this tenant's own reply topics on this device.
+        The agent publishes with its own broker rights, which reach every tenant's topics: used
+        as given, a tenant could make it write into another tenant's events. On refusal the
+        reply goes to ``reply/{request_id}`` (the props are dropped) and the command is not run."""
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if not topic:
+            return props
+        prefix = reply_topic(self.device, tenant, "x")[:-1]
+        if not (topic.startswith(prefix) and REQUEST_ID.match(topic[len(prefix):])):
+            raise _ResponseTopicError(BAD_REQUEST, f"response topic {shown(topic)} refused: replies go only to "
+                                      f"{prefix}<id> (<id>: {REQUEST_ID.pattern}); nothing was done",
+                                      "response_topic")
+        return props
 
     def _reply(self, tenant: str | None, request_id: str | None, reply: bytes, props: Properties | None) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None

@@ -39,6 +39,7 @@ from schemas.errors import (
     EdgevaError,
     format_path,
     from_validation_error,
+    shown,
 )
 
 if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
@@ -185,7 +186,7 @@ def validate_graph(
     for name, spec in mods.items():
         if spec.type not in registry:
             known = ", ".join(sorted(registry)) or "none installed"
-            raise EdgevaError(UNKNOWN_TYPE, f"unknown module type {spec.type!r} (known: {known})",
+            raise EdgevaError(UNKNOWN_TYPE, f"unknown module type {shown(spec.type)} (known: {known})",
                               _path(name, "type"))
     configs = {name: _check_args(name, spec, _config_class(registry[spec.type]))
                for name, spec in mods.items()}
@@ -194,9 +195,9 @@ def validate_graph(
         for i, out in enumerate(spec.outputs):
             path = _path(name, "outputs", i)
             if out not in mods:
-                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {out!r} in app {dep.app!r}", path)
+                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {shown(out)} in app {dep.app!r}", path)
             if out in spec.outputs[:i]:
-                raise EdgevaError(DUPLICATE_NAME, f"{out!r} is listed twice", path)
+                raise EdgevaError(DUPLICATE_NAME, f"{shown(out)} is listed twice", path)
             upstream[out].append(name)
     cycle = _find_cycle(dep)
     if cycle:
@@ -208,7 +209,7 @@ def validate_graph(
         for name, spec in mods.items():
             if spec.device is not None and spec.device not in allowed:
                 known = ", ".join(sorted(allowed))
-                raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {spec.device!r} (known: {known})",
+                raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {shown(spec.device)} (known: {known})",
                                   _path(name, "device"))
     downstream = {name: list(spec.outputs) for name, spec in mods.items()}
     return ValidatedGraph(dep, configs, _topological(dep, upstream), upstream, downstream, devices)

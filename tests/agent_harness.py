@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class Watcher:
     """Subscribes to ``edgeva/v1/#`` and keeps every JSON message by topic."""
 
-    def __init__(self, url: str, protocol: int = mqtt.MQTTv311) -> None:
+    def __init__(self, url: str, protocol: int = mqtt.MQTTv311, username: str | None = None,
+                 password: str | None = None, topics: tuple[str, ...] = ("edgeva/v1/#",)) -> None:
         host, port = url.split("://")[1].split(":")
         self.msgs: dict[str, list] = defaultdict(list)
         self.cond = threading.Condition()
@@ -31,15 +32,17 @@ class Watcher:
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(host, int(port))
         self.client.loop_start()
-        self.client.subscribe("edgeva/v1/#", qos=1)
+        self.client.subscribe([(t, 1) for t in topics])
         assert subscribed.wait(10), "watcher could not subscribe"
 
     def _on_message(self, _c, _u, m: mqtt.MQTTMessage) -> None:
         try:
             payload = json.loads(m.payload) if m.payload else None
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile payloads of security tests
             payload = m.payload
         with self.cond:
             self.msgs[m.topic].append(payload)
