@@ -27,6 +27,7 @@ same moment wait for each other until the part timeout, and both deploys are rol
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import queue
@@ -58,6 +59,7 @@ from schemas.commands import (
 from schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
 from schemas.errors import (
     BAD_REQUEST,
+    FORBIDDEN,
     INTERNAL,
     SETUP_FAILED,
     TIMEOUT,
@@ -137,12 +139,16 @@ class AgentBridge:
         part_timeout: float = PART_TIMEOUT_S,
         link_timeout: float = LINK_TIMEOUT_S,
         restore_first: bool = False,
+        fleet_token: str | None = None,
     ) -> None:
         """``peers``: keywords of ``agent.peers.Peers`` (``bind``, ``advertise``, ``tls``, ...);
         None: no data plane (apps spanning devices are refused). ``part_timeout``: how long a
         coordinator waits for a part's reply; ``link_timeout``: how long a starting part waits
         for the links its relays use (keep it under ``part_timeout``). ``restore_first``: commands
-        wait until ``restore()`` is done."""
+        wait until ``restore()`` is done. ``fleet_token``: the secret every agent of the fleet shares;
+        a deploy carrying ``part_of`` (agent to agent) is accepted only with it, so that a tenant
+        cannot forge parts (None: parts are refused)."""
+        self.fleet_token = fleet_token or None
         self.part_timeout, self.link_timeout = part_timeout, link_timeout
         self._restored = threading.Event()  # commands wait until the desired state is back
         if not restore_first:
@@ -280,7 +286,7 @@ class AgentBridge:
             result = core.status(tenant, cmd)
             app = core.apps[cmd.app] if cmd.app is not None else None
             if app is not None and app.deployment.part_of is None and remote_devices(app.deployment, self.device):
-                result["part"] = self._part(app.deployment, hold=False)  # what a restarting part adopts
+                result["part"] = self._part(app.deployment, hold=False, token=False)  # what a restarting part adopts
             return result
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
@@ -290,6 +296,7 @@ class AgentBridge:
     def _deploy(self, tenant: str, dep: Deployment) -> dict:
         core = self.core
         if dep.part_of is not None:  # a coordinator's part: it checked the fleet already
+            dep = self._authentic_part(dep)
             existing = core.apps.get(dep.app)
             if (existing is not None and existing.tenant == tenant and existing.deployment.part_of is not None
                     and existing.deployment.part_of.coordinator == dep.part_of.coordinator
@@ -301,6 +308,7 @@ class AgentBridge:
         if not remote:
             return core.deploy(tenant, dep)
         known = self.fleet.online() | {self.device}
+        core.paths.check_deployment(tenant, dep, core.registry, self.device)  # before any config reads a file
         validate_graph(dep, core.registry, None, self.device)  # types, args, graph first: the precise errors
         for name, m in dep.modules.items():
             if m.device and m.device not in known:
@@ -318,15 +326,32 @@ class AgentBridge:
         return self._coordinate(tenant, dep, remote,
                                 lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
 
-    def _part(self, dep: Deployment, hold: bool) -> dict:
+    def _authentic_part(self, dep: Deployment) -> Deployment:
+        """``dep`` without its token if it carries this fleet's token, else ``FORBIDDEN``: only
+        agents send parts (a forged one skipped the fleet check, and each made-up peer cost a
+        listener, its threads and a ring)."""
+        po = dep.part_of
+        assert po is not None
+        if self.fleet_token is None:
+            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only, and this agent has no fleet token: "
+                              "start every agent with the same --fleet-token (env EDGEVA_FLEET_TOKEN)", "part_of")
+        if po.token is None or not hmac.compare_digest(po.token.encode(), self.fleet_token.encode()):
+            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only: the fleet token is missing or wrong",
+                              "part_of.token")
+        return dep.model_copy(update={"part_of": po.model_copy(update={"token": None})})  # never stored
+
+    def _part(self, dep: Deployment, hold: bool, token: bool = True) -> dict:
         """What every part of an app coordinated here gets: the whole graph, every ``device``
-        filled in, ``part_of`` this agent (JSON, without a request id)."""
+        filled in, ``part_of`` this agent with the fleet token (JSON, without a request id).
+        ``token=False``: without it, for replies a tenant reads."""
         part = dep.model_copy(update={
             "request_id": None,
             "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
-            "part_of": PartOf(coordinator=self.device, hold=hold),
+            "part_of": PartOf(coordinator=self.device, hold=hold, token=self.fleet_token if token else None),
         }).model_dump(mode="json")
         part.pop("request_id")
+        if part["part_of"]["token"] is None:
+            del part["part_of"]["token"]
         return part
 
     def _forward_to(self, tenant: str, verb: str, cmd: Any) -> str | None:

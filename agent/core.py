@@ -33,6 +33,7 @@ from agent.dataplane.link import LinkError
 from agent.dataplane.relay import LinkToRing, RingToLink
 from agent.dataplane.ring import RingError, ring_stats, sweep_segments
 from agent.dataplane.segment import segment_name
+from agent.paths import PathPolicy
 from agent.peers import Peers
 from agent.store import DesiredState
 from agent.supervisor import Instance, Supervisor
@@ -128,6 +129,7 @@ class AgentCore:
         metrics_interval: float = 1.0,
         peers: Peers | None = None,
         link_slot_bytes: int = 8 << 20,
+        paths: PathPolicy | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix or device
@@ -140,6 +142,8 @@ class AgentCore:
         self.users: dict[str, set[str]] = {}  # instance name -> app names
         self.peers = peers or Peers(device, None)
         self.link_slot_bytes = link_slot_bytes
+        #: where tenants' modules may read and write (default: PathPolicy.make())
+        self.paths = paths if paths is not None else PathPolicy.make()
         self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
         #: app -> per-hop metrics of an app spanning devices (set by the bridge, which sees the fleet)
         self.hops_for: Callable[[App], list | None] = lambda app: None
@@ -160,6 +164,7 @@ class AgentCore:
                 mask = {"request_id", "part_of"}
                 if existing.deployment.model_dump(exclude=mask) != dep.model_dump(exclude=mask):
                     raise EdgevaError(CONFLICT, f"app {dep.app!r} is already deployed with another graph: remove it first", "app")
+        self.paths.check_deployment(tenant, dep, self.registry, self.device)  # before any config reads a file
         graph = validate_graph(dep, self.registry, known_devices, self.device)
         if remote_devices(dep, self.device) and not self.peers.enabled:
             path = next(f"modules.{n}.device" for n, m in dep.modules.items() if m.device and m.device != self.device)
@@ -298,6 +303,10 @@ class AgentCore:
             else:
                 relay.obj.close()
             log.info("relay %s %s stream %s stopped", *key)
+            with self.lock:
+                unused = not any(k[1] == key[1] for k in self.relays)
+            if unused:  # its listener port, threads and buffers go with the last relay
+                self.peers.release(key[1])
 
     def _in_ring(self, app: App, peer: str, stream: str, touched: list) -> str:
         """The local ring that carries ``peer``'s stream ``stream`` (made on first use)."""
@@ -439,6 +448,8 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"app {cmd.app!r} is {app.status}: start it first", "app")
         spec = dep.modules[cmd.module]
         new_args = {**spec.args, **cmd.args}
+        if spec.device in (None, self.device):
+            self.paths.check_args(tenant, spec.type, new_args, self.registry, "args")
         config = check_args(spec.type, new_args, self.registry[spec.type].config_class)
         new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
         if cmd.module not in app.modules:  # runs on another device: this part records the graph

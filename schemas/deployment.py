@@ -74,6 +74,11 @@ class PartOf(BaseModel):
         description="keep sources held until a `start` of the app (the coordinator sends it "
         "once every part runs, so that no frame is sent before its consumer listens)",
     )
+    token: str | None = Field(
+        default=None, max_length=256,
+        description="the fleet's shared secret (`edgeva agent --fleet-token`): proves that an agent, not "
+        "a tenant, sent this part; agents never echo or store it",
+    )
 
 
 class Deployment(BaseModel):

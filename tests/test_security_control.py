@@ -126,3 +126,118 @@ def test_response_topic_cannot_reach_another_tenant(fleet: Fleet) -> None:
     time.sleep(1.0)
     assert acme.get(victim) == [], acme.get(victim)
     assert "ALARM" not in everything_received(acme)
+
+
+# -- hole 7 -------------------------------------------------------------------------------------
+BIND = ("--data-bind", "tcp://127.0.0.1:0", "--fleet-token", "fleet-secret-7")
+
+
+def links(f: Fleet, device: str | None = None) -> dict:
+    return f.observer.get(f"edgeva/v1/{device or f.device}/state")[-1].get("links", {})
+
+
+def forged_part(device: str, ghost: str, token: str | None = None) -> dict:
+    part = {"app": f"p-{ghost}", "part_of": {"coordinator": ghost, "hold": False, **({"token": token} if token else {})},
+            "modules": {"dec": {**DEC, "outputs": ["pub"], "device": ghost},
+                        "pub": {"type": "publish", "args": {}, "device": device}}}
+    return part
+
+
+def test_tenants_cannot_forge_parts_and_unused_links_are_released(mosquitto_auth: Broker, tmp_path: Path) -> None:
+    """Hole 7: any tenant could send a deploy with ``part_of``, skipping the fleet check: each
+    made-up peer got a listener port, threads and a ring, never released. Now a part needs the
+    fleet token; a real app spanning two agents works, and its links go when it is removed."""
+    f = start_fleet(mosquitto_auth, tmp_path, *BIND)
+    other = None
+    try:
+        for i, token in enumerate((None, "guessed")):
+            ghost = f"zz-ghost-{i}"  # sorts after the device: this agent would listen for it
+            r = f.cmd("acme").send("deploy", forged_part(f.device, ghost, token), timeout=20)
+            assert r["ok"] is False and r["error"]["code"] == "forbidden", r
+            assert r["error"]["path"].startswith("part_of")
+        time.sleep(0.5)
+        assert links(f) == {}, links(f)
+        assert f.cmd("acme").send("status", {})["result"]["apps"] == {}
+        # A real app across two agents of the fleet: the coordinator's parts carry the token.
+        peer = f"{f.device}-b"  # sorts after: f's agent listens for it
+        other = AgentProc(f.broker.url, peer, tmp_path / "b", f.observer, "--username", "agent",
+                          "--password", f.broker.users["agent"], *BIND)
+        spanning = {"app": "span", "modules": {"dec": {**DEC, "outputs": ["pub"]},
+                                                "pub": {"type": "publish", "args": {}, "device": peer}}}
+        r = f.cmd("acme").send("deploy", spanning, timeout=60)
+        assert r["ok"] is True, r
+        assert "token" not in json.dumps(r), r  # never echoed to the tenant
+        f.observer.wait(f"edgeva/v1/{f.device}/state", lambda ms: peer in ms[-1].get("links", {}), timeout=10)
+        f.tenants["acme"].wait(f"edgeva/v1/{peer}/acme/events/span", timeout=20)  # frames cross the link
+        st = f.cmd("acme").send("status", {"app": "span"})
+        assert "token" not in json.dumps(st), st
+        assert "fleet-secret-7" not in everything_received(f.tenants["acme"])
+        r = f.cmd("acme").send("remove", {"app": "span"}, timeout=30)
+        assert r["ok"] is True, r
+        f.observer.wait(f"edgeva/v1/{f.device}/state", lambda ms: ms[-1].get("links") == {}, timeout=10)
+    finally:
+        if other is not None:
+            other.stop()
+        stop_fleet(f)
+
+
+# -- hole 3 -------------------------------------------------------------------------------------
+def write_clip(path: Path) -> Path:
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(10):
+        out.write(np.full((48, 64, 3), i * 20, np.uint8))
+    out.release()
+    return path
+
+
+def test_paths_are_confined_to_media_and_tenant_output_dirs(mosquitto_auth: Broker, tmp_path: Path) -> None:
+    """Hole 3: annotate's ``output`` created or truncated a file anywhere the agent could write,
+    and a decoder ``source`` read any file or URL FFmpeg can reach. Now reads stay in the media
+    directories, writes in the tenant's output directory, URLs need an allowed scheme."""
+    media, outroot = tmp_path / "media", tmp_path / "out"
+    inside = write_clip(media / "clip.avi")
+    secret = write_clip(tmp_path / "private" / "clip.avi")  # a real video, outside the media dir
+    f = start_fleet(mosquitto_auth, tmp_path, "--media-dir", str(media), "--output-root", str(outroot))
+    acme = f.cmd("acme")
+    try:
+        def refused(dep: dict, where: str, words: str) -> None:
+            r = acme.send("deploy", dep, timeout=30)
+            assert r["ok"] is False and r["error"]["code"] == "bad_args", r
+            assert r["error"]["path"] == where and words in r["error"]["message"], r
+
+        src = "modules.dec.args.source"
+        refused(app("a1", {**DEC, "args": {"source": str(secret)}}), src, "outside the media directories")
+        refused(app("a2", {**DEC, "args": {"source": str(media / ".." / "private" / "clip.avi")}}), src, "outside")
+        refused(app("a3", {**DEC, "args": {"source": "/etc/hostname"}}), src, "outside")
+        refused(app("a4", {**DEC, "args": {"source": f"concat:{inside}|{secret}"}}), src, "FFmpeg protocols")
+        refused(app("a5", {**DEC, "args": {"source": "http://127.0.0.1:9/x.mp4"}}), src, "scheme 'http'")
+        refused(app("a6", {**DEC, "args": {"source": "asset:../../../etc/hostname"}}), src, "bundled clip")
+        evil = tmp_path / "elsewhere" / "evil.mp4"
+        evil.parent.mkdir()
+        for out in (str(evil), str(outroot / "globex" / "x.mp4"), str(outroot / "acme" / ".." / "globex" / "y.mp4")):
+            dep = app("w1")
+            dep["modules"]["dec"]["outputs"] = ["pub", "ann"]
+            dep["modules"]["ann"] = {"type": "annotate", "args": {"output": out}}
+            refused(dep, "modules.ann.args.output", "outside this tenant's output directory")
+        r = acme.send("deploy", {"app": "m", "modules": {"det": {"type": "detector", "args": {"model": str(secret)}}}})
+        assert r["error"]["code"] == "bad_args" and r["error"]["path"] == "modules.det.args.model", r
+        # What is allowed works: a file in the media dir, a video into the tenant's own dir.
+        dep = app("ok", {**DEC, "args": {"source": str(inside), "fps": 10, "loop": True}})
+        dep["modules"]["dec"]["outputs"] = ["pub", "ann"]
+        mine = outroot / "acme" / "ok.mp4"
+        dep["modules"]["ann"] = {"type": "annotate", "args": {"output": str(mine)}}
+        r = acme.send("deploy", dep, timeout=30)
+        assert r["ok"] is True, r
+        f.tenants["acme"].wait(f"edgeva/v1/{f.device}/acme/events/ok", timeout=20)
+        # An update cannot move a running module's source out either.
+        r = acme.send("update", {"app": "ok", "module": "dec", "args": {"source": str(secret)}})
+        assert r["error"]["code"] == "bad_args" and "outside" in r["error"]["message"], r
+        assert acme.send("remove", {"app": "ok"}, timeout=30)["ok"]
+        assert mine.stat().st_size > 0
+        assert not evil.exists() and not (outroot / "globex").exists()
+    finally:
+        stop_fleet(f)
