@@ -566,7 +566,7 @@ class AgentBridge:
             return None
         cached = self._graphs.get(app.key)
         if cached is None or cached[0] is not dep:
-            cached = self._graphs[app.key] = (dep, validate_graph(dep, self.core.registry, None, self.device))
+            cached = self._graphs[app.key] = (dep, self.core._graph(app.tenant, dep))
         return pipeline_hops(cached[1], self.fleet.metrics)
 
     def _check_response_topic(self, tenant: str, props: Properties | None) -> Properties | None:

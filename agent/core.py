@@ -154,6 +154,13 @@ class AgentCore:
         self.sup = Supervisor(self._on_event, self._on_metrics, self._on_change)
 
     # -- commands ------------------------------------------------------------------------------
+    def _graph(self, tenant: str, dep: Deployment, known_devices: set[str] | None = None) -> ValidatedGraph:
+        """``validate_graph`` with the tenant in every identity: modules are shared only within
+        a tenant, so that no tenant can pace, fill or see another's instances (docs/security.md)."""
+        graph = validate_graph(dep, self.registry, known_devices, self.device)
+        graph.scope = tenant
+        return graph
+
     def check(self, tenant: str, dep: Deployment, known_devices: set[str] | None) -> tuple[ValidatedGraph, App | None]:
         """Check a deploy whole; returns its graph and the app already deployed under that name
         (same graph) or None. Raises ``EdgevaError``."""
@@ -165,7 +172,7 @@ class AgentCore:
                 if existing.deployment.model_dump(exclude=mask) != dep.model_dump(exclude=mask):
                     raise EdgevaError(CONFLICT, f"app {dep.app!r} is already deployed with another graph: remove it first", "app")
         self.paths.check_deployment(tenant, dep, self.registry, self.device)  # before any config reads a file
-        graph = validate_graph(dep, self.registry, known_devices, self.device)
+        graph = self._graph(tenant, dep, known_devices)
         if remote_devices(dep, self.device) and not self.peers.enabled:
             path = next(f"modules.{n}.device" for n, m in dep.modules.items() if m.device and m.device != self.device)
             raise EdgevaError(SETUP_FAILED, f"device {self.device!r} has no data plane for links to other devices: "
@@ -431,7 +438,7 @@ class AgentCore:
             released = self.release(cmd.app)
             extra = {"renamed_streams": renamed} if renamed else {}
             return self._app_result(app, unchanged=not released and not renamed, released=released, **extra)
-        graph = validate_graph(app.deployment, self.registry, None, self.device)
+        graph = self._graph(tenant, app.deployment)
         self._start_app(app, graph, hold=hold)
         self.store.put(tenant, app.deployment, "running")
         self.state_changed()
@@ -462,8 +469,8 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"module {cmd.module!r} is shared with apps {', '.join(others)}: "
                                         "updating it would change them too; deploy a module with its own args instead",
                               f"modules.{cmd.module}")
-        old_graph = validate_graph(dep, self.registry, None, self.device)
-        graph = validate_graph(new_dep, self.registry, None, self.device)
+        old_graph = self._graph(tenant, dep)
+        graph = self._graph(tenant, new_dep)
         res = self.sup.update(inst_name, config.model_dump(mode="json", exclude_unset=True))
         restarted = False
         if not res.applied:
@@ -523,8 +530,8 @@ class AgentCore:
         """The coordinator's newer graph of a running part (a module was updated on some
         device): record it, receive on the new stream names (see ``_rekey``)."""
         app = self._get(tenant, dep.app)
-        old = validate_graph(app.deployment, self.registry, None, self.device)
-        new = validate_graph(dep, self.registry, None, self.device)
+        old = self._graph(tenant, app.deployment)
+        new = self._graph(tenant, dep)
         if app.status == "running":
             self._rekey(app, old, new)
         with self.lock:

@@ -64,6 +64,9 @@ class ValidatedGraph:
     upstream: dict[str, list[str]]
     downstream: dict[str, list[str]]
     devices: dict[str, str]
+    #: who may share these modules: part of every identity when set (the agent sets the tenant,
+    #: so that tenants never share a module instance, see docs/security.md)
+    scope: str = ""
     _ids: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -75,7 +78,7 @@ class ValidatedGraph:
 
     def identity(self, name: str) -> str:
         """Stable id of module ``name``: ``<type>-<16 hex>`` from (type, canonical config
-        JSON, device, sorted identities of its upstreams). Equal across apps for modules that
+        JSON, device, sorted identities of its upstreams, and ``scope`` when set). Equal across apps for modules that
         would produce the same stream, so they can share one running instance."""
         if name not in self._ids:
             config = self.configs[name]
@@ -86,6 +89,8 @@ class ValidatedGraph:
                 self.devices[name],
                 ups,
             ]
+            if self.scope:
+                key.append(self.scope)
             blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
             digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
             self._ids[name] = f"{config.type}-{digest}"  # type: ignore[attr-defined]

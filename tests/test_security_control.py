@@ -241,3 +241,32 @@ def test_paths_are_confined_to_media_and_tenant_output_dirs(mosquitto_auth: Brok
         assert not evil.exists() and not (outroot / "globex").exists()
     finally:
         stop_fleet(f)
+
+
+# -- hole 6 -------------------------------------------------------------------------------------
+def test_modules_are_shared_within_a_tenant_only(fleet: Fleet) -> None:
+    """Hole 6: identity ignored the tenant, so globex's app attached to acme's decoder (and could
+    pace it with a ``block`` consumer, fill its consumer slots) and saw acme's app names in
+    ``shared_with``, conflicts and metrics. Now sharing stays within a tenant."""
+    acme, globex = fleet.cmd("acme"), fleet.cmd("globex")
+    a1 = acme.send("deploy", app("a-one"), timeout=30)
+    assert a1["ok"], a1
+    g1 = globex.send("deploy", app("g-one"), timeout=30)  # the very same graph
+    assert g1["ok"], g1
+    assert g1["result"]["modules"]["dec"]["instance"] != a1["result"]["modules"]["dec"]["instance"]
+    assert g1["result"]["modules"]["dec"]["shared_with"] == []
+    a2 = acme.send("deploy", app("a-two"), timeout=30)  # within a tenant: shared as before
+    assert a2["result"]["modules"]["dec"]["instance"] == a1["result"]["modules"]["dec"]["instance"]
+    assert a2["result"]["modules"]["dec"]["shared_with"] == ["a-one"]
+    # globex's module is its own: an update applies (no conflict naming acme's apps)
+    r = globex.send("update", {"app": "g-one", "module": "dec", "args": {"fps": 5}}, timeout=30)
+    assert r["ok"] is True, r
+    r = acme.send("update", {"app": "a-one", "module": "dec", "args": {"fps": 5}}, timeout=30)
+    assert r["error"]["code"] == "conflict" and "a-two" in r["error"]["message"], r
+    fleet.tenants["globex"].wait(f"edgeva/v1/{fleet.device}/globex/metrics",
+                                 lambda ms: any("g-one" in m.get("apps", {}) for m in ms), timeout=15)
+    globex.send("status", {})
+    globex.send("metrics", {})
+    seen = everything_received(fleet.tenants["globex"])
+    for name in ("a-one", "a-two", "acme", a1["result"]["modules"]["dec"]["instance"]):
+        assert name not in seen, f"globex received {name!r}"
