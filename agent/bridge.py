@@ -1,8 +1,9 @@
 """The agent's MQTT side: commands in, replies/state/metrics/events out.
 
-Commands are queued by paho's network thread and executed one at a time by a worker thread, so
-a slow deploy never stalls the connection (keep-alives, other replies) and two commands never
-interleave. Replies go to the MQTT 5 response topic (with the correlation data) when the
+Commands are queued by paho's network thread and executed by one worker thread per tenant, so
+a slow deploy never stalls the connection (keep-alives, other replies) nor another tenant's
+commands, and two commands of one tenant never interleave (``AgentCore`` keeps tenants' commands
+apart: modules are never shared across tenants, app names are reserved while deployed). Replies go to the MQTT 5 response topic (with the correlation data) when the
 request named one, else to ``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
 
 Apps spanning devices (modules with a ``device`` other than this one). The agent that receives
@@ -89,6 +90,9 @@ RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app st
 #: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
 #: (256 MiB for mosquitto) would only cost memory and parse time.
 MAX_COMMAND_BYTES = 1 << 20
+MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
+TENANT_QUEUE = 256  # commands one tenant may have waiting
+WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -156,7 +160,8 @@ class AgentBridge:
         self.device = core_args["device"]
         self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
-        self.cmds: queue.Queue = queue.Queue()
+        self._workers: dict[str, queue.Queue] = {}  # tenant -> its command queue (one thread each)
+        self._workers_lock = threading.Lock()
         self.buckets: dict[tuple[str, str], _Bucket] = {}
         self._stop = threading.Event()
         self._state_dirty = threading.Event()
@@ -215,19 +220,42 @@ class AgentBridge:
         # our own command topics are commands.
         if m.retain or not mqtt.topic_matches_sub(self._cmd_sub, m.topic):
             return
-        self.cmds.put((m.topic, m.payload, getattr(m, "properties", None)))
+        self._enqueue(parts[3], (m.topic, m.payload, getattr(m, "properties", None)))
 
     # -- commands ---------------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _enqueue(self, tenant: str, item: tuple) -> None:
+        """Queue a command for its tenant's worker (started on first use): one tenant's slow
+        deploy never holds up another's commands; one tenant's commands stay in order."""
+        with self._workers_lock:
+            q = self._workers.get(tenant)
+            if q is None:
+                if len(self._workers) >= MAX_TENANT_WORKERS:
+                    log.warning("commands of %d tenants in progress: %s dropped", len(self._workers), item[0])
+                    return
+                q = self._workers[tenant] = queue.Queue(maxsize=TENANT_QUEUE)
+                threading.Thread(target=self._work, args=(tenant, q), name=f"commands-{tenant}", daemon=True).start()
+            try:
+                q.put_nowait(item)
+            except queue.Full:  # a flood costs that tenant its own commands only
+                log.warning("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE, item[0])
+
+    def _work(self, tenant: str, q: queue.Queue) -> None:
         # A peer's status question must see the restored apps, not an empty agent.
         while not self._restored.wait(0.5):
             if self._stop.is_set():
                 return
+        idle_since = time.monotonic()
         while not self._stop.is_set():
             try:
-                topic, payload, props = self.cmds.get(timeout=0.5)
+                topic, payload, props = q.get(timeout=0.5)
             except queue.Empty:
+                if time.monotonic() - idle_since > WORKER_IDLE_S:
+                    with self._workers_lock:  # _enqueue puts under this lock: nothing is lost
+                        if q.empty():
+                            del self._workers[tenant]
+                            return
                 continue
+            idle_since = time.monotonic()
             try:
                 self._handle(topic, payload, props)
             except Exception:  # a bug in replying must not end command handling for everyone

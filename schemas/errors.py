@@ -22,6 +22,8 @@ Codes:
 - ``conflict``: the app exists already (deploy) or the request clashes with the current state.
 - ``setup_failed``: a module refused to start (``ModuleError`` from ``setup``); rolled back.
 - ``timeout``: the device did not finish in time.
+- ``limit``: a per-tenant limit of the device (apps, modules, output size, shared memory) or
+  the device's free shared memory would be exceeded; the message names it and its flag.
 - ``internal``: a bug; the message says where to look.
 """
 
@@ -48,6 +50,7 @@ ErrorCode = Literal[
     "setup_failed",
     "timeout",
     "internal",
+    "limit",
 ]
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
@@ -65,6 +68,7 @@ CONFLICT: ErrorCode = "conflict"
 SETUP_FAILED: ErrorCode = "setup_failed"
 TIMEOUT: ErrorCode = "timeout"
 INTERNAL: ErrorCode = "internal"
+LIMIT: ErrorCode = "limit"
 
 
 #: Longest message and path of an error: replies echo parts of hostile input.

@@ -270,3 +270,88 @@ def test_modules_are_shared_within_a_tenant_only(fleet: Fleet) -> None:
     seen = everything_received(fleet.tenants["globex"])
     for name in ("a-one", "a-two", "acme", a1["result"]["modules"]["dec"]["instance"]):
         assert name not in seen, f"globex received {name!r}"
+
+
+# -- hole 8 -------------------------------------------------------------------------------------
+def test_one_tenants_slow_deploy_does_not_hold_up_another(fleet: Fleet) -> None:
+    """Hole 8: one command thread ran every tenant's commands, and a deploy waits for each module
+    to be ready: acme's deploy of a camera that does not answer held globex's commands until it
+    failed. Now each tenant has its own worker: globex's deploy is answered first."""
+    dev, acme_w = fleet.device, fleet.tenants["acme"]
+    slow = {"type": "decoder", "args": {"source": "rtsp://127.0.0.1:9/none", "fail_fast_s": 8, "reconnect_s": 0.2}}
+    acme_w.client.publish(f"edgeva/v1/{dev}/acme/cmd/deploy", json.dumps({**app("slow", slow), "request_id": "slow1"}),
+                          qos=1).wait_for_publish(5)
+    time.sleep(0.5)  # acme's deploy is under way
+    r = fleet.cmd("globex").send("deploy", app("quick"), timeout=60)
+    assert r["ok"] is True, r
+    assert acme_w.get(f"edgeva/v1/{dev}/acme/reply/slow1") == [], "globex waited for acme's deploy"
+    r = acme_w.wait(f"edgeva/v1/{dev}/acme/reply/slow1", timeout=60)[0]
+    assert r["ok"] is False and r["error"]["code"] == "setup_failed", r
+    assert fleet.cmd("acme").send("status", {})["result"]["apps"] == {}
+
+
+def test_per_tenant_limits(mosquitto_auth: Broker, tmp_path: Path) -> None:
+    """Hole 8: no cap on a tenant's apps, modules or frame/crop sizes. Now each is capped per
+    tenant (here --max-apps 2 --max-slot-mb 1); a refusal says which limit and leaves nothing."""
+    f = start_fleet(mosquitto_auth, tmp_path, "--max-apps", "2", "--max-slot-mb", "1", "--max-modules", "5")
+    acme, globex = f.cmd("acme"), f.cmd("globex")
+    try:
+        big = {"type": "decoder", "args": {"source": "synthetic", "fps": 5, "width": 1280, "height": 720}}
+        r = acme.send("deploy", app("big", big), timeout=30)
+        assert r["ok"] is False and r["error"]["code"] == "limit" and r["error"]["path"] == "modules.dec", r
+        assert "--max-slot-mb" in r["error"]["message"]
+        crops = app("crops")
+        crops["modules"]["dec"]["outputs"] = ["det"]
+        crops["modules"]["det"] = {"type": "detector", "args": {"backend": "opencv-hog", "crops": True,
+                                                                 "crop_size": [512, 1024], "max_crops": 16},
+                                   "outputs": ["pub"]}
+        r = acme.send("deploy", crops, timeout=60)
+        assert r["ok"] is False and r["error"]["code"] == "limit" and r["error"]["path"] == "modules.det", r
+        many = {"app": "many", "modules": {f"d{i}": {**DEC, "args": {**DEC["args"], "fps": i + 1}} for i in range(6)}}
+        r = acme.send("deploy", many, timeout=30)
+        assert r["ok"] is False and r["error"]["code"] == "limit" and "--max-modules" in r["error"]["message"], r
+        time.sleep(0.5)
+        assert f.observer.get(f"edgeva/v1/{f.device}/state")[-1]["modules"] == {}  # all rolled back
+        for name in ("one", "two"):
+            assert acme.send("deploy", app(name, {**DEC, "args": {**DEC["args"], "fps": len(name)}}), timeout=30)["ok"]
+        r = acme.send("deploy", app("three"), timeout=30)
+        assert r["ok"] is False and r["error"]["code"] == "limit" and "--max-apps" in r["error"]["message"], r
+        assert globex.send("deploy", app("g-one"), timeout=30)["ok"]  # limits are per tenant
+    finally:
+        stop_fleet(f)
+
+
+def test_shared_memory_is_checked_for_every_ring_not_one_at_a_time(mosquitto_auth: Broker, tmp_path: Path) -> None:
+    """Hole 8: /dev/shm was checked one segment at a time against its free space, but tmpfs
+    segments are sparse: rings made earlier still take their space when written, so several
+    rings that each "fit" over-commit it (a SIGBUS later). Here a sparse segment owes all but
+    1 MiB of the free space: a deploy whose rings need ~800 MiB is refused, and a plain
+    segment too. (Sizes are large because other processes on the machine use /dev/shm too.)"""
+    from agent.dataplane.segment import (
+        SegmentError,
+        create_segment,
+        shm_free_bytes,
+        shm_uncommitted_bytes,
+    )
+
+    f = start_fleet(mosquitto_auth, tmp_path, "--slots", "32", "--max-shm-mb", "4096")
+    dec = {"type": "decoder", "args": {"source": "synthetic", "fps": 5, "width": 3840, "height": 2160}}
+    try:
+        free = shm_free_bytes()
+        assert free is not None
+        free -= shm_uncommitted_bytes()  # what the machine's other rings still owe
+        hog = create_segment(f"edgeva-sectest-{uuid.uuid4().hex[:8]}", free - (1 << 20))  # sparse: no memory
+        try:
+            with pytest.raises(SegmentError, match="not enough shared memory"):
+                create_segment(f"edgeva-sectest-{uuid.uuid4().hex[:8]}", 512 << 20).unlink()
+            r = f.cmd("acme").send("deploy", app("shm", dec), timeout=30)
+            assert r["ok"] is False and r["error"]["code"] in ("limit", "setup_failed"), r
+            assert "shared memory" in r["error"]["message"], r
+        finally:
+            hog.close()
+            hog.unlink()
+        r = f.cmd("acme").send("deploy", app("shm", dec), timeout=30)
+        assert r["ok"] is True, r
+        assert f.cmd("acme").send("remove", {"app": "shm"}, timeout=30)["ok"]
+    finally:
+        stop_fleet(f)

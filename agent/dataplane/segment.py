@@ -46,10 +46,30 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def shm_uncommitted_bytes() -> int:
+    """Bytes that segments in /dev/shm may still take: tmpfs files are sparse, so each one's
+    free check saw space that the segments made before it will claim once written."""
+    total = 0
+    try:
+        entries = os.scandir(SHM_DIR)
+    except OSError:
+        return 0
+    with entries:
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += max(0, st.st_size - st.st_blocks * 512)
+    return total
+
+
 def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     """Create a new 0600 segment; a leftover of the same name, or too little shared memory,
     is a clear error."""
     free = shm_free_bytes()
+    if free is not None:
+        free -= shm_uncommitted_bytes()  # what earlier sparse segments will still take
     if free is not None and size > free:
         # tmpfs creates the file sparse and only fails when a page is first written: as a
         # SIGBUS ("Bus error") in whichever process writes it. Refuse up front instead.

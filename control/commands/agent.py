@@ -26,6 +26,7 @@ def _csv(values: list[str] | None) -> list[str] | None:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.bridge import AgentBridge
+    from agent.limits import TenantLimits
     from agent.mqtt import MqttError, MqttOptions
     from agent.paths import PathPolicy
     from agent.store import default_state_dir
@@ -53,7 +54,10 @@ def _run(args: argparse.Namespace) -> int:
              "link_slot_bytes": int(args.link_slot_mb * (1 << 20)),
              "paths": PathPolicy.make(
                  media_dirs=args.media_dir, tenant_media_root=args.tenant_media_root, output_root=args.output_root,
-                 url_schemes=_csv(args.url_scheme), url_hosts=_csv(args.url_host))},
+                 url_schemes=_csv(args.url_scheme), url_hosts=_csv(args.url_host)),
+             "limits": TenantLimits(max_apps=args.max_apps, max_modules=args.max_modules,
+                                    max_slot_bytes=int(args.max_slot_mb * (1 << 20)),
+                                    max_shm_bytes=int(args.max_shm_mb * (1 << 20)))},
             args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate, peers=peers,
             part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
             fleet_token=_fleet_token(args),
@@ -111,6 +115,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="URL scheme a source may use; repeatable or comma-separated (default: rtsp,rtsps)")
     f.add_argument("--url-host", action="append", metavar="HOST",
                    help="host a source URL may name; repeatable or comma-separated (default: any host)")
+    lim = p.add_argument_group("per-tenant limits", "What one tenant may take of this device (docs/security.md).")
+    lim.add_argument("--max-apps", type=int, default=32, metavar="N", help="apps per tenant (default: 32)")
+    lim.add_argument("--max-modules", type=int, default=64, metavar="N", help="module instances per tenant (default: 64)")
+    lim.add_argument("--max-slot-mb", type=float, default=64.0, metavar="MB",
+                     help="largest output message of a tenant's module: frame and crops (default: 64)")
+    lim.add_argument("--max-shm-mb", type=float, default=2048.0, metavar="MB",
+                     help="shared memory all of a tenant's rings may take (default: 2048)")
     g = p.add_argument_group(
         "links to other agents (apps spanning devices)",
         "Without --data-bind the agent has no data plane and refuses apps that span devices. Of two "
