@@ -505,6 +505,7 @@ class AgentCore:
             released = self.release(cmd.app)
             extra = {"renamed_streams": renamed} if renamed else {}
             return self._app_result(app, unchanged=not released and not renamed, released=released, **extra)
+        self.paths.check_deployment(tenant, app.deployment, self.registry, self.device)  # flags may have changed
         graph = self._graph(tenant, app.deployment)
         self._start_app(app, graph, hold=hold)
         self.store.put(tenant, app.deployment, "running")
