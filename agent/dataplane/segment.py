@@ -68,15 +68,16 @@ def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     """Create a new 0600 segment; a leftover of the same name, or too little shared memory,
     is a clear error."""
     free = shm_free_bytes()
-    if free is not None:
-        free -= shm_uncommitted_bytes()  # what earlier sparse segments will still take
-    if free is not None and size > free:
-        # tmpfs creates the file sparse and only fails when a page is first written: as a
-        # SIGBUS ("Bus error") in whichever process writes it. Refuse up front instead.
+    # tmpfs creates the file sparse and only fails when a page is first written: as a SIGBUS
+    # ("Bus error") in whichever process writes it. Refuse up front instead, counting what
+    # earlier segments (sparse too) will still take.
+    owed = shm_uncommitted_bytes() if free is not None else 0
+    if free is not None and size > free - owed:
         raise SegmentError(
             f"not enough shared memory for {name!r}: it needs {size / 2**20:.1f} MiB, "
-            f"{SHM_DIR} has {free / 2**20:.1f} MiB free (Docker's default is 64 MB: run with "
-            f"--shm-size, or use fewer/smaller ring slots: `edgeva agent --slots`)"
+            f"{SHM_DIR} has {free / 2**20:.1f} MiB free, {owed / 2**20:.1f} MiB of it owed to existing "
+            f"segments (Docker's default is 64 MB: run with --shm-size, or use fewer/smaller ring slots: "
+            f"`edgeva agent --slots`)"
         )
     try:
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
