@@ -7,7 +7,8 @@ A module config marks the args that are paths with ``json_schema_extra={"edgeva_
   only with an allowed scheme (``--url-scheme``, default rtsp, rtsps) and, when a host list is
   configured (``--url-host``), one of those hosts; any other ``word:`` prefix (FFmpeg protocols
   such as ``concat:``, ``file:``, ``subfile:``) is refused; anything else is a file to read.
-- ``read`` (detector ``model``): a file to read.
+- ``read`` (detector ``model``, reid gallery ``image``): a file to read (``asset:<name>`` and
+  ``base64:`` data pass). Models nested in a config (a list of templates) are walked.
 - ``output`` (annotate ``output``): a file to create or truncate; ``mjpeg://HOST:PORT`` (a
   server, not a path) passes.
 
@@ -27,8 +28,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel
 
 from schemas.deployment import Deployment
 from schemas.errors import BAD_ARGS, EdgevaError, shown
@@ -40,6 +43,17 @@ _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # FFmpeg reads "concat:a|b
 _CAMERA = re.compile(r"^\d+$|^/dev/video\d+$")
 _ASSET = re.compile(r"^asset:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 _MJPEG = "mjpeg://"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``list[Model]``, ``Model | None``... or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _under(path: Path, dirs: Iterable[Path]) -> bool:
@@ -133,7 +147,7 @@ class PathPolicy:
         self._read(tenant, value, where)
 
     def _read(self, tenant: str, value: str, where: str) -> None:
-        if _ASSET.match(value):
+        if _ASSET.match(value) or value.startswith("base64:"):  # bundled, or the data itself
             return
         dirs = self.read_dirs(tenant)
         if not _under(self._resolve(value), dirs):
@@ -161,13 +175,23 @@ class PathPolicy:
 
     def check_args(self, tenant: str, type_name: str, args: Mapping[str, Any], registry: Mapping[str, Any],
                    where: str) -> None:
-        """Check the path args (given, or their defaults) of one module of type ``type_name``."""
-        cls = getattr(registry[type_name], "config_class", registry[type_name])
+        """Check the path args (given, or their defaults) of one module of type ``type_name``,
+        and those of the models nested in them (a reid gallery's template images)."""
+        self._check_model(tenant, getattr(registry[type_name], "config_class", registry[type_name]), args, where)
+
+    def _check_model(self, tenant: str, cls: type[BaseModel], args: Mapping[str, Any], where: str) -> None:
         for fname, info in cls.model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             kind = extra.get(PATH_MARK)
-            if kind is None:
-                continue
             value = args.get(fname, None if info.is_required() else info.default)
-            if isinstance(value, str):
-                self.check(tenant, str(kind), value, f"{where}.{fname}")
+            if kind is not None:
+                if isinstance(value, str):
+                    self.check(tenant, str(kind), value, f"{where}.{fname}")
+                continue
+            nested = _nested_model(info.annotation)
+            if nested is None:
+                continue
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                if isinstance(item, Mapping):
+                    self._check_model(tenant, nested, item, f"{where}.{fname}" + (f"[{i}]" if i is not None else ""))

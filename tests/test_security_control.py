@@ -225,6 +225,14 @@ def test_paths_are_confined_to_media_and_tenant_output_dirs(mosquitto_auth: Brok
             refused(dep, "modules.ann.args.output", "outside this tenant's output directory")
         r = acme.send("deploy", {"app": "m", "modules": {"det": {"type": "detector", "args": {"model": str(secret)}}}})
         assert r["error"]["code"] == "bad_args" and r["error"]["path"] == "modules.det.args.model", r
+        import cv2
+        import numpy as np
+
+        png = tmp_path / "private" / "person.png"
+        cv2.imwrite(str(png), np.zeros((64, 32, 3), np.uint8))
+        gallery = [{"name": "ok", "image": "asset:demo_person.png"}, {"name": "x", "image": str(png)}]
+        r = acme.send("deploy", {"app": "r", "modules": {"r": {"type": "reid", "args": {"gallery": gallery}}}})
+        assert r["error"]["code"] == "bad_args" and r["error"]["path"] == "modules.r.args.gallery[1].image", r
         # What is allowed works: a file in the media dir, a video into the tenant's own dir.
         dep = app("ok", {**DEC, "args": {"source": str(inside), "fps": 10, "loop": True}})
         dep["modules"]["dec"]["outputs"] = ["pub", "ann"]
