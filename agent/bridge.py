@@ -22,8 +22,9 @@ online part (``_update``); a part that receives an ``update`` forwards it to its
 and relays the reply (``_forward``, off the command worker: the coordinator's phases need it).
 A restarted part asks its coordinator whether the app still exists, and for its current graph
 (``part`` in the ``status`` reply), before restoring it (``restore``). While it waits for a part,
-this agent's command worker is busy: two agents coordinating apps through each other at the
-same moment wait for each other until the part timeout, and both deploys are rolled back.
+that tenant's command worker here is busy: two agents coordinating apps of one tenant through
+each other at the same moment wait for each other until the part timeout, and both deploys are
+rolled back (other tenants' commands go on). Parts are accepted only with the fleet token.
 """
 
 from __future__ import annotations
