@@ -149,11 +149,12 @@ def extract_request_id(payload: bytes | str) -> str | None:
     reaches the right reply topic. None when there is none or it is not a valid id."""
     try:
         rid = json.loads(payload).get("request_id")
-    except RecursionError:  # nested too deep to parse: the reply still says so, to its id
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes | bytearray) else payload
-        found = _RID_TEXT.search(text[:4096])
+    except (RecursionError, ValueError):  # nested too deep, cut at the size limit, not JSON:
+        head = payload[:4096]  # the reply still says so, to its id when it can be read
+        text = head.decode("utf-8", "replace") if isinstance(head, bytes | bytearray) else head
+        found = _RID_TEXT.search(text)
         rid = found.group(1) if found else None
-    except (ValueError, AttributeError, TypeError):
+    except (AttributeError, TypeError):
         return None
     try:
         return TypeAdapter(RequestId).validate_python(rid)

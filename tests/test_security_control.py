@@ -82,6 +82,8 @@ def test_deeply_nested_payload_is_refused_and_commands_go_on(fleet: Fleet) -> No
         r = fleet.cmd("acme").send(verb, '{"request_id":"@RID@","app":' + "[" * 5000 + "]" * 5000 + "}",
                                    timeout=15)
         assert r["ok"] is False and r["error"]["code"] == "bad_json", r
+    r = fleet.cmd("acme").send("status", '{"request_id":"@RID@","pad":"' + "x" * (1 << 20) + '"}', timeout=15)
+    assert r["ok"] is False and r["error"]["code"] == "bad_request" and "over the limit" in r["error"]["message"], r
     r = fleet.cmd("globex").send("status", {}, timeout=15)  # the thread still runs, for everyone
     assert r["ok"] is True and r["result"]["apps"] == {}
     r = fleet.cmd("acme").send("deploy", app("fine"), timeout=30)
