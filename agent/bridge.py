@@ -3,8 +3,10 @@
 Commands are queued by paho's network thread and executed by one worker thread per tenant, so
 a slow deploy never stalls the connection (keep-alives, other replies) nor another tenant's
 commands, and two commands of one tenant never interleave (``AgentCore`` keeps tenants' commands
-apart: modules are never shared across tenants, app names are reserved while deployed). Replies go to the MQTT 5 response topic (with the correlation data) when the
-request named one, else to ``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
+apart: modules are never shared across tenants, app names are reserved while deployed).
+Replies go to the MQTT 5 response topic (with the correlation data) when the request named one
+under the sender's own reply topics (any other is refused: ``_check_response_topic``), else to
+``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
 
 Apps spanning devices (modules with a ``device`` other than this one). The agent that receives
 such a deploy, from any MQTT client, coordinates it: it checks the whole graph against the
