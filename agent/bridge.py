@@ -1,9 +1,12 @@
 """The agent's MQTT side: commands in, replies/state/metrics/events out.
 
-Commands are queued by paho's network thread and executed one at a time by a worker thread, so
-a slow deploy never stalls the connection (keep-alives, other replies) and two commands never
-interleave. Replies go to the MQTT 5 response topic (with the correlation data) when the
-request named one, else to ``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
+Commands are queued by paho's network thread and executed by one worker thread per tenant, so
+a slow deploy never stalls the connection (keep-alives, other replies) nor another tenant's
+commands, and two commands of one tenant never interleave (``AgentCore`` keeps tenants' commands
+apart: modules are never shared across tenants, app names are reserved while deployed).
+Replies go to the MQTT 5 response topic (with the correlation data) when the request named one
+under the sender's own reply topics (any other is refused: ``_check_response_topic``), else to
+``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
 
 Apps spanning devices (modules with a ``device`` other than this one). The agent that receives
 such a deploy, from any MQTT client, coordinates it: it checks the whole graph against the
@@ -21,15 +24,18 @@ online part (``_update``); a part that receives an ``update`` forwards it to its
 and relays the reply (``_forward``, off the command worker: the coordinator's phases need it).
 A restarted part asks its coordinator whether the app still exists, and for its current graph
 (``part`` in the ``status`` reply), before restoring it (``restore``). While it waits for a part,
-this agent's command worker is busy: two agents coordinating apps through each other at the
-same moment wait for each other until the part timeout, and both deploys are rolled back.
+that tenant's command worker here is busy: two agents coordinating apps of one tenant through
+each other at the same moment wait for each other until the part timeout, and both deploys are
+rolled back (other tenants' commands go on). Parts are accepted only with the fleet token.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -57,8 +63,17 @@ from schemas.commands import (
     ok_reply,
     parse_command,
 )
-from schemas.deployment import Deployment, PartOf
-from schemas.errors import INTERNAL, SETUP_FAILED, TIMEOUT, UNKNOWN_DEVICE, EdgevaError
+from schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
+from schemas.errors import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    INTERNAL,
+    SETUP_FAILED,
+    TIMEOUT,
+    UNKNOWN_DEVICE,
+    EdgevaError,
+    shown,
+)
 from schemas.graph import validate_graph
 from schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
 from schemas.topics import (
@@ -82,6 +97,12 @@ PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
 LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
 RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
 FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
+#: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
+#: (256 MiB for mosquitto) would only cost memory and parse time.
+MAX_COMMAND_BYTES = 1 << 20
+MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
+TENANT_QUEUE = 256  # commands one tenant may have waiting
+WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -89,6 +110,14 @@ def _part_error(device: str, reply: dict) -> EdgevaError:
     path = err.get("path")
     return EdgevaError(err.get("code", INTERNAL), f"device {device!r}: {err.get('message', 'failed')}",
                        f"devices.{device}" + (f".{path}" if path else ""))
+
+
+class _ResponseTopicError(EdgevaError):
+    """The request's response topic is not the sender's: reply on the tenant's reply topic."""
+
+
+#: what may follow ``.../reply/`` in a response topic: a request id, no wildcard or level
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 class _Bucket:
@@ -124,12 +153,16 @@ class AgentBridge:
         part_timeout: float = PART_TIMEOUT_S,
         link_timeout: float = LINK_TIMEOUT_S,
         restore_first: bool = False,
+        fleet_token: str | None = None,
     ) -> None:
         """``peers``: keywords of ``agent.peers.Peers`` (``bind``, ``advertise``, ``tls``, ...);
         None: no data plane (apps spanning devices are refused). ``part_timeout``: how long a
         coordinator waits for a part's reply; ``link_timeout``: how long a starting part waits
         for the links its relays use (keep it under ``part_timeout``). ``restore_first``: commands
-        wait until ``restore()`` is done."""
+        wait until ``restore()`` is done. ``fleet_token``: the secret every agent of the fleet shares;
+        a deploy carrying ``part_of`` (agent to agent) is accepted only with it, so that a tenant
+        cannot forge parts (None: parts are refused)."""
+        self.fleet_token = fleet_token or None
         self.part_timeout, self.link_timeout = part_timeout, link_timeout
         self._restored = threading.Event()  # commands wait until the desired state is back
         if not restore_first:
@@ -137,7 +170,8 @@ class AgentBridge:
         self.device = core_args["device"]
         self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
-        self.cmds: queue.Queue = queue.Queue()
+        self._workers: dict[str, queue.Queue] = {}  # tenant -> its command queue (one thread each)
+        self._workers_lock = threading.Lock()
         self.outbox = Outbox()  # events while the broker is away
         self.replies = ReplyCache()  # a repeated request id is answered, not applied again
         self.buckets: dict[tuple[str, str], _Bucket] = {}
@@ -169,7 +203,6 @@ class AgentBridge:
         self.client.on_message = self._on_message
         subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()])
         self._publish_state()
-        threading.Thread(target=self._work, name="commands", daemon=True).start()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
         log.info("agent %s connected to %s (MQTT %s)", self.device, self.broker, "5" if is_v5(self.client) else "3.1.1")
 
@@ -207,29 +240,61 @@ class AgentBridge:
         # our own command topics are commands.
         if m.retain or not mqtt.topic_matches_sub(self._cmd_sub, m.topic):
             return
-        self.cmds.put((m.topic, m.payload, getattr(m, "properties", None)))
+        self._enqueue(parts[3], (m.topic, m.payload, getattr(m, "properties", None)))
 
     # -- commands ---------------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _enqueue(self, tenant: str, item: tuple) -> None:
+        """Queue a command for its tenant's worker (started on first use): one tenant's slow
+        deploy never holds up another's commands; one tenant's commands stay in order."""
+        with self._workers_lock:
+            q = self._workers.get(tenant)
+            if q is None:
+                if len(self._workers) >= MAX_TENANT_WORKERS:
+                    log.warning("commands of %d tenants in progress: %s dropped", len(self._workers), item[0])
+                    return
+                q = self._workers[tenant] = queue.Queue(maxsize=TENANT_QUEUE)
+                threading.Thread(target=self._work, args=(tenant, q), name=f"commands-{tenant}", daemon=True).start()
+            try:
+                q.put_nowait(item)
+            except queue.Full:  # a flood costs that tenant its own commands only
+                log.warning("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE, item[0])
+
+    def _work(self, tenant: str, q: queue.Queue) -> None:
         # A peer's status question must see the restored apps, not an empty agent.
         while not self._restored.wait(0.5):
             if self._stop.is_set():
                 return
+        idle_since = time.monotonic()
         while not self._stop.is_set():
             try:
-                topic, payload, props = self.cmds.get(timeout=0.5)
+                topic, payload, props = q.get(timeout=0.5)
             except queue.Empty:
+                if time.monotonic() - idle_since > WORKER_IDLE_S:
+                    with self._workers_lock:  # _enqueue puts under this lock: nothing is lost
+                        if q.empty():
+                            del self._workers[tenant]
+                            return
                 continue
-            self._handle(topic, payload, props)
+            idle_since = time.monotonic()
+            try:
+                self._handle(topic, payload, props)
+            except Exception:  # a bug in replying must not end command handling for everyone
+                log.exception("command on %s could not be handled", topic)
 
     def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
         t0 = time.monotonic()
-        request_id = extract_request_id(payload)
-        tenant = None
+        request_id = tenant = None
         try:
+            # Inside the try: every byte of the payload is hostile (a JSON nested 1,000 deep
+            # once killed this thread from here).
+            request_id = extract_request_id(payload[:MAX_COMMAND_BYTES])
             device, tenant, verb = parse_cmd_topic(topic)
             if device != self.device:
                 return
+            props = self._check_response_topic(tenant, props)
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise EdgevaError(BAD_REQUEST, f"payload of {len(payload)} B is over the limit of "
+                                  f"{MAX_COMMAND_BYTES} B")
             cmd = parse_command(verb, payload)
             request_id = getattr(cmd, "request_id", None) or request_id
             if verb in MUTATING and (first := self.replies.get(tenant, request_id)) is not None:
@@ -248,6 +313,8 @@ class AgentBridge:
         except EdgevaError as e:
             log.info("%s refused: %s", topic, e)
             reply = error_reply(request_id, e)
+            if isinstance(e, _ResponseTopicError):
+                props = None
         except Exception as e:  # never let one command take the agent down
             log.exception("command %s failed", topic)
             reply = error_reply(request_id, EdgevaError(INTERNAL, f"{type(e).__name__}: {e}"))
@@ -273,7 +340,7 @@ class AgentBridge:
             result = core.status(tenant, cmd)
             app = core.apps[cmd.app] if cmd.app is not None else None
             if app is not None and app.deployment.part_of is None and remote_devices(app.deployment, self.device):
-                result["part"] = self._part(app.deployment, hold=False)  # what a restarting part adopts
+                result["part"] = self._part(app.deployment, hold=False, token=False)  # what a restarting part adopts
             return result
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
@@ -283,6 +350,7 @@ class AgentBridge:
     def _deploy(self, tenant: str, dep: Deployment) -> dict:
         core = self.core
         if dep.part_of is not None:  # a coordinator's part: it checked the fleet already
+            dep = self._authentic_part(dep)
             existing = core.apps.get(dep.app)
             if (existing is not None and existing.tenant == tenant and existing.deployment.part_of is not None
                     and existing.deployment.part_of.coordinator == dep.part_of.coordinator
@@ -294,6 +362,7 @@ class AgentBridge:
         if not remote:
             return core.deploy(tenant, dep)
         known = self.fleet.online() | {self.device}
+        core.paths.check_deployment(tenant, dep, core.registry, self.device)  # before any config reads a file
         validate_graph(dep, core.registry, None, self.device)  # types, args, graph first: the precise errors
         for name, m in dep.modules.items():
             if m.device and m.device not in known:
@@ -311,15 +380,32 @@ class AgentBridge:
         return self._coordinate(tenant, dep, remote,
                                 lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
 
-    def _part(self, dep: Deployment, hold: bool) -> dict:
+    def _authentic_part(self, dep: Deployment) -> Deployment:
+        """``dep`` without its token if it carries this fleet's token, else ``FORBIDDEN``: only
+        agents send parts (a forged one skipped the fleet check, and each made-up peer cost a
+        listener, its threads and a ring)."""
+        po = dep.part_of
+        assert po is not None
+        if self.fleet_token is None:
+            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only, and this agent has no fleet token: "
+                              "start every agent with the same --fleet-token (env EDGEVA_FLEET_TOKEN)", "part_of")
+        if po.token is None or not hmac.compare_digest(po.token.encode(), self.fleet_token.encode()):
+            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only: the fleet token is missing or wrong",
+                              "part_of.token")
+        return dep.model_copy(update={"part_of": po.model_copy(update={"token": None})})  # never stored
+
+    def _part(self, dep: Deployment, hold: bool, token: bool = True) -> dict:
         """What every part of an app coordinated here gets: the whole graph, every ``device``
-        filled in, ``part_of`` this agent (JSON, without a request id)."""
+        filled in, ``part_of`` this agent with the fleet token (JSON, without a request id).
+        ``token=False``: without it, for replies a tenant reads."""
         part = dep.model_copy(update={
             "request_id": None,
             "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
-            "part_of": PartOf(coordinator=self.device, hold=hold),
+            "part_of": PartOf(coordinator=self.device, hold=hold, token=self.fleet_token if token else None),
         }).model_dump(mode="json")
         part.pop("request_id")
+        if part["part_of"]["token"] is None:
+            del part["part_of"]["token"]
         return part
 
     def _forward_to(self, tenant: str, verb: str, cmd: Any) -> str | None:
@@ -534,8 +620,23 @@ class AgentBridge:
             return None
         cached = self._graphs.get(app.key)
         if cached is None or cached[0] is not dep:
-            cached = self._graphs[app.key] = (dep, validate_graph(dep, self.core.registry, None, self.device))
+            cached = self._graphs[app.key] = (dep, self.core._graph(app.tenant, dep))
         return pipeline_hops(cached[1], self.fleet.metrics)
+
+    def _check_response_topic(self, tenant: str, props: Properties | None) -> Properties | None:
+        """Refuse an MQTT 5 response topic outside this tenant's own reply topics on this device.
+        The agent publishes with its own broker rights, which reach every tenant's topics: used
+        as given, a tenant could make it write into another tenant's events. On refusal the
+        reply goes to ``reply/{request_id}`` (the props are dropped) and the command is not run."""
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if not topic:
+            return props
+        prefix = reply_topic(self.device, tenant, "x")[:-1]
+        if not (topic.startswith(prefix) and REQUEST_ID.match(topic[len(prefix):])):
+            raise _ResponseTopicError(BAD_REQUEST, f"response topic {shown(topic)} refused: replies go only to "
+                                      f"{prefix}<id> (<id>: {REQUEST_ID.pattern}); nothing was done",
+                                      "response_topic")
+        return props
 
     def _reply(self, tenant: str | None, request_id: str | None, reply: bytes, props: Properties | None) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None

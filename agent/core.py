@@ -14,8 +14,11 @@ local module consumes like any ring. Relays are keyed by (direction, peer, strea
 between apps like instances: each counts its apps and stops when the last one goes. Which
 agent coordinates, and how parts are sent, is the MQTT side's business (``agent.bridge``).
 
-Commands are serialised by the caller (one worker thread); callbacks from the supervisor
-(events, metrics, status) take ``self.lock``.
+Tenants are kept apart: identities include the tenant (modules are shared only within a
+tenant), each tenant has limits (``agent.limits``), and the caller runs one tenant's commands at
+a time but several tenants' at once (app names are reserved while deployed, relays are made and
+dropped under ``self.lock``); callbacks from the supervisor (events, metrics, status) take
+``self.lock``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from agent.appmetrics import AppStats
 from agent.dataplane.link import LinkError
 from agent.dataplane.relay import LinkToRing, RingToLink
 from agent.dataplane.ring import RingError, ring_stats, sweep_segments
-from agent.dataplane.segment import segment_name
+from agent.dataplane.segment import segment_name, shm_free_bytes, shm_uncommitted_bytes
+from agent.limits import TenantLimits, mib
+from agent.paths import PathPolicy
 from agent.peers import Peers
 from agent.store import DesiredState
 from agent.supervisor import Instance, Supervisor
@@ -51,6 +56,7 @@ from schemas.errors import (
     BAD_ARGS,
     CONFLICT,
     FORBIDDEN,
+    LIMIT,
     NOT_FOUND,
     SETUP_FAILED,
     EdgevaError,
@@ -128,6 +134,8 @@ class AgentCore:
         metrics_interval: float = 1.0,
         peers: Peers | None = None,
         link_slot_bytes: int = 8 << 20,
+        paths: PathPolicy | None = None,
+        limits: TenantLimits | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix or device
@@ -140,6 +148,10 @@ class AgentCore:
         self.users: dict[str, set[str]] = {}  # instance name -> app names
         self.peers = peers or Peers(device, None)
         self.link_slot_bytes = link_slot_bytes
+        #: where tenants' modules may read and write (default: PathPolicy.make())
+        self.paths = paths if paths is not None else PathPolicy.make()
+        self.limits = limits or TenantLimits()
+        self._deploying: dict[str, str] = {}  # app name -> tenant deploying it right now
         self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
         #: app -> per-hop metrics of an app spanning devices (set by the bridge, which sees the fleet)
         self.hops_for: Callable[[App], list | None] = lambda app: None
@@ -150,6 +162,13 @@ class AgentCore:
         self.sup = Supervisor(self._on_event, self._on_metrics, self._on_change)
 
     # -- commands ------------------------------------------------------------------------------
+    def _graph(self, tenant: str, dep: Deployment, known_devices: set[str] | None = None) -> ValidatedGraph:
+        """``validate_graph`` with the tenant in every identity: modules are shared only within
+        a tenant, so that no tenant can pace, fill or see another's instances (docs/security.md)."""
+        graph = validate_graph(dep, self.registry, known_devices, self.device)
+        graph.scope = tenant
+        return graph
+
     def check(self, tenant: str, dep: Deployment, known_devices: set[str] | None) -> tuple[ValidatedGraph, App | None]:
         """Check a deploy whole; returns its graph and the app already deployed under that name
         (same graph) or None. Raises ``EdgevaError``."""
@@ -160,7 +179,8 @@ class AgentCore:
                 mask = {"request_id", "part_of"}
                 if existing.deployment.model_dump(exclude=mask) != dep.model_dump(exclude=mask):
                     raise EdgevaError(CONFLICT, f"app {dep.app!r} is already deployed with another graph: remove it first", "app")
-        graph = validate_graph(dep, self.registry, known_devices, self.device)
+        self.paths.check_deployment(tenant, dep, self.registry, self.device)  # before any config reads a file
+        graph = self._graph(tenant, dep, known_devices)
         if remote_devices(dep, self.device) and not self.peers.enabled:
             path = next(f"modules.{n}.device" for n, m in dep.modules.items() if m.device and m.device != self.device)
             raise EdgevaError(SETUP_FAILED, f"device {self.device!r} has no data plane for links to other devices: "
@@ -173,16 +193,30 @@ class AgentCore:
         redeploy: ok, unchanged. ``known_devices``: devices modules may name (True: this one
         only; None: any, for parts and restores). ``hold``: sources wait for ``release``."""
         known = {self.device} if known_devices is True else known_devices
-        graph, existing = self.check(tenant, dep, known)  # type: ignore[arg-type]
-        if existing is not None and existing.status == "running":
-            return self._app_result(existing, unchanged=True)
-        app = existing or App(tenant, dep)
-        app.deployment = dep
-        started = self._start_app(app, graph, hold=hold)
-        if persist:
-            self.store.put(tenant, dep, "running")
-        self.state_changed()
-        return self._app_result(app, started=started, held=bool(app.held))
+        with self.lock:  # tenants' commands run in parallel: one app name, one deploy at a time
+            if self._deploying.get(dep.app, tenant) != tenant:
+                raise EdgevaError(CONFLICT, f"app {dep.app!r} is being deployed by another tenant", "app")
+            self._deploying[dep.app] = tenant
+        try:
+            graph, existing = self.check(tenant, dep, known)  # type: ignore[arg-type]
+            if existing is not None and existing.status == "running":
+                return self._app_result(existing, unchanged=True)
+            if existing is None:
+                with self.lock:
+                    n = sum(1 for a in self.apps.values() if a.tenant == tenant)
+                if n >= self.limits.max_apps:
+                    raise EdgevaError(LIMIT, f"tenant {tenant!r} has {n} apps on this device, the most it may have "
+                                      "(the agent's --max-apps): remove one first", "app")
+            app = existing or App(tenant, dep)
+            app.deployment = dep
+            started = self._start_app(app, graph, hold=hold)
+            if persist:
+                self.store.put(tenant, dep, "running")
+            self.state_changed()
+            return self._app_result(app, started=started, held=bool(app.held))
+        finally:
+            with self.lock:
+                self._deploying.pop(dep.app, None)
 
     def release(self, name: str) -> list[str]:
         """Let the held sources of app ``name`` produce (every part of it runs)."""
@@ -206,6 +240,7 @@ class AgentCore:
         names: dict[str, str] = {}
         touched: list[tuple[str, str, str]] = []  # relays this app started to use
         mine = [n for n in graph.order if graph.devices[n] == self.device]
+        self._check_module_count(app.tenant, [ids[n] for n in mine])
         try:
             for local in mine:
                 ident = ids[local]
@@ -229,6 +264,7 @@ class AgentCore:
                     self.by_identity[ident] = ident
                 started.append(ident)
                 names[local] = ident
+                self._check_output_size(app.tenant, local, ident, started)
             for local in mine:  # edges to peers: this module's ring -> the link
                 for down in graph.downstream[local]:
                     peer = graph.devices[down]
@@ -239,6 +275,8 @@ class AgentCore:
                     key = ("out", peer, ids[local])
                     self._use_relay(key, app, touched, lambda inst=inst, peer=peer, s=ids[local], p=policy: Relay(
                         RingToLink(inst.ring, self.peers.get(peer), s, p), upstream=inst.name, policy=p))
+            if started:
+                self._check_device_shm()  # every ring of this deploy exists (sparse): all of them must fit
         except BaseException as e:
             self._drop_relays(app.deployment.app, touched, "out")
             for name in reversed(started):
@@ -266,15 +304,57 @@ class AgentCore:
             self.release(app.deployment.app)
         return started
 
+    # -- limits ------------------------------------------------------------------------------------
+    def _tenant_instances(self, tenant: str) -> set[str]:
+        with self.lock:
+            return {i for a in self.apps.values() if a.tenant == tenant for i in a.modules.values()}
+
+    def _check_module_count(self, tenant: str, idents: list[str]) -> None:
+        """Refuse, before starting anything, a graph that takes a tenant past ``max_modules``."""
+        have = self._tenant_instances(tenant)
+        with self.lock:
+            running = {self.by_identity.get(i) for i in idents} - {None}
+        new = len(set(idents)) - len(running)
+        if len(have) + new > self.limits.max_modules:
+            raise EdgevaError(LIMIT, f"this deploy would start {new} modules; tenant {tenant!r} runs {len(have)} and "
+                              f"may run {self.limits.max_modules} (the agent's --max-modules)", "modules")
+
+    def _check_output_size(self, tenant: str, local: str, ident: str, started: list[str]) -> None:
+        """A module just became ready (its ring exists, sparse, nothing written): its output
+        slot and the tenant's rings together must stay within the limits."""
+        inst = self.sup.instances.get(ident)
+        if inst is None:
+            return
+        if inst.slot_size > self.limits.max_slot_bytes:
+            raise EdgevaError(LIMIT, f"module {local!r} outputs messages of up to {mib(inst.slot_size)} (frame and "
+                              f"crop sizes), over the {mib(self.limits.max_slot_bytes)} a tenant's module may "
+                              "(the agent's --max-slot-mb): use a smaller width/height or crop_size", f"modules.{local}")
+        names = self._tenant_instances(tenant) | set(started)
+        total = sum(i.slot_size * self.nslots for n in names if (i := self.sup.instances.get(n)) is not None)
+        if total > self.limits.max_shm_bytes:
+            raise EdgevaError(LIMIT, f"tenant {tenant!r}'s rings would take {mib(total)} of shared memory, over its "
+                              f"{mib(self.limits.max_shm_bytes)} (the agent's --max-shm-mb)", f"modules.{local}")
+
+    def _check_device_shm(self) -> None:
+        """Every segment in /dev/shm is sparse until written: refuse a deploy whose rings,
+        with every other segment's unwritten pages, would not fit in what is free (a frame
+        written to a page that is not there is a SIGBUS in the module that writes it)."""
+        free = shm_free_bytes()
+        if free is None:
+            return
+        owed = shm_uncommitted_bytes()
+        if owed > free:
+            raise EdgevaError(LIMIT, f"not enough shared memory: the rings on this device still need {mib(owed)} "
+                              f"and /dev/shm has {mib(free)} free (Docker: --shm-size; or fewer ring slots, "
+                              "smaller frames)", "modules")
+
     # -- relays ------------------------------------------------------------------------------------
     def _use_relay(self, key: tuple[str, str, str], app: App, touched: list, make: Callable[[], Relay]) -> Relay:
-        with self.lock:
+        with self.lock:  # made and registered at once: _drop_relays releases unused peer links
             relay = self.relays.get(key)
-        if relay is None:
-            relay = make()
-            with self.lock:
-                self.relays[key] = relay
-            log.info("relay %s %s stream %s started", key[0], key[1], key[2])
+            if relay is None:
+                relay = self.relays[key] = make()
+                log.info("relay %s %s stream %s started", key[0], key[1], key[2])
         if app.deployment.app not in relay.users:
             relay.users.add(app.deployment.app)
             touched.append(key)
@@ -298,6 +378,9 @@ class AgentCore:
             else:
                 relay.obj.close()
             log.info("relay %s %s stream %s stopped", *key)
+            with self.lock:
+                if not any(k[1] == key[1] for k in self.relays):  # its port, threads, buffers go with it
+                    self.peers.release(key[1])
 
     def _in_ring(self, app: App, peer: str, stream: str, touched: list) -> str:
         """The local ring that carries ``peer``'s stream ``stream`` (made on first use)."""
@@ -423,7 +506,8 @@ class AgentCore:
             released = self.release(cmd.app)
             extra = {"renamed_streams": renamed} if renamed else {}
             return self._app_result(app, unchanged=not released and not renamed, released=released, **extra)
-        graph = validate_graph(app.deployment, self.registry, None, self.device)
+        self.paths.check_deployment(tenant, app.deployment, self.registry, self.device)  # flags may have changed
+        graph = self._graph(tenant, app.deployment)
         self._start_app(app, graph, hold=hold)
         self.store.put(tenant, app.deployment, "running")
         self.state_changed()
@@ -440,6 +524,8 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"app {cmd.app!r} is {app.status}: start it first", "app")
         spec = dep.modules[cmd.module]
         new_args = {**spec.args, **cmd.args}
+        if spec.device in (None, self.device):
+            self.paths.check_args(tenant, spec.type, new_args, self.registry, "args")
         config = check_args(spec.type, new_args, self.registry[spec.type].config_class)
         new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new_args})}})
         if cmd.module not in app.modules:  # runs on another device: this part records the graph
@@ -452,8 +538,8 @@ class AgentCore:
             raise EdgevaError(CONFLICT, f"module {cmd.module!r} is shared with apps {', '.join(others)}: "
                                         "updating it would change them too; deploy a module with its own args instead",
                               f"modules.{cmd.module}")
-        old_graph = validate_graph(dep, self.registry, None, self.device)
-        graph = validate_graph(new_dep, self.registry, None, self.device)
+        old_graph = self._graph(tenant, dep)
+        graph = self._graph(tenant, new_dep)
         res = self.sup.update(inst_name, config.model_dump(mode="json", exclude_unset=True))
         restarted = False
         if not res.applied:
@@ -513,8 +599,8 @@ class AgentCore:
         """The coordinator's newer graph of a running part (a module was updated on some
         device): record it, receive on the new stream names (see ``_rekey``)."""
         app = self._get(tenant, dep.app)
-        old = validate_graph(app.deployment, self.registry, None, self.device)
-        new = validate_graph(dep, self.registry, None, self.device)
+        old = self._graph(tenant, app.deployment)
+        new = self._graph(tenant, dep)
         if app.status == "running":
             self._rekey(app, old, new)
         with self.lock:

@@ -242,6 +242,20 @@ class Peers:
             if peer in self.links and self.dialed.get(peer) != addr:
                 self._dial(peer, addr)
 
+    def release(self, peer: str) -> None:
+        """No relay uses the link to ``peer`` any more: close it and stop listening for it (its
+        port, nng threads and buffers go). A later ``get`` makes a new one."""
+        with self._lock:
+            pl = self.links.pop(peer, None)
+            was_listening = self.listening.pop(peer, None) is not None
+            self.dialed.pop(peer, None)
+        if pl is None:
+            return
+        pl.close()
+        log.info("link to peer %s released (no app uses it)", peer)
+        if was_listening:
+            self.on_change()
+
     def metrics(self, reset: bool = True) -> dict[str, LinkMetrics]:
         with self._lock:
             return {p: pl.metrics(reset) for p, pl in self.links.items()}

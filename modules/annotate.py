@@ -30,6 +30,7 @@ class AnnotateConfig(ModuleConfig):
 
     type: Literal["annotate"] = "annotate"
     output: str = Field(
+        json_schema_extra={"edgeva_path": "output"},  # the agent confines it (agent/paths.py)
         description=(
             "A video file (.mp4 or .avi; its folder must exist) or mjpeg://HOST:PORT to serve "
             "http://HOST:PORT/ as a multipart MJPEG stream (any number of viewers; use "

@@ -53,6 +53,7 @@ class DecoderConfig(ModuleConfig):
 
     type: Literal["decoder"] = "decoder"
     source: str = Field(
+        json_schema_extra={"edgeva_path": "source"},  # the agent confines it (agent/paths.py)
         description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'",
         examples=["asset:vtest.mp4", "rtsp://cam-01/stream", "0", "synthetic"],
     )

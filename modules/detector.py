@@ -77,7 +77,8 @@ class DetectorConfig(ModuleConfig):
         "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
     model: str | None = Field(
         None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx). "
-        "See modules/detectors/onnx.py for the input/output layouts a model must have.")
+        "See modules/detectors/onnx.py for the input/output layouts a model must have.",
+        json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
     score_threshold: float = Field(
         0.4, ge=0.0, le=1.0, description="keep detections scoring at least this (the bundled "
         "model: 0.4 finds nearly every person on vtest; 0.3 lets rocks in)")

@@ -36,6 +36,7 @@ class Template(BaseModel):
 
     name: str = Field(min_length=1, description="Reported as 'template' in matches and events.")
     image: str = Field(
+        json_schema_extra={"edgeva_path": "read"},  # the agent confines it (agent/paths.py)
         description=(
             "A crop of the person, head to feet, tightly boxed (like a detector box): a PNG or "
             "JPEG file path, 'asset:<name>', or 'base64:' followed by the base64 of a PNG/JPEG."

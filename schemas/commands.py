@@ -15,12 +15,13 @@ A reply goes to ``reply/{request_id}`` (or the MQTT 5 response topic)::
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas.deployment import Deployment, Name, RequestId, parse_deployment
-from schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error
+from schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error, shown
 from schemas.jsonio import loads_strict
 from schemas.topics import VERBS, Verb
 
@@ -140,12 +141,20 @@ def parse_reply(payload: bytes | str) -> OkReply | ErrorReply:
         raise from_validation_error(exc) from None
 
 
+_RID_TEXT = re.compile(r'"request_id"\s*:\s*"([^"\\]{1,128})"')
+
+
 def extract_request_id(payload: bytes | str) -> str | None:
     """Best effort: the ``request_id`` of a payload that may be invalid, so that even a refusal
     reaches the right reply topic. None when there is none or it is not a valid id."""
     try:
         rid = json.loads(payload).get("request_id")
-    except (ValueError, AttributeError, TypeError):
+    except (RecursionError, ValueError):  # nested too deep, cut at the size limit, not JSON:
+        head = payload[:4096]  # the reply still says so, to its id when it can be read
+        text = head.decode("utf-8", "replace") if isinstance(head, bytes | bytearray) else head
+        found = _RID_TEXT.search(text)
+        rid = found.group(1) if found else None
+    except (AttributeError, TypeError):
         return None
     try:
         return TypeAdapter(RequestId).validate_python(rid)
@@ -161,7 +170,7 @@ def parse_command(verb: str, payload: bytes | str | dict[str, Any]) -> BaseModel
     ``deploy`` accepts the Listing 1 form too (which then must carry ``"app"``).
     """
     if verb not in VERBS:
-        raise EdgevaError(BAD_REQUEST, f"unknown verb {verb!r} (known: {', '.join(VERBS)})", "verb")
+        raise EdgevaError(BAD_REQUEST, f"unknown verb {shown(verb)} (known: {', '.join(VERBS)})", "verb")
     if verb == "deploy":
         return parse_deployment(payload)
     data = payload if isinstance(payload, dict) else loads_strict(payload)

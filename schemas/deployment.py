@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from schemas.errors import BAD_REQUEST, EdgevaError, from_validation_error
+from schemas.errors import BAD_REQUEST, EdgevaError, from_validation_error, shown
 from schemas.jsonio import duplicate_error, loads_object
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -83,6 +83,11 @@ class PartOf(BaseModel):
         description="keep sources held until a `start` of the app (the coordinator sends it "
         "once every part runs, so that no frame is sent before its consumer listens)",
     )
+    token: str | None = Field(
+        default=None, max_length=256,
+        description="the fleet's shared secret (`edgeva agent --fleet-token`): proves that an agent, not "
+        "a tenant, sent this part; agents never echo or store it",
+    )
 
 
 class Deployment(BaseModel):
@@ -116,7 +121,7 @@ def _listing1_module(name: str, body: Any) -> dict[str, Any]:
     for key in body:
         if key not in (typed[0], "runtime_args"):
             raise EdgevaError(
-                BAD_REQUEST, f"unknown key (expected {typed[0]!r}, 'runtime_args')", f"{name}.{key}"
+                BAD_REQUEST, f"unknown key (expected {shown(typed[0])}, 'runtime_args')", f"{name}.{key}"
             )
     args = body[typed[0]] if body[typed[0]] is not None else {}
     runtime = body.get("runtime_args") or {}
@@ -158,7 +163,7 @@ def listing1_native(
 
     meta = {k: data[k] for k in _META_KEYS if k in data and not isinstance(data[k], dict)}
     if app is not None and "app" in meta and meta["app"] != app:
-        refuse(EdgevaError(BAD_REQUEST, f"payload names app {meta['app']!r}, not {app!r}", "app"))
+        refuse(EdgevaError(BAD_REQUEST, f"payload names app {shown(meta['app'])}, not {app!r}", "app"))
     modules = {}
     for name, body in data.items():
         if name in meta:
@@ -215,7 +220,7 @@ def parse_deployment(payload: bytes | str | dict[str, Any], app: str | None = No
     if app is not None and "app" not in data:
         data = {**data, "app": app}
     elif app is not None and data["app"] != app:
-        raise EdgevaError(BAD_REQUEST, f"payload names app {data['app']!r}, not {app!r}", "app")
+        raise EdgevaError(BAD_REQUEST, f"payload names app {shown(data['app'])}, not {app!r}", "app")
     return _validate(data)
 
 

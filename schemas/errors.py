@@ -22,6 +22,8 @@ Codes:
 - ``conflict``: the app exists already (deploy) or the request clashes with the current state.
 - ``setup_failed``: a module refused to start (``ModuleError`` from ``setup``); rolled back.
 - ``timeout``: the device did not finish in time.
+- ``limit``: a per-tenant limit of the device (apps, modules, output size, shared memory) or
+  the device's free shared memory would be exceeded; the message names it and its flag.
 - ``internal``: a bug; the message says where to look.
 """
 
@@ -48,6 +50,7 @@ ErrorCode = Literal[
     "setup_failed",
     "timeout",
     "internal",
+    "limit",
 ]
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
@@ -65,14 +68,33 @@ CONFLICT: ErrorCode = "conflict"
 SETUP_FAILED: ErrorCode = "setup_failed"
 TIMEOUT: ErrorCode = "timeout"
 INTERNAL: ErrorCode = "internal"
+LIMIT: ErrorCode = "limit"
+
+
+#: Longest message and path of an error: replies echo parts of hostile input.
+MAX_MESSAGE, MAX_PATH, MAX_SHOWN = 600, 200, 64
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``value`` as a message may echo it: quoted (``repr``, so it can never read as our own
+    words or hide control characters) and cut to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class EdgevaError(Exception):
-    """A refusal with a stable ``code``, a readable ``message`` and where it applies (``path``)."""
+    """A refusal with a stable ``code``, a readable ``message`` and where it applies (``path``).
+    Both are cut to ``MAX_MESSAGE`` / ``MAX_PATH`` characters."""
 
     def __init__(self, code: ErrorCode, message: str, path: str | None = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
+        message = _cut(message, MAX_MESSAGE)
+        path = _cut(path, MAX_PATH) if path is not None else None
         super().__init__(f"{code} at {path}: {message}" if path else f"{code}: {message}")
         self.code: ErrorCode = code
         self.message = message

@@ -39,6 +39,7 @@ from schemas.errors import (
     EdgevaError,
     format_path,
     from_validation_error,
+    shown,
 )
 
 if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
@@ -63,6 +64,9 @@ class ValidatedGraph:
     upstream: dict[str, list[str]]
     downstream: dict[str, list[str]]
     devices: dict[str, str]
+    #: who may share these modules: part of every identity when set (the agent sets the tenant,
+    #: so that tenants never share a module instance, see docs/security.md)
+    scope: str = ""
     _ids: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -74,7 +78,7 @@ class ValidatedGraph:
 
     def identity(self, name: str) -> str:
         """Stable id of module ``name``: ``<type>-<16 hex>`` from (type, canonical config
-        JSON, device, sorted identities of its upstreams). Equal across apps for modules that
+        JSON, device, sorted identities of its upstreams, and ``scope`` when set). Equal across apps for modules that
         would produce the same stream, so they can share one running instance."""
         if name not in self._ids:
             config = self.configs[name]
@@ -85,6 +89,8 @@ class ValidatedGraph:
                 self.devices[name],
                 ups,
             ]
+            if self.scope:
+                key.append(self.scope)
             blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
             digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
             self._ids[name] = f"{config.type}-{digest}"  # type: ignore[attr-defined]
@@ -185,7 +191,7 @@ def validate_graph(
     for name, spec in mods.items():
         if spec.type not in registry:
             known = ", ".join(sorted(registry)) or "none installed"
-            raise EdgevaError(UNKNOWN_TYPE, f"unknown module type {spec.type!r} (known: {known})",
+            raise EdgevaError(UNKNOWN_TYPE, f"unknown module type {shown(spec.type)} (known: {known})",
                               _path(name, "type"))
     configs = {name: _check_args(name, spec, _config_class(registry[spec.type]))
                for name, spec in mods.items()}
@@ -194,9 +200,9 @@ def validate_graph(
         for i, out in enumerate(spec.outputs):
             path = _path(name, "outputs", i)
             if out not in mods:
-                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {out!r} in app {dep.app!r}", path)
+                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {shown(out)} in app {dep.app!r}", path)
             if out in spec.outputs[:i]:
-                raise EdgevaError(DUPLICATE_NAME, f"{out!r} is listed twice", path)
+                raise EdgevaError(DUPLICATE_NAME, f"{shown(out)} is listed twice", path)
             upstream[out].append(name)
     cycle = _find_cycle(dep)
     if cycle:
@@ -208,7 +214,7 @@ def validate_graph(
         for name, spec in mods.items():
             if spec.device is not None and spec.device not in allowed:
                 known = ", ".join(sorted(allowed))
-                raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {spec.device!r} (known: {known})",
+                raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {shown(spec.device)} (known: {known})",
                                   _path(name, "device"))
     downstream = {name: list(spec.outputs) for name, spec in mods.items()}
     return ValidatedGraph(dep, configs, _topological(dep, upstream), upstream, downstream, devices)

@@ -9,7 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.errors import BAD_JSON, BAD_REQUEST, DUPLICATE_NAME, EdgevaError, format_path
+from schemas.errors import BAD_JSON, BAD_REQUEST, DUPLICATE_NAME, EdgevaError, format_path, shown
+
+#: Deepest nesting of objects and arrays accepted. A deployment needs about 5 levels (module
+#: args hold lists of points); a hostile payload nested a thousand deep would otherwise make the
+#: recursive walks below (and pydantic, and json.dumps) raise RecursionError.
+MAX_DEPTH = 32
 
 
 class _Obj(dict):
@@ -30,6 +35,22 @@ def _pairs(pairs: list[tuple[str, Any]]) -> _Obj:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep objects and arrays nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            items = v.values()
+        elif isinstance(v, list):
+            items = v
+        else:
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in items if isinstance(x, dict | list))
+    return deepest
 
 
 def _first_dup(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
@@ -69,6 +90,10 @@ def loads_object(payload: bytes | bytearray | str) -> tuple[dict[str, Any], tupl
         data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise EdgevaError(BAD_JSON, f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # the C parser gives up near the interpreter's recursion limit
+        raise EdgevaError(BAD_JSON, f"payload nests objects/arrays deeper than {MAX_DEPTH} levels") from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise EdgevaError(BAD_JSON, f"payload nests objects/arrays deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict):
         raise EdgevaError(BAD_REQUEST, f"expected a JSON object, got {type(data).__name__}")
     return _plain(data), _first_dup(data, ())
@@ -107,4 +132,4 @@ def loads_strict(payload: bytes | bytearray | str) -> dict[str, Any]:
 def duplicate_error(loc: tuple) -> EdgevaError:
     """The error for a key seen twice at ``loc`` (the key is the last element)."""
     where = format_path(loc[:-1]) or "the top level"
-    return EdgevaError(DUPLICATE_NAME, f"key {loc[-1]!r} appears twice in {where}", format_path(loc))
+    return EdgevaError(DUPLICATE_NAME, f"key {shown(loc[-1])} appears twice in {where}", format_path(loc))

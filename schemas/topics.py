@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-from schemas.errors import BAD_REQUEST, EdgevaError
+from schemas.errors import BAD_REQUEST, EdgevaError, shown
 
 PREFIX = "edgeva/v1"
 DEFAULT_TENANT = "default"
@@ -25,14 +25,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 def _check(kind: str, value: str, pattern: re.Pattern[str] = _PART) -> str:
     if not isinstance(value, str) or not pattern.match(value):
-        raise EdgevaError(BAD_REQUEST, f"invalid {kind} {value!r} (allowed: {pattern.pattern})", kind)
+        raise EdgevaError(BAD_REQUEST, f"invalid {kind} {shown(value)} (allowed: {pattern.pattern})", kind)
     return value
 
 
 def cmd_topic(device: str, tenant: str, verb: str) -> str:
     """``edgeva/v1/{device}/{tenant}/cmd/{verb}``: operator -> agent."""
     if verb not in VERBS:
-        raise EdgevaError(BAD_REQUEST, f"unknown verb {verb!r} (known: {', '.join(VERBS)})", "verb")
+        raise EdgevaError(BAD_REQUEST, f"unknown verb {shown(verb)} (known: {', '.join(VERBS)})", "verb")
     return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/cmd/{verb}"
 
 
@@ -80,8 +80,8 @@ def parse_cmd_topic(topic: str) -> tuple[str, str, Verb]:
     """
     parts = topic.split("/") if isinstance(topic, str) else []
     if len(parts) != 6 or "/".join(parts[:2]) != PREFIX or parts[4] != "cmd":
-        raise EdgevaError(BAD_REQUEST, f"not a command topic: {topic!r}", "topic")
+        raise EdgevaError(BAD_REQUEST, f"not a command topic: {shown(topic)}", "topic")
     device, tenant, verb = parts[2], parts[3], parts[5]
     if not (_PART.match(device) and _PART.match(tenant)) or verb not in VERBS:
-        raise EdgevaError(BAD_REQUEST, f"invalid command topic: {topic!r}", "topic")
+        raise EdgevaError(BAD_REQUEST, f"invalid command topic: {shown(topic)}", "topic")
     return device, tenant, verb  # type: ignore[return-value]

@@ -6,7 +6,8 @@ tests keep apart by device id):
 - ``mosquitto``: mosquitto 2 (MQTT 5 and 3.1.1), anonymous, on 127.0.0.1 and a free port.
 - ``mosquitto_auth``: mosquitto with a password file and the tenant ACL of docs/protocol.md;
   ``.users`` maps user -> password: ``agent`` (may do anything under edgeva/v1), tenants
-  ``acme`` and ``globex`` (their own cmd/reply/events/metrics topics only).
+  ``acme`` and ``globex`` (their own cmd/reply/events/metrics topics only), ``observer``
+  (reads everything, writes nothing). The ACL is the one edgeva ships, docs/mosquitto/acl.
 - ``amqtt_broker``: the embedded broker (``control.broker.EmbeddedBroker``, MQTT 3.1.1): the
   pytest plugin's ``edgeva_broker`` (control/pytest_plugin.py) under the name tests use.
 - ``mqtt_broker``: parametrised over ``mosquitto`` and ``amqtt_broker``: a test using it runs
@@ -35,17 +36,13 @@ __all__ = ["Broker", "amqtt_broker", "mosquitto", "mosquitto_auth", "mqtt_broker
 MOSQUITTO = "/usr/sbin/mosquitto"
 INSTALL_HINT = "mosquitto is missing: run tools/install-system-packages.sh (needs root or sudo)"
 
-# The tenant model of docs/protocol.md: a tenant commands and reads only its own topics.
-TENANT_ACL = """\
-# tenants: %u is the MQTT user name, which is the tenant
-pattern write edgeva/v1/+/%u/cmd/#
-pattern read edgeva/v1/+/%u/reply/#
-pattern read edgeva/v1/+/%u/events/#
-pattern read edgeva/v1/+/%u/metrics
-
-# the agents (one user for the fleet here; one per device in production)
-user agent
-topic readwrite edgeva/v1/#
+# The tenant ACL edgeva ships (docs/mosquitto/acl), plus an operator who reads everything (a
+# test's eyes: retained states, every tenant's replies).
+SHIPPED_ACL = Path(__file__).resolve().parent.parent / "docs" / "mosquitto" / "acl"
+TENANT_ACL = SHIPPED_ACL.read_text() + """
+# tests only: sees everything, commands nothing
+user observer
+topic read edgeva/v1/#
 """
 
 
@@ -99,7 +96,8 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def mosquitto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """mosquitto with passwords and the tenant ACL; ``.users``: agent, acme, globex."""
     workdir = tmp_path_factory.mktemp("mosquitto-auth")
-    users = {"agent": "agent-secret", "acme": "acme-secret", "globex": "globex-secret"}
+    users = {"agent": "agent-secret", "acme": "acme-secret", "globex": "globex-secret",
+             "observer": "observer-secret"}
     passwd = workdir / "passwd"
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     for i, (user, password) in enumerate(users.items()):

@@ -21,7 +21,7 @@ from tests.agent_harness import AgentProc, Commander, Watcher
 pytestmark = pytest.mark.slow
 
 DEC = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}
-BIND = ("--data-bind", "tcp://127.0.0.1:0")
+BIND = ("--data-bind", "tcp://127.0.0.1:0", "--fleet-token", "test-fleet")
 
 
 def split_app(name: str, src: str, dst: str, **pub) -> dict:

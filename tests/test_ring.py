@@ -300,6 +300,6 @@ def test_too_little_shared_memory_is_a_clear_error_not_a_bus_error(monkeypatch):
 
     monkeypatch.setattr(seg.os, "statvfs", small)  # /dev/shm with 400 KiB free
     name = _name("nospace")
-    with pytest.raises(SegmentError, match=r"not enough shared memory .* needs 8\.\d MiB, /dev/shm has 0\.4 MiB free .*--shm-size"):
+    with pytest.raises(SegmentError, match=r"not enough shared memory .* needs 8\.\d MiB, /dev/shm has 0\.4 MiB free.*--shm-size"):
         RingProducer.create(name, 1 << 20, nslots=8)
     assert name not in list_segments()  # nothing half-made left behind

@@ -46,17 +46,38 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def shm_uncommitted_bytes() -> int:
+    """Bytes that segments in /dev/shm may still take: tmpfs files are sparse, so each one's
+    free check saw space that the segments made before it will claim once written."""
+    total = 0
+    try:
+        entries = os.scandir(SHM_DIR)
+    except OSError:
+        return 0
+    with entries:
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += max(0, st.st_size - st.st_blocks * 512)
+    return total
+
+
 def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     """Create a new 0600 segment; a leftover of the same name, or too little shared memory,
     is a clear error."""
     free = shm_free_bytes()
-    if free is not None and size > free:
-        # tmpfs creates the file sparse and only fails when a page is first written: as a
-        # SIGBUS ("Bus error") in whichever process writes it. Refuse up front instead.
+    # tmpfs creates the file sparse and only fails when a page is first written: as a SIGBUS
+    # ("Bus error") in whichever process writes it. Refuse up front instead, counting what
+    # earlier segments (sparse too) will still take.
+    owed = shm_uncommitted_bytes() if free is not None else 0
+    if free is not None and size > free - owed:
         raise SegmentError(
             f"not enough shared memory for {name!r}: it needs {size / 2**20:.1f} MiB, "
-            f"{SHM_DIR} has {free / 2**20:.1f} MiB free (Docker's default is 64 MB: run with "
-            f"--shm-size, or use fewer/smaller ring slots: `edgeva agent --slots`)"
+            f"{SHM_DIR} has {free / 2**20:.1f} MiB free, {owed / 2**20:.1f} MiB of it owed to existing "
+            f"segments (Docker's default is 64 MB: run with --shm-size, or use fewer/smaller ring slots: "
+            f"`edgeva agent --slots`)"
         )
     try:
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)

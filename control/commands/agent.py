@@ -12,9 +12,23 @@ from pathlib import Path
 from control.commands._common import DEFAULT_BROKER, EXIT_UNREACHABLE, fail
 
 
+def _fleet_token(args: argparse.Namespace) -> str | None:
+    """The fleet token from --fleet-token-file (first line) or --fleet-token / EDGEVA_FLEET_TOKEN."""
+    if args.fleet_token_file:
+        return Path(args.fleet_token_file).read_text().strip() or None
+    return args.fleet_token or None
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated values as one list (None when the flag was not given)."""
+    return None if values is None else [v.strip() for x in values for v in x.split(",") if v.strip()]
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.bridge import AgentBridge
+    from agent.limits import TenantLimits
     from agent.mqtt import MqttError, MqttOptions
+    from agent.paths import PathPolicy
     from agent.store import default_state_dir
 
     options = MqttOptions(
@@ -51,9 +65,16 @@ def _run(args: argparse.Namespace) -> int:
         bridge = AgentBridge(
             {"device": args.device, "state_dir": state_dir, "prefix": args.prefix,
              "nslots": args.slots, "metrics_interval": args.metrics_interval,
-             "link_slot_bytes": int(args.link_slot_mb * (1 << 20))},
+             "link_slot_bytes": int(args.link_slot_mb * (1 << 20)),
+             "paths": PathPolicy.make(
+                 media_dirs=args.media_dir, tenant_media_root=args.tenant_media_root, output_root=args.output_root,
+                 url_schemes=_csv(args.url_scheme), url_hosts=_csv(args.url_host)),
+             "limits": TenantLimits(max_apps=args.max_apps, max_modules=args.max_modules,
+                                    max_slot_bytes=int(args.max_slot_mb * (1 << 20)),
+                                    max_shm_bytes=int(args.max_shm_mb * (1 << 20)))},
             args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate, peers=peers,
             part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
+            fleet_token=_fleet_token(args),
         )
     except ValueError as e:
         if exporter is not None:
@@ -103,6 +124,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="address for --metrics-port; 0.0.0.0 lets a Prometheus on another host scrape "
                         "(the page shows every tenant's apps) (default: %(default)s)")
     p.add_argument("--slots", type=int, default=8, help="slots per ring (default: 8)")
+    f = p.add_argument_group(
+        "files and URLs tenants' modules may use",
+        "Every path a deployment names is confined (see docs/security.md): files read (a decoder's source, a "
+        "detector's model) must lie in a media directory, files written (annotate's output) in the tenant's "
+        "output directory, URLs need an allowed scheme (and host, when hosts are listed). asset:<name>, "
+        "synthetic and cameras are always allowed.")
+    env_media = os.environ.get("EDGEVA_MEDIA_DIRS")
+    f.add_argument("--media-dir", action="append", metavar="DIR",
+                   default=env_media.split(os.pathsep) if env_media else None,
+                   help="a directory every tenant may read media from; repeatable (env EDGEVA_MEDIA_DIRS, "
+                        "separated by ':'; default: the working directory, none when that is /)")
+    f.add_argument("--tenant-media-root", metavar="ROOT", default=os.environ.get("EDGEVA_TENANT_MEDIA_ROOT"),
+                   help="each tenant also reads ROOT/<tenant> (env EDGEVA_TENANT_MEDIA_ROOT)")
+    f.add_argument("--output-root", metavar="ROOT", default=os.environ.get("EDGEVA_OUTPUT_ROOT"),
+                   help="each tenant writes files only under ROOT/<tenant> (env EDGEVA_OUTPUT_ROOT; default: ./out)")
+    f.add_argument("--url-scheme", action="append", metavar="SCHEME",
+                   help="URL scheme a source may use; repeatable or comma-separated (default: rtsp,rtsps)")
+    f.add_argument("--url-host", action="append", metavar="HOST",
+                   help="host a source URL may name; repeatable or comma-separated (default: any host)")
+    lim = p.add_argument_group("per-tenant limits", "What one tenant may take of this device (docs/security.md).")
+    lim.add_argument("--max-apps", type=int, default=32, metavar="N", help="apps per tenant (default: 32)")
+    lim.add_argument("--max-modules", type=int, default=64, metavar="N", help="module instances per tenant (default: 64)")
+    lim.add_argument("--max-slot-mb", type=float, default=64.0, metavar="MB",
+                     help="largest output message of a tenant's module: frame and crops (default: 64)")
+    lim.add_argument("--max-shm-mb", type=float, default=2048.0, metavar="MB",
+                     help="shared memory all of a tenant's rings may take (default: 2048)")
     g = p.add_argument_group(
         "links to other agents (apps spanning devices)",
         "Without --data-bind the agent has no data plane and refuses apps that span devices. Of two "
@@ -122,6 +169,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--link-slot-mb", type=float, default=8.0, metavar="MB",
                    help="slot size of rings fed by a link: the largest message a peer's module may send "
                         "here (default: 8, a 1080p RGB frame fits)")
+    g.add_argument("--fleet-token", metavar="SECRET", default=os.environ.get("EDGEVA_FLEET_TOKEN"),
+                   help="secret shared by every agent of the fleet (env EDGEVA_FLEET_TOKEN): a part of an app "
+                        "spanning devices is accepted only with it, so that tenants cannot forge parts; "
+                        "without it this agent refuses parts sent to it")
+    g.add_argument("--fleet-token-file", metavar="FILE", help="read the fleet token from FILE (keeps it out of ps)")
     g.add_argument("--part-timeout", type=float, default=45.0, metavar="S",
                    help="how long a coordinating agent waits for another device's part to answer (default: 45)")
     g.add_argument("--link-timeout", type=float, default=15.0, metavar="S",

@@ -67,6 +67,7 @@ def run_demo(
     """Run the three-app demo for ``seconds``; returns (and writes to ``json_path``) the summary
     ``{"source_frames", "apps": {name: {"frames", "dropped", "latency_ms", "events"}}}``."""
     from agent.bridge import AgentBridge
+    from agent.paths import PathPolicy
     from control.broker import EmbeddedBroker, free_port
     from control.client import EdgevaClient
 
@@ -80,7 +81,11 @@ def run_demo(
         print(f"embedded MQTT broker on {broker_url}")
     state = Path(tempfile.mkdtemp(prefix="edgeva-demo-"))
     bridge = AgentBridge(
-        {"device": DEVICE, "state_dir": state, "prefix": f"demo{os.getpid()}", "metrics_interval": 1.0},
+        {"device": DEVICE, "state_dir": state, "prefix": f"demo{os.getpid()}", "metrics_interval": 1.0,
+         # the video goes straight into --out; a --source file is read where it lies
+         "paths": PathPolicy.make(media_dirs=[Path.cwd(), *([Path(source).expanduser().resolve().parent]
+                                                           if Path(source).expanduser().is_file() else [])],
+                                  output_dirs={"default": out_dir})},
         broker_url, metrics_period=1.0,
     )
     bridge.start()

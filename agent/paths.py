@@ -1,0 +1,197 @@
+"""Where tenants' modules may read and write: the agent confines every path a deployment names.
+
+A module config marks the args that are paths with ``json_schema_extra={"edgeva_path": KIND}``:
+
+- ``source`` (decoder ``source``): a media source. ``synthetic``, a camera (``0``,
+  ``/dev/video0``) and ``asset:<name>`` (a clip bundled with edgeva) are always allowed; a URL
+  only with an allowed scheme (``--url-scheme``, default rtsp, rtsps) and, when a host list is
+  configured (``--url-host``), one of those hosts; any other ``word:`` prefix (FFmpeg protocols
+  such as ``concat:``, ``file:``, ``subfile:``) is refused; anything else is a file to read.
+- ``read`` (detector ``model``, reid gallery ``image``): a file to read (``asset:<name>`` and
+  ``base64:`` data pass). Models nested in a config (a list of templates) are walked.
+- ``output`` (annotate ``output``): a file to create or truncate; ``mjpeg://HOST:PORT`` (a
+  server, not a path) passes.
+
+Files read must lie, after resolving ``~``, ``..`` and symbolic links (relative paths are relative
+to the agent's working directory, as the module process sees them), inside one of the media
+directories (``--media-dir``, every tenant) or the tenant's own (``--tenant-media-root
+ROOT``: ``ROOT/<tenant>``). Files written must lie inside the tenant's output directory
+(``--output-root ROOT``: ``ROOT/<tenant>``, made on first use). Defaults: media = the agent's
+working directory (none when that is ``/``), output root = ``./out``. The check runs before a
+module's config is validated, so that not even whether a file exists leaks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from schemas.deployment import Deployment
+from schemas.errors import BAD_ARGS, EdgevaError, shown
+
+PATH_MARK = "edgeva_path"
+DEFAULT_SCHEMES = ("rtsp", "rtsps")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # FFmpeg reads "concat:a|b", "file:x", ...
+_CAMERA = re.compile(r"^\d+$|^/dev/video\d+$")
+_ASSET = re.compile(r"^asset:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+_MJPEG = "mjpeg://"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``list[Model]``, ``Model | None``... or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _under(path: Path, dirs: Iterable[Path]) -> bool:
+    return any(path == d or path.is_relative_to(d) for d in dirs)
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """What tenants' modules may read and write (see the module docstring).
+
+    ``media_dirs``: readable by every tenant; ``tenant_media_root``: ``ROOT/<tenant>`` readable
+    by that tenant; ``output_root``: ``ROOT/<tenant>`` writable by that tenant;
+    ``output_dirs``: explicit per-tenant output directories (win over ``output_root``; the demo
+    writes its video straight into ``--out``); ``url_schemes``/``url_hosts``: URLs a source may
+    name (``url_hosts`` empty: any host)."""
+
+    media_dirs: tuple[Path, ...] = ()
+    tenant_media_root: Path | None = None
+    output_root: Path | None = None
+    output_dirs: Mapping[str, Path] = field(default_factory=dict)
+    url_schemes: frozenset[str] = frozenset(DEFAULT_SCHEMES)
+    url_hosts: frozenset[str] = frozenset()
+    cwd: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def make(cls, media_dirs: Iterable[str | Path] | None = None, tenant_media_root: str | Path | None = None,
+             output_root: str | Path | None = None, output_dirs: Mapping[str, str | Path] | None = None,
+             url_schemes: Iterable[str] | None = None, url_hosts: Iterable[str] | None = None) -> PathPolicy:
+        """A policy with the defaults filled in: media = the working directory (none when it
+        is ``/``: that would be every file), output root = ``./out``; paths resolved now."""
+        cwd = Path.cwd().resolve()
+        if media_dirs is None:
+            media_dirs = [] if cwd == Path("/") else [cwd]
+        res = lambda p: (cwd / Path(p).expanduser()).resolve()  # noqa: E731
+        return cls(
+            media_dirs=tuple(res(d) for d in media_dirs),
+            tenant_media_root=res(tenant_media_root) if tenant_media_root else None,
+            output_root=res(output_root if output_root is not None else "out"),
+            output_dirs={t: res(d) for t, d in (output_dirs or {}).items()},
+            url_schemes=frozenset(s.lower() for s in (url_schemes if url_schemes is not None else DEFAULT_SCHEMES)),
+            url_hosts=frozenset(h.lower() for h in (url_hosts or ())),
+            cwd=cwd,
+        )
+
+    # -- what a tenant may use ------------------------------------------------------------------
+    def read_dirs(self, tenant: str) -> list[Path]:
+        dirs = list(self.media_dirs)
+        if self.tenant_media_root is not None:
+            dirs.append(self.tenant_media_root / tenant)
+        return dirs
+
+    def output_dir(self, tenant: str) -> Path | None:
+        if tenant in self.output_dirs:
+            return self.output_dirs[tenant]
+        return self.output_root / tenant if self.output_root is not None else None
+
+    def _resolve(self, value: str) -> Path:
+        return (self.cwd / Path(value).expanduser()).resolve()
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self, tenant: str, kind: str, value: str, where: str) -> None:
+        """Raise ``EdgevaError(bad_args, path=where)`` unless ``tenant`` may use ``value``."""
+        if kind == "source":
+            self._source(tenant, value, where)
+        elif kind == "output":
+            self._write(tenant, value, where)
+        else:
+            self._read(tenant, value, where)
+
+    def _source(self, tenant: str, value: str, where: str) -> None:
+        if value == "synthetic" or _CAMERA.match(value) or _ASSET.match(value):
+            return
+        url = _URL.match(value)
+        if url:
+            scheme = url.group(1).lower()
+            if scheme not in self.url_schemes:
+                allowed = ", ".join(sorted(self.url_schemes)) or "none"
+                raise EdgevaError(BAD_ARGS, f"source {shown(value)}: URL scheme {scheme!r} is not allowed on this "
+                                  f"device (allowed: {allowed}; the agent's --url-scheme)", where)
+            host = (urlsplit(value).hostname or "").lower()
+            if self.url_hosts and host not in self.url_hosts:
+                raise EdgevaError(BAD_ARGS, f"source {shown(value)}: host {shown(host)} is not one this device "
+                                  "may read from (the agent's --url-host list)", where)
+            return
+        if value.startswith("asset:"):
+            raise EdgevaError(BAD_ARGS, f"source {shown(value)}: asset:<name> names a bundled clip, a plain "
+                              "file name", where)
+        if _PROTOCOL.match(value):
+            raise EdgevaError(BAD_ARGS, f"source {shown(value)}: not a file, a camera or a URL (FFmpeg "
+                              "protocols such as concat:, file:, subfile: are refused)", where)
+        self._read(tenant, value, where)
+
+    def _read(self, tenant: str, value: str, where: str) -> None:
+        if _ASSET.match(value) or value.startswith("base64:"):  # bundled, or the data itself
+            return
+        dirs = self.read_dirs(tenant)
+        if not _under(self._resolve(value), dirs):
+            shown_dirs = ", ".join(str(d) for d in dirs) or "none are configured"
+            raise EdgevaError(BAD_ARGS, f"{shown(value)} is outside the media directories this tenant may read "
+                              f"({shown_dirs}; the agent's --media-dir / --tenant-media-root)", where)
+
+    def _write(self, tenant: str, value: str, where: str) -> None:
+        if value.startswith(_MJPEG):
+            return
+        out = self.output_dir(tenant)
+        if out is None or not _under(self._resolve(value), [out]):
+            raise EdgevaError(BAD_ARGS, f"{shown(value)} is outside this tenant's output directory "
+                              f"({out or 'none is configured'}; the agent's --output-root); write e.g. "
+                              f"{os.path.relpath(out / 'video.mp4', self.cwd) if out else 'nothing'}", where)
+        out.mkdir(parents=True, exist_ok=True)  # so that a video straight in it can be written
+
+    def check_deployment(self, tenant: str, dep: Deployment, registry: Mapping[str, Any], device: str) -> None:
+        """Check every path arg of the modules of ``dep`` that run on ``device`` (another
+        device's agent checks its own); unknown types are left to ``validate_graph``."""
+        for name, spec in dep.modules.items():
+            if spec.device not in (None, device) or spec.type not in registry:
+                continue
+            self.check_args(tenant, spec.type, spec.args, registry, f"modules.{name}.args")
+
+    def check_args(self, tenant: str, type_name: str, args: Mapping[str, Any], registry: Mapping[str, Any],
+                   where: str) -> None:
+        """Check the path args (given, or their defaults) of one module of type ``type_name``,
+        and those of the models nested in them (a reid gallery's template images)."""
+        self._check_model(tenant, getattr(registry[type_name], "config_class", registry[type_name]), args, where)
+
+    def _check_model(self, tenant: str, cls: type[BaseModel], args: Mapping[str, Any], where: str) -> None:
+        for fname, info in cls.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            kind = extra.get(PATH_MARK)
+            value = args.get(fname, None if info.is_required() else info.default)
+            if kind is not None:
+                if isinstance(value, str):
+                    self.check(tenant, str(kind), value, f"{where}.{fname}")
+                continue
+            nested = _nested_model(info.annotation)
+            if nested is None:
+                continue
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                if isinstance(item, Mapping):
+                    self._check_model(tenant, nested, item, f"{where}.{fname}" + (f"[{i}]" if i is not None else ""))
