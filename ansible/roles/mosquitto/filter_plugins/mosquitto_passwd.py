@@ -1,4 +1,4 @@
-"""Filters of the mosquitto_site role: the cameras' broker accounts, and password hashes.
+"""Filters of the mosquitto role: the cameras' broker accounts, and password hashes.
 
 ``mosquitto_password_hash``: a mosquitto 2.0 password-file hash, reproducible run to run.
 
@@ -31,7 +31,7 @@ def mosquitto_password_hash(password: str, seed: str, iterations: int = ITERATIO
 def mosquitto_agent_accounts(hosts: list, hostvars) -> list[dict]:
     """The broker accounts of the cameras ``hosts``: ``{name, device, password}`` from each
     camera's ``edgeva_device`` (default: its inventory name), ``edgeva_mqtt_username`` (default:
-    the device id) and ``edgeva_mqtt_password``, as the edgeva_agent role reads them."""
+    the device id) and ``edgeva_mqtt_password``, as the edgeva role reads them."""
     out = []
     for host in hosts:
         hv = hostvars[host]
