@@ -67,7 +67,8 @@ class Subscriber:
     """``mosquitto_sub -v`` in the background; ``messages`` holds ``(topic, payload)`` pairs."""
 
     def __init__(self, port: int, user: str, password: str, *topics: str) -> None:
-        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
+        # stdbuf: mosquitto_sub's stdout is block-buffered into a pipe; we read it line by line
+        argv = ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
                 "-V", "mqttv5", "-d", "-v"]
         for t in topics:
             argv += ["-t", t]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Wait until an agent's retained state says ``online`` (the rollout's health check).
 
-Reads the broker URL and credentials from the agent's environment file (``KEY='value'`` lines),
+Reads the broker URL and credentials from the agent's environment file (``KEY='value'`` lines)
+and the password file it names,
 connects as the agent's own account (which may read its device's topics) and exits 0 once
 ``edgeva/v1/<device>/state`` says online, 1 with the reason when it does not within the timeout.
 """
@@ -38,7 +39,11 @@ def main() -> int:
     ap.add_argument("--tls-key")
     args = ap.parse_args()
     env = read_env(args.env_file)
-    options = MqttOptions(username=env.get("EDGEVA_USERNAME"), password=env.get("EDGEVA_PASSWORD"),
+    password = env.get("EDGEVA_PASSWORD")
+    if env.get("EDGEVA_PASSWORD_FILE"):  # as `edgeva agent --password-file` reads it
+        with open(env["EDGEVA_PASSWORD_FILE"], encoding="utf-8") as f:
+            password = f.read().split("\n", 1)[0].rstrip("\r")
+    options = MqttOptions(username=env.get("EDGEVA_USERNAME"), password=password,
                           ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
                           client_id_prefix=f"edgeva-rollout-{args.device}")
     try:
