@@ -15,7 +15,11 @@ clients, as a tenant would:
    right after is seen and answered, and the agent's state holds no app of globex's but that one;
 4. the second run's PLAY RECAP reports changed=0 and failed=0 on every host, and the agent and
    the app still run;
-5. ansible-lint passes.
+5. restarted (as an upgrade restarts it), the agent brings acme's app back from the state
+   directory the role keeps;
+6. the systemd unit the role installs where systemd runs, rendered with the same variables
+   (check/unit.yml), passes ``systemd-analyze verify``;
+7. ansible-lint passes.
 
 Prints both PLAY RECAPs and one line per check; exits 1 when any check fails. Runs with the
 Python of the tools venv (stdlib only); needs mosquitto and its clients.
@@ -227,12 +231,54 @@ def check_online(check: Check, port: int, pw: dict[str, str], device: str, when:
         check(app in apps, f"{when}: acme's app {app} still runs", f"acme's apps: {sorted(apps)}")
 
 
+def check_unit(check: Check, env: dict[str, str], prefix: Path, device: str) -> None:
+    """Render the agent's systemd unit with the role's task and let systemd-analyze verify it."""
+    unit_dir = prefix / "systemd"
+    unit_dir.mkdir(exist_ok=True)
+    r = subprocess.run([str(TOOLS_BIN / "ansible-playbook"), "-i", "check/inventory.yml", "check/unit.yml",
+                        "-e", "edgeva_service_manager=none", "-e", f"edgeva_systemd_dir={unit_dir}"],
+                       cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True)
+    unit = unit_dir / "edgeva-agent.service"
+    if not check(r.returncode == 0 and unit.exists(), "the systemd unit renders", r.stdout[-2000:]):
+        return
+    text = unit.read_text()
+    print(text, flush=True)
+    want = ["Restart=on-failure", f"--device {device}", "EnvironmentFile=", "ExecStartPre=", "User="]
+    check(all(w in text for w in want), "the unit restarts on failure, runs as its user, checks /dev/shm",
+          f"missing: {[w for w in want if w not in text]}")
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        print("SKIP  systemd-analyze is not installed: the unit was not verified", flush=True)
+        return
+    v = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    check(v.returncode == 0, "systemd-analyze verify accepts the unit", (v.stdout + v.stderr).strip())
+
+
+def check_restart_keeps_apps(check: Check, port: int, pw: dict[str, str], prefix: Path, device: str) -> None:
+    """Restart the agent as an upgrade does: the state directory the role keeps brings acme's app
+    back (the retained state lists it again)."""
+    ctl = prefix / "opt/edgeva/bin/edgeva-agentctl"
+    r = subprocess.run([str(ctl), "restart"], capture_output=True, text=True, timeout=120)
+    if not check(r.returncode == 0 and "started" in r.stdout, "the agent restarts", r.stdout + r.stderr):
+        return
+    deadline = time.monotonic() + 90
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = retained_state(port, "ops", pw["ops"], device) or {}
+        if state.get("status") == "online" and "smoke" in (state.get("apps") or {}).get("acme", {}):
+            break
+        time.sleep(2)
+    apps = (state.get("apps") or {}).get("acme", {})
+    check(state.get("status") == "online" and "smoke" in apps,
+          "after a restart the kept state directory brings acme's app back", f"state: {json.dumps(state)[:300]}")
+
+
 def stop_services(prefix: Path, device: str) -> None:
     """Stop what the playbook started (the agent first: it says offline to its broker)."""
     for ctl in (prefix / "opt/edgeva/bin/edgeva-agentctl", prefix / "etc/mosquitto/bin/mosquitto-checkctl"):
         if ctl.exists():
             subprocess.run([str(ctl), "stop"], capture_output=True, timeout=60)
-    for seg in Path("/dev/shm").glob(f"{device}*"):  # only ours: the device id holds our port
+    for seg in Path("/dev/shm").glob(f"edgeva.{device}.*"):  # only ours: the device id holds our port
         seg.unlink(missing_ok=True)
 
 
@@ -275,6 +321,8 @@ def main() -> int:
             check(bool(counts) and not any(changed.values()) and not any(failed.values()),
                   "run 2: PLAY RECAP reports changed=0 (idempotent)", f"changed {changed}, failed {failed}")
             check_online(check, port, pw, device, "after run 2", "smoke")
+            check_restart_keeps_apps(check, port, pw, prefix, device)
+            check_unit(check, env, prefix, device)
     except Exception as e:  # a crash of the check itself must still fail it, with the reason
         check(False, "the check ran to the end", f"{type(e).__name__}: {e}")
     finally:
