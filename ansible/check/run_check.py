@@ -3,7 +3,8 @@
 In a temporary prefix, with a free port and fresh passwords, the playbook (check/inventory.yml:
 ``connection: local``, no systemd) builds a wheel from this checkout, installs it into a venv,
 generates and starts the site's mosquitto (listener, password file, ACL from the inventory) and
-starts the agent, waiting for its retained state to say ``online``. Then, with the mosquitto
+starts two cameras' agents one after the other, waiting for each one's retained state to say
+``online``. Then, with the mosquitto
 clients, as a tenant would:
 
 1. the agent's retained state says ``online`` (read as the site's administrator);
@@ -19,7 +20,10 @@ clients, as a tenant would:
    directory the role keeps;
 6. the systemd unit the role installs where systemd runs, rendered with the same variables
    (check/unit.yml), passes ``systemd-analyze verify``;
-7. ansible-lint passes.
+7. a third run in which the first camera's agent cannot come online (a broker URL nobody
+   listens on) fails there, and the second camera is not touched and still runs (serial: 1,
+   stop on the first failure);
+8. ansible-lint passes.
 
 Prints both PLAY RECAPs and one line per check; exits 1 when any check fails. Runs with the
 Python of the tools venv (stdlib only); needs mosquitto and its clients.
@@ -223,9 +227,11 @@ def check_tenants(check: Check, port: int, pw: dict[str, str], device: str) -> N
 
 
 def check_online(check: Check, port: int, pw: dict[str, str], device: str, when: str, app: str | None) -> None:
+    for dev in (device, f"{device}-2"):
+        state = retained_state(port, "ops", pw["ops"], dev)
+        check(bool(state) and state.get("status") == "online" and state.get("device") == dev,
+              f"{when}: agent {dev}'s retained state says online", json.dumps(state)[:300])
     state = retained_state(port, "ops", pw["ops"], device)
-    check(bool(state) and state.get("status") == "online" and state.get("device") == device,
-          f"{when}: the agent's retained state says online", json.dumps(state)[:300])
     if app and state:
         apps = (state.get("apps") or {}).get("acme", {})
         check(app in apps, f"{when}: acme's app {app} still runs", f"acme's apps: {sorted(apps)}")
@@ -273,12 +279,27 @@ def check_restart_keeps_apps(check: Check, port: int, pw: dict[str, str], prefix
           "after a restart the kept state directory brings acme's app back", f"state: {json.dumps(state)[:300]}")
 
 
+def check_rollout_stops(check: Check, env: dict[str, str], prefix: Path, port: int, pw: dict[str, str],
+                        device: str) -> None:
+    """A third run in which the first camera's agent cannot come online (its broker URL points at
+    a port nobody listens on): the playbook fails on it and never touches the second camera."""
+    broken = dict(env, EDGEVA_CHECK_BREAK_URL=f"mqtt://127.0.0.1:{free_port()}")
+    rc, recap, counts = run_playbook(3, broken, prefix)
+    log = (prefix / "run3.log").read_text()
+    cam_failed = counts.get("check-cam", (0, 0, 0, 0))[3]
+    check(rc != 0 and cam_failed > 0, "run 3: the camera whose agent does not come online fails the playbook",
+          f"exit {rc}, recap {recap}")
+    check("[check-cam-2]" not in log, "run 3: the rollout stopped there: the next camera was not touched",
+          "check-cam-2 appears in run 3's output")
+    state = retained_state(port, "ops", pw["ops"], f"{device}-2") or {}
+    check(state.get("status") == "online", "run 3: the next camera's agent still runs", json.dumps(state)[:200])
+
+
 def stop_services(prefix: Path, device: str) -> None:
-    """Stop what the playbook started (the agent first: it says offline to its broker)."""
-    for ctl in (prefix / "opt/edgeva/bin/edgeva-agentctl", prefix / "etc/mosquitto/bin/mosquitto-checkctl"):
-        if ctl.exists():
-            subprocess.run([str(ctl), "stop"], capture_output=True, timeout=60)
-    for seg in Path("/dev/shm").glob(f"edgeva.{device}.*"):  # only ours: the device id holds our port
+    """Stop what the playbook started (the agents first: they say offline to their broker)."""
+    for ctl in [*sorted(prefix.glob("opt/edgeva/bin/*ctl")), *sorted(prefix.glob("etc/mosquitto/bin/*ctl"))]:
+        subprocess.run([str(ctl), "stop"], capture_output=True, timeout=60)
+    for seg in Path("/dev/shm").glob(f"edgeva.{device}*"):  # only ours: the device ids hold our port
         seg.unlink(missing_ok=True)
 
 
@@ -323,6 +344,7 @@ def main() -> int:
             check_online(check, port, pw, device, "after run 2", "smoke")
             check_restart_keeps_apps(check, port, pw, prefix, device)
             check_unit(check, env, prefix, device)
+            check_rollout_stops(check, env, prefix, port, pw, device)
     except Exception as e:  # a crash of the check itself must still fail it, with the reason
         check(False, "the check ran to the end", f"{type(e).__name__}: {e}")
     finally:
