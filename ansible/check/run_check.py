@@ -293,6 +293,9 @@ def check_rollout_stops(check: Check, env: dict[str, str], prefix: Path, port: i
           "check-cam-2 appears in run 3's output")
     state = retained_state(port, "ops", pw["ops"], f"{device}-2") or {}
     check(state.get("status") == "online", "run 3: the next camera's agent still runs", json.dumps(state)[:200])
+    # a third look at idempotence: nothing the broken URL touches belongs to the broker
+    check(counts.get("check-broker", (0, 1))[1] == 0, "run 3: the broker reports changed=0 again",
+          f"recap {recap}")
 
 
 def stop_services(prefix: Path, device: str) -> None:
