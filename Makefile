@@ -12,7 +12,7 @@ SECONDS ?= 60
 # An example third-party module package; its tests use only the pytest plugin's fixtures.
 EXAMPLE := examples/edgeva-brightness
 
-.PHONY: demo test lint bench setup system nodered clean schemas
+.PHONY: demo test lint bench setup system nodered clean schemas ansible-check docker-check
 
 $(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,5 +59,21 @@ bench: setup
 	$(BIN)/edgeva bench detector --json out/detector.json --plot out/detector.png
 	$(BIN)/edgeva bench deploy --json out/deploy.json
 
+# Fleet rollout tools (ansible-core, ansible-lint, hadolint, schema validators) in a venv of their own.
+TOOLS := .venv-tools/.installed
+$(TOOLS): ansible/requirements-tools.txt
+	$(PY) -m venv .venv-tools
+	.venv-tools/bin/pip install -q -r ansible/requirements-tools.txt
+	touch $(TOOLS)
+
+# Runs ansible/site.yml for real against this machine twice (temporary prefix, own mosquitto on a
+# free port), checks the agent, a tenant's deployment, the ACL and idempotence; ansible-lint.
+ansible-check: system $(TOOLS)
+	PY=$(PY) .venv-tools/bin/python ansible/check/run_check.py
+
+# hadolint on the Dockerfiles, compose.yaml and the k3s manifests against their schemas.
+docker-check: $(TOOLS)
+	PATH="$(CURDIR)/.venv-tools/bin:$$PATH" docker/check.sh
+
 clean:
-	rm -rf $(VENV) .venv-mlserver .nodered out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver .venv-tools .nodered out .pytest_cache

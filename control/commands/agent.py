@@ -31,8 +31,20 @@ def _run(args: argparse.Namespace) -> int:
     from agent.paths import PathPolicy
     from agent.store import default_state_dir
 
+    password = args.password
+    if args.password_file:
+        if password:
+            return fail(2, "edgeva agent: give --password (EDGEVA_PASSWORD) or --password-file "
+                           "(EDGEVA_PASSWORD_FILE), not both")
+        try:
+            # the first line, without its line end: a file written by `echo` or a mounted Secret
+            password = Path(args.password_file).read_text(encoding="utf-8").split("\n", 1)[0].rstrip("\r")
+        except (OSError, UnicodeDecodeError) as e:
+            return fail(2, f"edgeva agent: --password-file {args.password_file}: {e}")
+        if not password:
+            return fail(2, f"edgeva agent: --password-file {args.password_file}: the first line is empty")
     options = MqttOptions(
-        username=args.username, password=args.password, ca=args.tls_ca, cert=args.tls_cert,
+        username=args.username, password=password, ca=args.tls_ca, cert=args.tls_cert,
         key=args.tls_key, insecure=args.tls_insecure, protocol=args.protocol,
         client_id_prefix=f"edgeva-agent-{args.device}",
     )
@@ -111,6 +123,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", help="shared-memory name prefix (default: the device id)")
     p.add_argument("--username", default=os.environ.get("EDGEVA_USERNAME"), help="broker user (env EDGEVA_USERNAME)")
     p.add_argument("--password", default=os.environ.get("EDGEVA_PASSWORD"), help="broker password (env EDGEVA_PASSWORD)")
+    p.add_argument("--password-file", metavar="FILE", default=os.environ.get("EDGEVA_PASSWORD_FILE"),
+                   help="read the broker password from FILE's first line, e.g. a mounted Kubernetes "
+                        "Secret (env EDGEVA_PASSWORD_FILE)")
     p.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) to verify the broker")
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate")
     p.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
