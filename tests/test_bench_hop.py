@@ -20,7 +20,7 @@ from agent.bench.report import add_ratios, format_table, to_json
 from agent.bench.transports import REGISTRY, transports
 from agent.bench.transports.base import Received, Receiver, Sender, Transport
 
-EXPECTED = {"ring", "shm-pipe", "mp-queue", "http-msgpack", "nng-tcp"}
+EXPECTED = {"ring", "ring-direct", "shm-pipe", "mp-queue", "http-msgpack", "nng-tcp"}
 TINY = {"frame": Plan(3, 20, 30, msg_timeout_s=5.0), "meta": Plan(3, 20, 30, msg_timeout_s=5.0)}
 SMALL_FRAME = (36, 64, 3)
 
