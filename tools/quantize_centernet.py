@@ -110,6 +110,10 @@ def build(args: argparse.Namespace) -> None:
         if args.exclude else []
     if exclude:
         log(f"excluding {len(exclude)} node(s) matching {args.exclude}")
+    only = [n.name for n in model.graph.node if n.name and any(s in n.name for s in args.only)] \
+        if args.only else None
+    if only:
+        log(f"quantising only {len(only)} node(s) matching {args.only}")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[args.method]
     t0 = time.monotonic()
@@ -117,6 +121,7 @@ def build(args: argparse.Namespace) -> None:
         str(pre), str(args.out), Reader(),
         quant_format=QuantFormat.QDQ if args.format == "qdq" else QuantFormat.QOperator,
         op_types_to_quantize=ops, per_channel=not args.per_tensor, nodes_to_exclude=exclude,
+        nodes_to_quantize=only,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
         extra_options={"CalibMovingAverage": args.method == "minmax"},
     )
@@ -127,6 +132,7 @@ def build(args: argparse.Namespace) -> None:
         "edgeva.quantization": (
             f"onnxruntime {ort.__version__} quantize_static, {args.format.upper()}, ops {ops}, "
             f"{'per-tensor' if args.per_tensor else 'per-channel'} int8 weights, uint8 activations, "
+            f"only {args.only or 'all'}, excluding {args.exclude or 'none'}, "
             f"{args.method} calibration on every {args.every}th frame of vtest.mp4 from {args.start}"
         ),
         "edgeva.licence": "MIT (weights of @vladmandic/human 3.3.6, see modules/assets/README.md)",
@@ -230,6 +236,7 @@ def main() -> None:
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--ops", default="Conv", help="op types to quantise, comma-separated (default: Conv)")
     p.add_argument("--exclude", nargs="*", default=[], help="leave nodes whose name contains any of these in float")
+    p.add_argument("--only", nargs="*", default=[], help="quantise only nodes whose name contains any of these")
     args = p.parse_args()
     if args.verify_only:
         args.every = args.every or 3

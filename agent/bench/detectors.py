@@ -6,7 +6,8 @@ decoded beforehand so that decoding is not measured. A time covers what the pipe
 per frame: resize + colour conversion, inference (plus the request round trip for a server),
 and post-processing (scaling, threshold, NMS).
 
-Cases: ``onnx`` (bundled CenterNet, onnxruntime) and ``opencv-hog`` with 1 and 2 threads, and,
+Cases: ``onnx`` (bundled CenterNet fp32, onnxruntime), ``onnx-int8`` (the same model quantised,
+``precision: int8``) and ``opencv-hog`` with 1 and 2 threads, and,
 in a source checkout where ``.venv-mlserver`` exists (``tools/make-mlserver-venv.sh``),
 ``triton`` against a local MLServer serving the same CenterNet over HTTP (JSON tensors: MLServer
 has no binary extension) and gRPC, with 1 and 2 server threads. Cases run one after another in
@@ -193,6 +194,7 @@ def run_detector_bench(
     plan: list[tuple[str, int, dict]] = []
     for threads in (1, 2):
         plan.append(("onnx", threads, {"threads": threads}))
+        plan.append(("onnx-int8", threads, {"precision": "int8", "threads": threads}))
         plan.append(("opencv-hog", threads, {"backend": "opencv-hog", "threads": threads}))
     if (MLSERVER_VENV / "bin" / "mlserver").exists() and MLSERVER_MODEL.is_dir():
         for threads in (1, 2):

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-#: Per module type: the args that make it cheaper, named in the summary when it is the bottleneck.
-REMEDIES = {
-    "detector": "detector precision: int8 (about half the inference time), interval: 2 or 3 "
-                "(inference on every 2nd/3rd frame, the tracker predicts between), threads",
-    "reid": "reid embed_every: 20 or more (fewer re-embeddings of known tracks), backend: hsv",
-    "annotate": "no annotated video (edgeva demo --no-video)",
-    "decoder": "decoder width/height (decode smaller), or a lower fps",
-    "tracker": "tracker algorithm: iou or centroid (no Kalman filter)",
-}
+
+def remedy(kind: str, args: dict) -> str:
+    """The args that would make a module of type ``kind`` (running with ``args``) cheaper."""
+    if kind == "detector":
+        tips = []
+        if args.get("backend", "onnx") == "onnx" and "model" not in args and args.get("precision", "fp32") != "int8":
+            tips.append("precision: int8 (--precision int8)")
+        k = args.get("interval", 1)
+        tips.append(f"interval: {k + 1} (inference on every {k + 1}th frame, the tracker predicts "
+                    f"between; --interval {k + 1})")
+        if args.get("threads", 2) < (os.cpu_count() or 1):
+            tips.append(f"threads: {os.cpu_count()}")
+        return "detector " + ", ".join(tips)
+    if kind == "reid":
+        n = args.get("embed_every", 10)
+        return f"reid embed_every: {2 * n} (--embed-every {2 * n}), or backend: hsv"
+    return {
+        "annotate": "no annotated video (edgeva demo --no-video)",
+        "decoder": "decoder width/height (decode smaller), or a lower fps",
+        "tracker": "tracker algorithm: iou or centroid (no Kalman filter)",
+    }.get(kind, "give the module fewer frames or more CPU")
 
 
-def diagnose(source_frames: int, seconds: float, fps: float, live: bool, modules: dict, apps: dict) -> str:
+def diagnose(source_frames: int, seconds: float, fps: float, live: bool, modules: dict, apps: dict,
+             args: dict[str, dict] | None = None) -> str:
     """The run in words: real-time factor, the bottleneck module and its ms/frame, what fixes it."""
     expected = fps * seconds if fps else 0
     rtf = source_frames / expected if expected else 1.0
@@ -37,7 +51,7 @@ def diagnose(source_frames: int, seconds: float, fps: float, live: bool, modules
     else:
         words.insert(0, "could not keep up: back-pressure slowed the file source below its fps (no frame lost)")
     if (rtf < 0.95 or dropped) and worst is not None:
-        words.append(f"to fix: {REMEDIES.get(modules[worst]['type'], 'give its module fewer frames or more CPU')}")
+        words.append(f"to fix: {remedy(modules[worst]['type'], (args or {}).get(worst, {}))}")
     return "; ".join(w for w in words if w) + "."
 
 
@@ -69,7 +83,8 @@ def summarize(core, apps: list[str], seconds: float, fps: float = 0.0) -> dict:
         }
     live = any(i.live for i in core.sup.instances.values() if i.spec.type == "decoder")
     out["realtime_factor"] = round(source / (fps * seconds), 3) if fps and seconds else None
-    out["verdict"] = diagnose(source, seconds, fps, live, out["modules"], out["apps"])
+    args = {n: i.spec.config for n, i in core.sup.instances.items()}
+    out["verdict"] = diagnose(source, seconds, fps, live, out["modules"], out["apps"], args)
     return out
 
 
