@@ -51,9 +51,6 @@ COCO80 = (
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 
-#: The bundled model at each precision (backend onnx, model unset).
-BUNDLED = {"fp32": "asset:centernet_mnv3_coco.onnx", "int8": "asset:centernet_mnv3_coco_int8.onnx"}
-
 _TRITON_ONLY = {"url", "protocol", "model_name", "model_version", "shared_memory", "binary",
                 "cuda_device", "timeout_s", "headers"}
 # Post-processing knobs: changing them needs no new session/connection and does not change the
@@ -81,13 +78,9 @@ class DetectorConfig(ModuleConfig):
         "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
         "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
     model: str | None = Field(
-        None, description="onnx: model path or asset:<name> (default: the bundled CenterNet at "
-        "'precision'). See modules/detectors/onnx.py for the input/output layouts a model must have.")
-    precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="onnx, bundled model: fp32 (asset:centernet_mnv3_coco.onnx) or int8 "
-        "(asset:centernet_mnv3_coco_int8.onnx: static int8 quantisation, same boxes as fp32 at "
-        "IoU >= 0.5 for >= 95% of them on the clip, see modules/assets/README.md; about half "
-        "the time on CPUs with VNNI, less gain on AVX2-only ones)")
+        None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
+        "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
+        "See modules/detectors/onnx.py for the input/output layouts a model must have.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnx: onnxruntime graph optimisation level (all: layout and fusion "
         "passes too; lower levels only to rule out an optimiser problem)")
@@ -160,10 +153,8 @@ class DetectorConfig(ModuleConfig):
             raise ValueError("backend triton needs model_name (the model as the server names it)")
         if self.backend != "onnx" and "model" in set_:
             raise ValueError("model is for backend onnx (triton: model_name)")
-        if self.backend != "onnx" and set_ & {"precision", "graph_optimization"}:
-            raise ValueError("precision and graph_optimization are only for backend onnx")
-        if "model" in set_ and "precision" in set_:
-            raise ValueError("precision picks a bundled model: set either model or precision, not both")
+        if self.backend != "onnx" and "graph_optimization" in set_:
+            raise ValueError("graph_optimization is only for backend onnx")
         if self.backend != "opencv-hog" and "hog_scale" in set_:
             raise ValueError("hog_scale is only for backend opencv-hog")
         return self

@@ -11,7 +11,7 @@ def _run(args: argparse.Namespace) -> int:
     from control.demo.apps import Tuning
     from control.demo.run import run_demo
 
-    tuning = Tuning(precision=args.precision, interval=args.interval, threads=args.threads,
+    tuning = Tuning(interval=args.interval, threads=args.threads,
                     embed_every=args.embed_every)
     summary = run_demo(
         seconds=args.seconds, json_path=Path(args.json) if args.json else None, out_dir=Path(args.out),
@@ -39,8 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="source frame rate (default: %(default)s)")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
     d = Tuning()
-    p.add_argument("--precision", choices=("fp32", "int8"), default=d.precision,
-                   help="detector: bundled CenterNet precision (default: %(default)s)")
     p.add_argument("--interval", type=int, default=d.interval,
                    help="detector: inference on every k-th frame (default: %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="detector threads (default: %(default)s)")

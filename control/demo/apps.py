@@ -25,14 +25,13 @@ class Tuning:
     """The demo's cost knobs (module args). The defaults hold the clip's 10 fps on one core of
     the development machine (about a 2-core AVX2 VM's compute): see README, Performance."""
 
-    precision: str = "int8"  # detector: bundled CenterNet fp32 or int8
-    interval: int = 1  # detector: inference on every k-th frame, the tracker predicts between
+    interval: int = 2  # detector: inference on every k-th frame, the tracker predicts between
     threads: int = 2  # detector: onnxruntime threads
     embed_every: int = 10  # reid: re-embed a track every N frames
 
 
 def _front(source: str, fps: float, t: Tuning) -> dict:
-    det = {"backend": "onnx", "precision": t.precision, "threads": t.threads}
+    det = {"backend": "onnx", "threads": t.threads}
     if t.interval != 1:
         det["interval"] = t.interval
     return {

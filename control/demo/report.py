@@ -12,8 +12,6 @@ def remedy(kind: str, args: dict) -> str:
     """The args that would make a module of type ``kind`` (running with ``args``) cheaper."""
     if kind == "detector":
         tips = []
-        if args.get("backend", "onnx") == "onnx" and "model" not in args and args.get("precision", "fp32") != "int8":
-            tips.append("precision: int8 (--precision int8)")
         k = args.get("interval", 1)
         tips.append(f"interval: {k + 1} (inference on every {k + 1}th frame, the tracker predicts "
                     f"between; --interval {k + 1})")

@@ -37,9 +37,7 @@ class OnnxBackend(Backend):
     def __init__(self, config: DetectorConfig, log: logging.Logger) -> None:
         import onnxruntime as ort  # heavy: only when this backend is used
 
-        from modules.detector import BUNDLED
-
-        path = resolve_path(config.model or BUNDLED[config.precision])
+        path = resolve_path(config.model or "asset:centernet_mnv3_coco.onnx")
         if not path.is_file():
             raise ModuleError(f"detector: no ONNX model at {path} (model: {config.model!r})")
         opts = ort.SessionOptions()
