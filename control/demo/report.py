@@ -13,7 +13,7 @@ def remedy(kind: str, args: dict) -> str:
     if kind == "detector":
         tips = []
         k = args.get("interval", 1)
-        tips.append(f"interval: {k + 1} (inference on every {k + 1}th frame, the tracker predicts "
+        tips.append(f"interval: {k + 1} (inference on one frame in {k + 1}, the tracker predicts "
                     f"between; --interval {k + 1})")
         if args.get("threads", 2) < (os.cpu_count() or 1):
             tips.append(f"threads: {os.cpu_count()}")
