@@ -175,6 +175,11 @@ class Detector(Module[DetectorConfig]):
             self._resized = np.empty((h, w, 3), np.uint8)
             self._rgb = np.empty((h, w, 3), np.uint8)
             self._x = b.input_buffer()
+            # One inference now: onnxruntime plans memory and spins up threads on the first run
+            # (several times a normal frame's cost), which would otherwise land on frame 0 and
+            # delay the frames queued behind it. In-process only: a server warms its own.
+            if self.config.backend == "onnx":
+                b.infer(1)
         self.max_batch = max(1, b.max_batch)  # the runtime batches frames of several inputs up to this
         self._last_run: dict[str, int] = {}  # stream -> frame id of its last inference (interval)
         self._apply(self.config)

@@ -214,6 +214,9 @@ class Reid(Module[ReidConfig]):
         for img, out in zip(images, crops, strict=True):
             fit_crop(img, out)
         gallery = embedder.embed(crops).copy()  # the embedder reuses its output buffer
+        # Warm the batch shapes of a typical frame (first runs of a shape are slow) now rather
+        # than on the first frames of the stream.
+        embedder.embed(np.zeros((min(c.max_batch, 8), CROP_H, CROP_W, 3), np.uint8))
         if len(self._crops) < c.max_batch:
             self._crops = np.empty((c.max_batch, CROP_H, CROP_W, 3), np.uint8)
         self._embedder, self._gallery = embedder, gallery
