@@ -785,6 +785,7 @@ class AgentCore:
                 frames_in=m.frames_in if m else 0, frames_out=m.frames_out if m else 0,
                 proc_ms=_last_proc(inst),
                 occupancy=occ, dropped={**drops, **relay_drops.get(name, {})}, restarts=inst.restarts,
+                counters=m.counters if m else {},
             )
         return out
 

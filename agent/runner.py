@@ -35,6 +35,11 @@ CONTROL_EVERY_S = 0.05
 META_SLOT = 1 << 20  # modules that only add metadata
 SAMPLES = 4096
 BATCH_WAIT_S = 0.005  # how long a batch waits for a message already pending on another input
+# Overload with a live source: a drop_oldest input keeps at most this many messages pending, so
+# a stage that cannot keep up always takes the newest frame when it is free, the skipped ones
+# are counted as dropped (the ring's counter, per consumer), and latency stays within about two
+# of its own frame periods instead of a ring's worth of queued frames.
+LIVE_DEPTH = 1
 
 
 def _die_with_parent() -> None:
@@ -115,9 +120,12 @@ class _Input:
 
     def _attach(self, timeout: float) -> RingConsumer:
         deadline = time.monotonic() + timeout
+        depth = self.spec.depth
+        if depth is None and self.spec.policy == "drop_oldest":
+            depth = LIVE_DEPTH  # newest frame first (see LIVE_DEPTH); an explicit depth wins
         while True:
             try:
-                return RingConsumer.attach(self.spec.ring, policy=self.spec.policy, depth=self.spec.depth)
+                return RingConsumer.attach(self.spec.ring, policy=self.spec.policy, depth=depth)
             except RingError:
                 if time.monotonic() > deadline:
                     raise
@@ -270,8 +278,14 @@ class Runner:
             self.chan.send(R.FailedMsg(stage="attach", message=str(e)))
             return False
         self.source = self.inputs[0] if len(self.inputs) == 1 else _Merged(self.inputs) if self.inputs else None
-        self.chan.send(R.ReadyMsg(ring=self.prod.name, slot_size=self.prod.slot_size, live=bool(self.module.live)))
+        self.chan.send(R.ReadyMsg(ring=self.prod.name, slot_size=self.prod.slot_size, live=self._live()))
         return True
+
+    def _live(self) -> bool:
+        """Whether this module's output is a live stream: a live source, or a module fed live
+        (drop_oldest). Live propagates down the graph, so that whichever stage is the slowest
+        skips to the newest frame rather than back-pressuring a stage that drops into a queue."""
+        return bool(self.module.live) or any(i.policy == "drop_oldest" for i in self.spec.inputs)
 
     def _create_output(self, size: int) -> RingProducer:
         try:
@@ -401,7 +415,12 @@ class Runner:
             self._command(cmd)
 
     def _report(self) -> None:
-        self.chan.send(self.stats.report())
+        msg = self.stats.report()
+        try:
+            msg.counters = {k: float(v) for k, v in self.module.metrics().items()}
+        except Exception:  # a module's figures must never take its frames down
+            log.exception("module %s: metrics() failed", self.spec.name)
+        self.chan.send(msg)
 
     def _command(self, cmd) -> None:
         if isinstance(cmd, R.StopMsg):

@@ -139,3 +139,8 @@ class Module(Generic[C]):
 
     def close(self) -> None:
         """Release what ``setup`` acquired."""
+
+    def metrics(self) -> dict[str, float]:
+        """The module's own figures (cumulative counters or ratios), published with its
+        metrics each interval under ``counters``; called by the runtime, never per frame."""
+        return {}

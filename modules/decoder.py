@@ -85,6 +85,12 @@ class DecoderConfig(ModuleConfig):
     )
 
     # -- live sources --------------------------------------------------------------------------
+    live: bool = Field(
+        default=False,
+        description="synthetic only: emit as a live camera would, so that consumers falling behind "
+        "skip to the newest frame (drops counted) instead of slowing the source (to try overload). "
+        "Cameras and network streams are always live, files never.",
+    )
     rtsp_transport: Literal["tcp", "udp"] = Field(
         default="tcp",
         description="RTSP: RTP over the RTSP connection (tcp: no loss, passes NAT and firewalls) "
@@ -150,6 +156,12 @@ class DecoderConfig(ModuleConfig):
         if not path.is_file():
             raise ValueError(f"no such video file: {path}")
         return v
+
+    @model_validator(mode="after")
+    def _live_only_synthetic(self) -> DecoderConfig:
+        if self.live and self.source != "synthetic":
+            raise ValueError("live is only for source synthetic (cameras and streams are live anyway)")
+        return self
 
     @model_validator(mode="after")
     def _check_normalize(self) -> DecoderConfig:
@@ -232,6 +244,8 @@ class Decoder(Module[DecoderConfig]):
             if self.live
             else resolve_path(c.source).stem
         )
+        if c.live:  # synthetic emulating a camera: consumers drop rather than back-pressure
+            self.live = True
 
     def _open_live(self) -> cv2.VideoCapture | None:
         c = self.config

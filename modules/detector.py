@@ -36,6 +36,8 @@ from modules.base import Module, ModuleConfig, ModuleError
 from modules.detectors import Backend, make_backend
 from schemas.message import Message
 
+_NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
+
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -53,7 +55,7 @@ _TRITON_ONLY = {"url", "protocol", "model_name", "model_version", "shared_memory
                 "cuda_device", "timeout_s", "headers"}
 # Post-processing knobs: changing them needs no new session/connection and does not change the
 # output size (forward_frame, crops, max_crops do: the output ring must be resized: restart).
-_LIVE = {"score_threshold", "classes", "nms_iou", "nms_contain", "crop_classes", "class_names"}
+_LIVE = {"score_threshold", "classes", "nms_iou", "nms_contain", "crop_classes", "class_names", "interval"}
 
 
 def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
@@ -76,9 +78,18 @@ class DetectorConfig(ModuleConfig):
         "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
         "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
     model: str | None = Field(
-        None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx). "
+        None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
+        "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
         "See modules/detectors/onnx.py for the input/output layouts a model must have.",
         json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnx: onnxruntime graph optimisation level (all: layout and fusion "
+        "passes too; lower levels only to rule out an optimiser problem)")
+    interval: int = Field(
+        1, ge=1, le=100, description="run inference on every interval-th frame of each stream; the "
+        "frames between pass on with no detections and fields['predicted'] = true, for a tracker "
+        "downstream to predict the boxes of (k frames cost ~1/k of the inference; boxes between "
+        "lag fast motion). 1: every frame. Needs a tracker downstream when above 1.")
     score_threshold: float = Field(
         0.4, ge=0.0, le=1.0, description="keep detections scoring at least this (the bundled "
         "model: 0.4 finds nearly every person on vtest; 0.3 lets rocks in)")
@@ -143,6 +154,8 @@ class DetectorConfig(ModuleConfig):
             raise ValueError("backend triton needs model_name (the model as the server names it)")
         if self.backend != "onnx" and "model" in set_:
             raise ValueError("model is for backend onnx (triton: model_name)")
+        if self.backend != "onnx" and "graph_optimization" in set_:
+            raise ValueError("graph_optimization is only for backend onnx")
         if self.backend != "opencv-hog" and "hog_scale" in set_:
             raise ValueError("hog_scale is only for backend opencv-hog")
         return self
@@ -163,7 +176,13 @@ class Detector(Module[DetectorConfig]):
             self._resized = np.empty((h, w, 3), np.uint8)
             self._rgb = np.empty((h, w, 3), np.uint8)
             self._x = b.input_buffer()
+            # One inference now: onnxruntime plans memory and spins up threads on the first run
+            # (several times a normal frame's cost), which would otherwise land on frame 0 and
+            # delay the frames queued behind it. In-process only: a server warms its own.
+            if self.config.backend == "onnx":
+                b.infer(1)
         self.max_batch = max(1, b.max_batch)  # the runtime batches frames of several inputs up to this
+        self._last_run: dict[str, int] = {}  # stream -> frame id of its last inference (interval)
         self._apply(self.config)
 
     def _apply(self, c: DetectorConfig) -> None:
@@ -196,10 +215,14 @@ class Detector(Module[DetectorConfig]):
         if b is None:
             raise ModuleError("detector: process called before setup or after close")
         frames = [self._frame(m) for m in msgs]
-        out: list[Message] = []
+        out: list[Message | None] = [None] * len(msgs)
+        run = [k for k, m in enumerate(msgs) if self._due(m)]
+        for k in set(range(len(msgs))) - set(run):  # between inferences: the tracker predicts
+            out[k] = self._message(msgs[k], frames[k], _NONE, predicted=True)
         step = max(1, b.max_batch)
-        for i in range(0, len(msgs), step):
-            chunk = frames[i : i + step]
+        for i in range(0, len(run), step):
+            ks = run[i : i + step]
+            chunk = [frames[k] for k in ks]
             if b.takes_tensor:
                 for j, f in enumerate(chunk):
                     self._preprocess(f, j)
@@ -209,9 +232,19 @@ class Detector(Module[DetectorConfig]):
             else:
                 raws = b.infer_frames(chunk)
                 scales = [(1.0, 1.0)] * len(chunk)
-            for m, f, raw, (sx, sy) in zip(msgs[i : i + step], chunk, raws, scales, strict=True):
-                out.append(self._message(m, f, self._postprocess(raw, f.shape[1], f.shape[0], sx, sy)))
-        return out
+            for k, f, raw, (sx, sy) in zip(ks, chunk, raws, scales, strict=True):
+                out[k] = self._message(msgs[k], f, self._postprocess(raw, f.shape[1], f.shape[0], sx, sy))
+        return out  # type: ignore[return-value]
+
+    def _due(self, msg: Message) -> bool:
+        """Whether this frame gets inference: the first of its stream, then every interval-th
+        (by frame id, so frames dropped upstream do not stretch the interval)."""
+        k = self.config.interval
+        last = self._last_run.get(msg.source)
+        if k > 1 and last is not None and 0 <= msg.frame_id - last < k:
+            return False
+        self._last_run[msg.source] = msg.frame_id
+        return True
 
     @staticmethod
     def _frame(msg: Message) -> np.ndarray:
@@ -255,13 +288,15 @@ class Detector(Module[DetectorConfig]):
             r = r[_not_contained(r, c.nms_contain)]
         return r
 
-    def _message(self, msg: Message, frame: np.ndarray, det: np.ndarray) -> Message:
+    def _message(self, msg: Message, frame: np.ndarray, det: np.ndarray, predicted: bool = False) -> Message:
         c = self.config
         dets = [[round(float(x1), 1), round(float(y1), 1), round(float(x2), 1), round(float(y2), 1),
                  round(float(s), 4), int(k)] for x1, y1, x2, y2, s, k in det.tolist()]
         names = self._names
         labels = [names[d[5]] if 0 <= d[5] < len(names) else str(d[5]) for d in dets]
         out = msg.derive(detections=dets, labels=labels)
+        if predicted:
+            out.fields["predicted"] = True  # no inference on this frame (interval): not "nobody"
         if c.forward_frame:
             out.arrays["frame"] = frame
         if c.crops:

@@ -115,6 +115,16 @@ class ReidConfig(ModuleConfig):
     )
     threads: int = Field(2, ge=1, description="onnx, combined: onnxruntime intra-op threads.")
     max_batch: int = Field(16, ge=1, description="Crops per inference call (input buffer size).")
+    embed_every: int = Field(
+        10,
+        ge=1,
+        description=(
+            "With tracks upstream (a tracker): embed a track when it is new and again every "
+            "embed_every frames, reusing its last embedding in between (a person's appearance "
+            "changes slowly; 1: embed every track on every frame). Detections and crops have no "
+            "identity across frames: they are embedded every frame."
+        ),
+    )
     forward_frame: bool = Field(
         False,
         description="Pass arrays['frame'] through (for a downstream annotate); off: metadata only.",
@@ -155,8 +165,12 @@ class Reid(Module[ReidConfig]):
     Events (``ctx.emit``), one per match: ``{"event": "reid_match", "template",
     "similarity", "box", "track_id", "frame_id", "source"}`` (the agent rate-limits them).
 
+    With tracks, a track is embedded when new and every ``embed_every`` frames after (its
+    embedding is reused in between; predicted boxes of a detector ``interval`` are never cut);
+    ``metrics()`` reports ``embeddings``, ``frames`` and ``embeddings_per_frame``.
+
     ``update`` applies ``gallery`` (re-embedded at once), ``threshold``, ``cnn_weight``,
-    ``classes``, ``min_height``, ``max_batch`` and ``forward_frame`` live; ``backend``,
+    ``classes``, ``min_height``, ``max_batch``, ``embed_every`` and ``forward_frame`` live; ``backend``,
     ``model``, ``threads`` and ``triton`` restart the module.
     """
 
@@ -169,6 +183,10 @@ class Reid(Module[ReidConfig]):
         self._names: list[str] = []
         self._gallery = np.empty((0, 0), np.float32)
         self._crops = np.empty((0, CROP_H, CROP_W, 3), np.uint8)
+        # track id -> (frame id of its embedding, embedding, frame id last seen)
+        self._cache: dict[int, tuple[int, np.ndarray, int]] = {}
+        self._emb = np.empty((0, 0), np.float32)  # this frame's embeddings, reused
+        self._n_frames = self._n_embedded = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -198,11 +216,22 @@ class Reid(Module[ReidConfig]):
         for img, out in zip(images, crops, strict=True):
             fit_crop(img, out)
         gallery = embedder.embed(crops).copy()  # the embedder reuses its output buffer
+        # Warm the batch shapes of a typical frame (first runs of a shape are slow) now rather
+        # than on the first frames of the stream.
+        embedder.embed(np.zeros((min(c.max_batch, 8), CROP_H, CROP_W, 3), np.uint8))
         if len(self._crops) < c.max_batch:
             self._crops = np.empty((c.max_batch, CROP_H, CROP_W, 3), np.uint8)
         self._embedder, self._gallery = embedder, gallery
         self._names = [t.name for t in c.gallery]
+        self._cache = {}  # embeddings of another embedder/weighting do not compare
         self.config = c
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "frames": self._n_frames,
+            "embeddings": self._n_embedded,
+            "embeddings_per_frame": round(self._n_embedded / self._n_frames, 3) if self._n_frames else 0.0,
+        }
 
     def _make_parts(self, c: ReidConfig) -> list[Embedder]:
         from modules.embedders.hsv import HsvEmbedder
@@ -235,10 +264,16 @@ class Reid(Module[ReidConfig]):
     # -- per frame ---------------------------------------------------------------------------
 
     def process(self, msg: Message) -> Message:
-        crops, boxes, ids = self._inputs(msg)
+        self._n_frames += 1
+        if "crops" not in msg.arrays and msg.fields.get("tracks") is not None and "frame" in msg.arrays:
+            emb, boxes, ids = self._track_embeddings(msg)
+        else:
+            crops, boxes, ids = self._inputs(msg)
+            emb = self._embedder.embed(crops) if len(crops) else None
+            self._n_embedded += len(crops)
         matches: list[dict] = []
-        if len(crops):
-            sims = self._embedder.embed(crops) @ self._gallery.T  # N x templates
+        if emb is not None and len(boxes):
+            sims = emb @ self._gallery.T  # N x templates
             best = sims.argmax(axis=1)
             thr = self.config.effective_threshold
             for k in np.flatnonzero(sims[np.arange(len(best)), best] >= thr):
@@ -258,6 +293,48 @@ class Reid(Module[ReidConfig]):
         if self.config.forward_frame and "frame" in msg.arrays:
             out.arrays["frame"] = msg.arrays["frame"]
         return out
+
+    def _track_embeddings(self, msg: Message) -> tuple[np.ndarray | None, list, list]:
+        """(embeddings [N, D], boxes, track ids) of the wanted tracks: new or due ones are cut
+        and embedded (one batch), the others reuse their cached embedding."""
+        frame, fid, every = msg.arrays["frame"], msg.frame_id, self.config.embed_every
+        h, w = frame.shape[:2]
+        cache = self._cache
+        boxes: list = []
+        ids: list = []
+        due: list[int] = []  # positions in boxes/ids that need a new embedding
+        for t in msg.fields["tracks"]:
+            box, tid = t["box"], int(t["id"])
+            x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
+            x2, y2 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
+            if x2 - x1 < 2 or y2 - y1 < 2 or not self._wanted(box, t.get("class_id", 0)):
+                continue
+            c = cache.get(tid)
+            if c is None or (not t.get("predicted") and not 0 <= fid - c[0] < every):
+                if len(due) == len(self._crops):  # more people than max_batch: grow once
+                    self._crops = np.concatenate([self._crops, np.empty_like(self._crops)])
+                fit_crop(frame[y1:y2, x1:x2], self._crops[len(due)])
+                due.append(len(boxes))
+            else:
+                cache[tid] = (c[0], c[1], fid)
+            boxes.append(box[:4])
+            ids.append(tid)
+        if due:
+            new = self._embedder.embed(self._crops[: len(due)])
+            self._n_embedded += len(due)
+            for j, k in enumerate(due):
+                cache[ids[k]] = (fid, new[j].copy(), fid)
+        if not boxes:
+            return None, boxes, ids
+        d = self._gallery.shape[1]
+        if self._emb.shape[0] < len(boxes) or self._emb.shape[1] != d:
+            self._emb = np.empty((max(len(boxes), 2 * self._emb.shape[0], 16), d), np.float32)
+        emb = self._emb[: len(boxes)]
+        for k, tid in enumerate(ids):
+            emb[k] = cache[tid][1]
+        if len(cache) > 256:  # forget tracks not seen for a while (bounded, rarely run)
+            self._cache = {k: v for k, v in cache.items() if fid - v[2] <= 10 * every}
+        return emb, boxes, ids
 
     def _wanted(self, box, class_id) -> bool:
         c = self.config

@@ -119,6 +119,10 @@ class Tracker(Module[TrackerConfig]):
     are listed, so a downstream RoI module should tolerate a track missing for a few frames.
     The frame is not forwarded: route it around the tracker if a later module draws.
 
+    Frames the detector skipped (its ``interval`` arg; ``fields["predicted"]`` true) do not age
+    tracks: each track of the last detected frame is moved along its velocity (box change per
+    frame between its last two detections) and listed with ``"predicted": true``.
+
     ``update`` applies ``classes``, ``min_score``, ``include_lost``, ``max_lost``,
     ``iou_threshold`` and ``centroid_distance_threshold`` in place (tracks and ids are kept);
     changing ``algorithm`` or the Kalman noise scales (fixed in each track's filter at creation)
@@ -130,6 +134,9 @@ class Tracker(Module[TrackerConfig]):
     def __init__(self, config: TrackerConfig, ctx: ModuleContext) -> None:
         super().__init__(config, ctx)
         self._impl: Any = None
+        # Per track id: (frame id, box) of its last two detections, for predicted frames.
+        self._seen: dict[int, tuple[int, np.ndarray, int, np.ndarray]] = {}
+        self._last: list[dict] = []  # tracks of the last detected frame
 
     def setup(self) -> None:
         self._impl = self._make(self.config)
@@ -164,6 +171,11 @@ class Tracker(Module[TrackerConfig]):
         if dets is None:
             raise ValueError("tracker input has no fields['detections'] (is a detector upstream?)")
         c = self.config
+        if msg.fields.get("predicted"):
+            out = msg.derive(tracks=self._predicted(msg.frame_id))
+            if c.forward_frame and "frame" in msg.arrays:
+                out.arrays["frame"] = msg.arrays["frame"]
+            return out
         rows = [
             d for d in dets if d[4] >= c.min_score and (c.classes is None or int(d[5]) in c.classes)
         ]
@@ -172,7 +184,9 @@ class Tracker(Module[TrackerConfig]):
         xywh = arr[:, :4].copy()
         xywh[:, 2:] -= xywh[:, :2]
         self._impl.update(xywh, arr[:, 4].copy(), arr[:, 5].astype(np.int64))
-        out = msg.derive(tracks=self._tracks())
+        tracks = self._tracks()
+        self._remember(msg.frame_id, tracks)
+        out = msg.derive(tracks=tracks)
         if c.forward_frame and "frame" in msg.arrays:
             out.arrays["frame"] = msg.arrays["frame"]
         return out
@@ -192,6 +206,28 @@ class Tracker(Module[TrackerConfig]):
                     "score": float(t.detection_confidence),
                 }
             )
+        return out
+
+    def _remember(self, fid: int, tracks: list[dict]) -> None:
+        """Keep each listed track's last two detected boxes (velocity for predicted frames)."""
+        seen = self._seen
+        for t in tracks:
+            box = np.asarray(t["box"], np.float64)
+            prev = seen.get(t["id"])
+            seen[t["id"]] = (fid, box, prev[0], prev[1]) if prev else (fid, box, fid, box)
+        if len(seen) > 4 * len(tracks) + 64:  # forget tracks long gone (bounded, rarely run)
+            live = {t["id"] for t in tracks}
+            self._seen = {k: v for k, v in seen.items() if k in live or fid - v[0] <= 100}
+        self._last = tracks
+
+    def _predicted(self, fid: int) -> list[dict]:
+        """The last detected frame's tracks, moved to frame ``fid`` at constant velocity."""
+        out = []
+        for t in self._last:
+            f1, b1, f0, b0 = self._seen[t["id"]]
+            v = (b1 - b0) / (f1 - f0) if f1 > f0 else 0.0
+            box = b1 + v * (fid - f1)
+            out.append({**t, "box": [float(x) for x in box], "predicted": True})
         return out
 
     def update(self, config: TrackerConfig) -> bool:

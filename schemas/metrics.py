@@ -48,6 +48,9 @@ class ModuleMetrics(BaseModel):
         default_factory=dict, description="consumer -> frames skipped (drop_oldest)"
     )
     restarts: int = Field(default=0, ge=0)
+    counters: dict[str, float] = Field(
+        default_factory=dict, description="the module's own figures, e.g. reid: embeddings, embeddings_per_frame"
+    )
 
 
 class HopMetrics(BaseModel):

@@ -114,6 +114,8 @@ class MetricsMsg(BaseModel):
     frames_out: int
     proc_ms: list[float]
     sink: list[tuple[int, str, float, float]] = Field(default_factory=list)
+    counters: dict[str, float] = Field(
+        default_factory=dict, description="the module's own figures (Module.metrics), e.g. reid's embeddings per frame")
 
 
 class UpdatedMsg(BaseModel):

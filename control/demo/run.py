@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from control.demo.apps import CLIP, demo_apps
+from control.demo.apps import CLIP, Tuning, demo_apps
 from control.demo.report import plot_latency, summarize
 
 log = logging.getLogger("edgeva.demo")
@@ -63,6 +63,7 @@ def run_demo(
     source: str = CLIP,
     fps: float = 10.0,
     annotate: bool = True,
+    tuning: Tuning | None = None,
 ) -> dict:
     """Run the three-app demo for ``seconds``; returns (and writes to ``json_path``) the summary
     ``{"source_frames", "apps": {name: {"frames", "dropped", "latency_ms", "events"}}}``."""
@@ -91,7 +92,7 @@ def run_demo(
     bridge.start()
     core = bridge.core
     client = EdgevaClient(broker_url, DEVICE)
-    deployments = demo_apps(source, fps, video)
+    deployments = demo_apps(source, fps, video, tuning)
     try:
         for dep in deployments:
             t0 = time.monotonic()
@@ -112,7 +113,7 @@ def run_demo(
         core.tenant_metrics("default")  # drop counters come from the rings: read them while they exist
         if not core.finish(timeout=15):  # frames in flight reach their apps; final metrics
             log.warning("some modules did not finish draining within 15 s")
-        summary = summarize(core, [d["app"] for d in deployments], seconds)
+        summary = summarize(core, [d["app"] for d in deployments], seconds, fps)
         for dep in reversed(deployments):  # remove: closes the annotated video cleanly
             client.request("remove", {"app": dep["app"]}, timeout=60)
     finally:

@@ -43,6 +43,12 @@ class OnnxBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = config.threads
         opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[config.graph_optimization]
         # Idle worker threads spin by default, stealing CPU from the other modules on a
         # small board between frames.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -72,8 +78,9 @@ class OnnxBackend(Backend):
         w, h = self.input_size
         shape = (self.max_batch, h, w, 3) if self.layout == "nhwc" else (self.max_batch, 3, h, w)
         self._x = np.zeros(shape, np.float32)
-        log.info("detector: %s, input %s %s %dx%d, batch <= %d, %d thread(s)",
-                 path.name, inp.name, self.layout, w, h, self.max_batch, config.threads)
+        log.info("detector: %s, input %s %s %dx%d, batch <= %d, %d thread(s), optimisation %s",
+                 path.name, inp.name, self.layout, w, h, self.max_batch, config.threads,
+                 config.graph_optimization)
 
     def input_buffer(self) -> np.ndarray:
         return self._x

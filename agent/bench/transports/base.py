@@ -121,6 +121,12 @@ class Sender(ABC):
     def connect(self, info: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Connect to the opened consumer; ``info`` is what its ``open`` returned."""
 
+    def stage(self, frame_id: int, src: np.ndarray | dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Untimed, before ``t0``: make the payload where this transport's producer makes it.
+        Only ``ring-direct`` uses it: a decoder decodes straight into its slot, so writing the
+        frame there is the decoder's work, not the hop's (the hop is what follows: commit,
+        wake-up, a view on the other side)."""
+
     @abstractmethod
     def send(self, frame_id: int, t0_ns: int, src: np.ndarray | dict[str, Any]) -> None:
         """Move one message; may block on the transport's own flow control."""
