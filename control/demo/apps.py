@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.decoder import ASSETS
-
 CLIP = "asset:vtest.mp4"
-TEMPLATE = ASSETS / "demo_person.png"
+# A bundled image, named as an asset: no path of this machine in a deployment (the agent confines
+# paths to its media directories; an asset is allowed everywhere).
+TEMPLATE = "asset:demo_person.png"
 # vtest.mp4 is 768x576: a zone on the middle of the road, which most pedestrians cross.
 ZONE = [[330, 190], [640, 190], [640, 330], [330, 330]]
 
@@ -61,6 +61,6 @@ def demo_apps(source: str = CLIP, fps: float = 10.0, video: Path | None = None,
     reid = _front(source, fps, t)
     reid["tracker"]["outputs"] = ["reid"]
     reid["reid"] = {"type": "reid", "outputs": [],
-                    "args": {"gallery": [{"name": "person-1", "image": str(TEMPLATE)}],
+                    "args": {"gallery": [{"name": "person-1", "image": TEMPLATE}],
                              "embed_every": t.embed_every}}
     return [{"app": "tracking", "modules": tracking}, {"app": "roi", "modules": roi}, {"app": "reid", "modules": reid}]
