@@ -25,7 +25,7 @@ from agent.dataplane.codec import CodecError
 from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer, producer_pid
 from agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
 from agent.heartbeat import PACE, PROCESS, PRODUCE, Heartbeat
-from modules.base import NO_FRAME, Module, ModuleContext
+from modules.base import NO_FRAME, Module, ModuleContext, ModuleError
 from modules.registry import module_class
 from schemas import runner as R
 from schemas.message import Message
@@ -95,6 +95,7 @@ class _Stats:
 
     def __init__(self) -> None:
         self.frames_in = self.frames_out = 0
+        self.refused = 0  # input messages process() refused with ModuleError (cumulative)
         self.proc = np.zeros(SAMPLES)
         self.nproc = 0
         self.sink: list[tuple[int, str, float, float]] = []
@@ -372,7 +373,14 @@ class Runner:
             self.stats.frames_in += len(msgs)
             t_in = time.time_ns()
             self.hb.enter(PROCESS, msgs[0].frame_id)
-            results = self.module.process_batch(msgs) if most > 1 else (self.module.process(msgs[0]),)
+            try:
+                results = self.module.process_batch(msgs) if most > 1 else (self.module.process(msgs[0]),)
+            except ModuleError as e:
+                # Input this module cannot use (a peer's frame without the array it needs, a
+                # wrong upstream): that message is refused and counted; the module goes on.
+                self.hb.leave()
+                self._refuse(msgs, e)
+                continue
             self.hb.leave()
             t_out = time.time_ns()
             for out in results:
@@ -386,6 +394,14 @@ class Runner:
                     self.stats.sink.append((msg.frame_id, msg.source, (t_out - msg.ts_ns) / 1e6, t_out / 1e9))
             if time.monotonic() >= self.next_control:
                 self._housekeeping()
+
+    def _refuse(self, msgs: list[Message], err: ModuleError) -> None:
+        self.stats.refused += len(msgs)
+        if self.stats.refused == len(msgs) or self.stats.refused % 1000 < len(msgs):  # not per frame
+            log.warning("module %s refused frame %s (%d refused so far): %s", self.spec.name,
+                        msgs[0].frame_id, self.stats.refused, err)
+        if time.monotonic() >= self.next_control:
+            self._housekeeping()
 
     def _account(self, msg: Message, t_in: int, t_out: int) -> None:
         st = self.stats
@@ -420,6 +436,8 @@ class Runner:
             msg.counters = {k: float(v) for k, v in self.module.metrics().items()}
         except Exception:  # a module's figures must never take its frames down
             log.exception("module %s: metrics() failed", self.spec.name)
+        if self.stats.refused:
+            msg.counters["refused_inputs"] = float(self.stats.refused)
         self.chan.send(msg)
 
     def _command(self, cmd) -> None:

@@ -59,7 +59,10 @@ NO_FRAME = _NoFrame()
 
 class ModuleError(RuntimeError):
     """A module cannot do its job (bad source, missing model...). Raised from ``setup`` it
-    fails the deployment and rolls the application back, with this message as the reason."""
+    fails the deployment and rolls the application back, with this message as the reason.
+    Raised from ``process`` it refuses that one input (counted as ``refused_inputs`` in the
+    module's metrics) and the module goes on; any other exception from ``process`` is a crash,
+    and the module is restarted."""
 
 
 @dataclass

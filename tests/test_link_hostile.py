@@ -88,15 +88,16 @@ class _Pipeline:
     """peer -> Link -> LinkToRing -> tracker process -> publish process -> supervisor, whose
     event callback writes JSON as the MQTT bridge does."""
 
-    def __init__(self) -> None:
+    def __init__(self, middle: dict | None = None) -> None:
         tag = f"h{os.getpid()}{int(time.monotonic() * 1000) % 100000}"
+        middle = middle or {"type": "tracker"}
         self.events: list[dict] = []
         self.lock = threading.Lock()
         self.link = Link.listen("tcp://127.0.0.1:0", max_message_size=MAX, name="hostile")
         self.relay = LinkToRing(self.link, "cam", segment_name(tag, "in"), slot_size=64 << 10)
         self.sup = Supervisor(self._on_event, lambda *_: None, lambda *_: None)
         self.tracker = self.sup.start(R.RunnerSpec(
-            name="tracker", type="tracker", config={"type": "tracker"}, device="t",
+            name=middle["type"], type=middle["type"], config=middle, device="t",
             inputs=[R.InputSpec(ring=self.relay.producer.name)], output_ring=segment_name(tag, "trk"),
         ))
         self.publish = self.sup.start(R.RunnerSpec(
@@ -145,6 +146,26 @@ def test_overflowing_shape_and_wrong_types_from_a_peer_stop_nothing() -> None:
         assert p.ids() == list(range(20))
         assert p.link.stats()["bad"] == 3
         assert p.tracker.restarts == 0 and p.tracker.status == "running", p.tracker.error
+    finally:
+        p.close()
+
+
+def test_a_frame_a_module_cannot_use_is_refused_and_counted_not_a_crash() -> None:
+    """A well-formed frame without the array the next module needs (a detector gets no
+    'frame'): the module refuses that one input (ModuleError) and goes on; no restart."""
+    p = _Pipeline({"type": "detector", "backend": "onnx", "threads": 1})
+    try:
+        env = P.envelope(b"cam", 0)
+        no_frame = [env + P.body(P.header(100 + i)) for i in range(3)]
+        frames = [_good(i, i) for i in range(5)] + no_frame + [_good(i, i) for i in range(5, 10)]
+        p.send(frames)
+        _wait(lambda: len(p.ids()) >= 10, 60, lambda: f"events {p.ids()}, detector {p.tracker.status} "
+              f"restarts {p.tracker.restarts} {p.tracker.error}")
+        assert p.ids() == list(range(10))
+        det = p.tracker
+        _wait(lambda: det.last_metrics is not None and det.last_metrics.counters.get("refused_inputs") == 3,
+              10, lambda: f"counters {det.last_metrics and det.last_metrics.counters}")
+        assert det.restarts == 0 and det.status == "running", det.error
     finally:
         p.close()
 
