@@ -31,8 +31,11 @@ def test_videopipe_merges_the_apps_as_edgeva_shares_them():
     # one decoder, one detector and one tracker serve the three apps; no sinks
     assert types == ["decoder", "detector", "reid", "roi", "tracker"]
     assert sorted(a for apps in ends.values() for a in apps) == ["reid", "roi", "tracking"]
-    det = next(n for n, m in graph["modules"].items() if m["type"] == "detector")
-    assert sorted(graph["modules"][o]["type"] for o in graph["modules"][det]["outputs"]) == ["reid", "tracker"]
+    by_type = {m["type"]: n for n, m in graph["modules"].items()}
+    # the three apps run through one tracker (reid takes tracks), and fan out after it
+    assert [graph["modules"][o]["type"] for o in graph["modules"][by_type["detector"]]["outputs"]] == ["tracker"]
+    assert sorted(graph["modules"][o]["type"] for o in graph["modules"][by_type["tracker"]]["outputs"]) == ["reid", "roi"]
+    assert ends[by_type["tracker"]] == ["tracking"]
 
 
 def test_scenarios_end_in_a_latency_sink_and_streams_get_their_own_decoder():
@@ -56,7 +59,7 @@ def test_videopipe_runs_one_frame_at_a_time_and_splits_each_hop():
     done = res["apps"]["reid"]
     assert done and res["offered"] > len(done), (res["offered"], len(done))
     hops = {(h["from"].rsplit("-", 1)[0], h["to"].rsplit("-", 1)[0]) for h in res["hops"]}
-    assert hops == {("decoder", "detector"), ("detector", "reid")}
+    assert hops == {("decoder", "detector"), ("detector", "tracker"), ("tracker", "reid")}
     assert all(h["serialise_ms"] > 0 and h["network_ms"] >= 0 and h["deserialise_ms"] > 0 for h in res["hops"])
 
 

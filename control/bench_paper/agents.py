@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ class Agents:
         self.links: dict[str, dict] = {}  # device -> its links' metrics (latest)
         self.modules: dict[str, dict] = {}  # device -> its modules' metrics (latest)
         self.recording = False
+        self.token = secrets.token_hex(16)
 
     def __enter__(self) -> Agents:
         from agent import mqtt as m
@@ -42,8 +44,8 @@ class Agents:
             cmd = [sys.executable, "-m", "control.cli", "agent", "--device", dev, "--broker", self.broker.url,
                    "--state-dir", str(self.tmp / dev), "--prefix", f"pp{os.getpid()}{dev}",
                    "--metrics-interval", "1", "--event-rate", "1000"]
-            if self.data:
-                cmd += ["--data-bind", "tcp://127.0.0.1:0"]
+            if self.data:  # agents that hand each other parts share a fleet token
+                cmd += ["--data-bind", "tcp://127.0.0.1:0", "--fleet-token", self.token]
             log = open(self.tmp / f"{dev}.log", "wb")  # noqa: SIM115 - the process owns it
             self.procs.append(subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT,

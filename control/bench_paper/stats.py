@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 
 LAG_MS_PER_S = 20.0  # latency growing faster than this over the run = lagging
-LAG_P95_FACTOR = 3.0  # ... or the last quarter's p95 well above the first quarter's
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -19,6 +18,20 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def growth_ms_per_s(series: list[tuple[float, float]]) -> float | None:
+    """How fast latency grows: the median of the last third against the median of the first
+    third, over the time between them. A queue filling up grows it steadily; a burst of other
+    load on a shared machine lifts a few frames and hardly moves a median."""
+    if len(series) < 9:
+        return None
+    n = len(series) // 3
+    first, last = series[:n], series[-n:]
+    dt = statistics.median(t for t, _ in last) - statistics.median(t for t, _ in first)
+    if dt <= 0:
+        return None
+    return (statistics.median(v for _, v in last) - statistics.median(v for _, v in first)) / dt
 
 
 def slope_ms_per_s(series: list[tuple[float, float]]) -> float | None:
@@ -47,15 +60,11 @@ def smooth(series: list[tuple[float, float]], window: int = 150) -> list[tuple[f
 
 def summarize(series: list[tuple[float, float]], offered: int, seconds: float) -> dict:
     """fps reaching the app's end, latency p50/p95, dropped ratio against the frames the source
-    offered, lag slope and the verdict ``lagging``."""
+    offered, latency growth (``lag_ms_per_s``) and the verdict ``lagging`` (growth above
+    ``LAG_MS_PER_S``)."""
     lat = [v for _, v in series]
-    slope = slope_ms_per_s(series)
-    q = max(1, len(series) // 4)
-    first, last = pct(lat[:q], 95), pct(lat[-q:], 95)
-    lagging = bool(
-        (slope is not None and slope > LAG_MS_PER_S)
-        or (first is not None and last is not None and last > LAG_P95_FACTOR * max(first, 50.0))
-    )
+    slope = growth_ms_per_s(series)
+    lagging = slope is not None and slope > LAG_MS_PER_S
     done = len(series)
     return {
         "frames": done,
