@@ -17,26 +17,28 @@ from control.bench_paper.stats import pct
 FRAMES = 12
 
 
-def _specs() -> tuple[dict, dict, dict]:
+def _specs() -> tuple[dict, dict, dict, dict]:
+    """The demo reid app's modules, each model on one thread and run on every input (no
+    detection interval, no embedding reuse): the models themselves are measured."""
     reid_app = scenario(1)[0]["modules"]
-    dec, det, reid = (copy.deepcopy(reid_app[n]) for n in ("decoder", "detector", "reid"))
+    dec, det, trk, reid = (copy.deepcopy(reid_app[n]) for n in ("decoder", "detector", "tracker", "reid"))
     dec["args"].pop("fps", None)  # no pacing: take frames as fast as they decode
-    for spec in (det, reid):
-        if "threads" in build_module.__globals__["module_class"](spec["type"]).config_class.model_fields:
-            spec["args"]["threads"] = 1
-    return dec, det, reid
+    det["args"].update(threads=1, interval=1)
+    reid["args"].update(threads=1, embed_every=1)
+    return dec, det, trk, reid
 
 
 def model_main(kind: str, seconds: float, cpus: list[int], conn: Any) -> None:
     """Child: prepare inputs, then run ``kind`` (detector | reid) back to back for ``seconds``."""
     os.sched_setaffinity(0, cpus)
-    dec_spec, det_spec, reid_spec = _specs()
+    dec_spec, det_spec, trk_spec, reid_spec = _specs()
     dec, det = build_module("decoder", dec_spec), build_module("detector", det_spec)
     frames = [produce(dec) for _ in range(FRAMES)]
     inputs = frames
     model = det
-    if kind == "reid":
-        inputs = [o for f in frames for o in outputs(det.process(f)) if len(o.arrays.get("crops", ())) > 0]
+    if kind == "reid":  # reid takes the tracker's output: frames with tracked boxes
+        trk = build_module("tracker", trk_spec)
+        inputs = [t for f in frames for d in outputs(det.process(f)) for t in outputs(trk.process(d))]
         model = build_module("reid", reid_spec)
     conn.send(("ready", None))
     conn.recv()
