@@ -90,7 +90,6 @@ def same_detections(a: list[list], b: list[list], px: float = 3.0, score: float 
 @pytest.mark.parametrize("i", FRAMES)
 def test_onnx_finds_the_people_of_vtest(onnx_det: Detector, frames, i: int) -> None:
     out = onnx_det.process(msg(frames[i], i))
-    assert 3 <= len(persons(out)) <= 9
     assert len(persons(out)) == PERSONS[i]
     assert_well_formed(out, frames[i])
     assert out.frame_id == i and out.fields["width"] == 768  # derived from the input
@@ -197,13 +196,27 @@ def test_bad_input_and_missing_model_are_module_errors() -> None:
 
 # -- opencv-hog -------------------------------------------------------------------------------
 
-def test_hog_finds_large_people(frames) -> None:
+def _holds_centre(box: list, person: list) -> bool:
+    cx, cy = (person[0] + person[2]) / 2, (person[1] + person[3]) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+HOG_AT_600 = 4  # measured (OpenCV 4.x HOG, 1 or 2 threads): 4 of the 6 people, all real
+
+
+def test_hog_finds_large_people(frames, onnx_det: Detector) -> None:
     d = make(backend="opencv-hog", threads=1)
     try:
         out = d.process(msg(frames[600], 600))  # people ~100-140 px tall near the camera
     finally:
         d.close()
-    assert len(persons(out)) >= 1
+    found = persons(out)
+    assert HOG_AT_600 <= len(found) <= PERSONS[600], found
+    # ...and each is a different one of the people CenterNet finds there, not a false
+    # positive (HOG's boxes are padded: they hold the person's centre, IoU is low)
+    truth = persons(onnx_det.process(msg(frames[600], 600)))
+    matched = [next((k for k, t in enumerate(truth) if _holds_centre(f, t)), None) for f in found]
+    assert None not in matched and len(set(matched)) == len(found), (found, truth)
     assert_well_formed(out, frames[600])
 
 
