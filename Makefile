@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
+PYTRITON := .venv-pytriton/.installed
 SECONDS ?= 60
 
 .PHONY: demo test lint bench setup system clean
@@ -22,6 +23,11 @@ $(MLSERVER): tools/make-mlserver-venv.sh
 	PYTHON=$(PY) tools/make-mlserver-venv.sh
 	touch $(MLSERVER)
 
+# A real Triton (PyTriton, on the CPU) for the detector's system-shared-memory tests. Optional
+# only where it cannot be installed: the script then says why and the tests print it as they skip.
+$(PYTRITON): tools/make-pytriton-venv.sh
+	PYTRITON_OPTIONAL=1 tools/make-pytriton-venv.sh
+
 setup: system $(STAMP)
 
 system:
@@ -30,8 +36,8 @@ system:
 demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
-test: setup $(MLSERVER)
-	$(BIN)/python -m pytest -q
+test: setup $(MLSERVER) $(PYTRITON)
+	$(BIN)/python -m pytest -q -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -42,4 +48,4 @@ bench: setup
 	$(BIN)/edgeva bench deploy --json out/deploy.json
 
 clean:
-	rm -rf $(VENV) .venv-mlserver out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver .venv-pytriton .venv-pytriton.unavailable out .pytest_cache

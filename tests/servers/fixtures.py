@@ -14,7 +14,8 @@ are named apart from their functions so that the arguments do not shadow the imp
 - ``mlserver_reid``: the same, serving the bundled re-id embedding (model ``reid``, input
   ``input`` [N, 3, 256, 128], output ``output`` [N, 1280]) for the reid ``triton`` backend.
 - ``pytriton_centernet``: a real Triton 2.51 on the CPU (PyTriton) with the same model, from
-  ``.venv-pytriton``; SKIPS where that venv is absent (``tools/make-pytriton-venv.sh``).
+  ``.venv-pytriton``, which ``make test`` builds (``tools/make-pytriton-venv.sh``); SKIPS, with
+  the reason the build recorded, only where it could not be installed.
   Its shared-memory API needs ``headers`` with the access token (``server.headers(protocol)``).
 
 Both are session-scoped (MLServer starts in ~1 s, Triton in ~3-5 s) and stopped at the end.
@@ -164,7 +165,9 @@ def mlserver_reid_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def pytriton_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     py = PYTRITON_VENV / "bin" / "python"
     if not py.exists():
-        pytest.skip(f"{PYTRITON_VENV} is absent (optional): tools/make-pytriton-venv.sh creates it")
+        why = PYTRITON_VENV.with_name(PYTRITON_VENV.name + ".unavailable")
+        reason = why.read_text().strip() if why.exists() else "not built yet (make test builds it)"
+        pytest.skip(f"{PYTRITON_VENV.name} is absent: {reason}; tools/make-pytriton-venv.sh creates it")
     http_port, grpc_port, metrics_port = free_ports(3)
     work = tmp_path_factory.mktemp("pytriton")
     log = work / "pytriton.log"
