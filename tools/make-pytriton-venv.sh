@@ -29,17 +29,17 @@ unavailable() {
     exit 1
 }
 
-[ -f "$VENV/.installed" ] && [ -x "$VENV/bin/python" ] && { rm -f "$REASON_FILE"; exit 0; }
-
 case "$(uname -m)" in
     x86_64 | aarch64) ;;
     *) unavailable "nvidia-pytriton ships wheels for x86_64 and aarch64 only, not $(uname -m)" ;;
 esac
 
 # Debian's pieces: the interpreter, its venv/ensurepip, and the shared libpython.
-py_ok() {
-    [ -x "$PY" ] && "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 \
-        && ldconfig -p 2>/dev/null | grep -q "libpython$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')\.so\.1\.0"
+py_ok() {  # venv + ensurepip importable, and the shared libpython3.X.so.1.0 in place
+    [ -x "$PY" ] && "$PY" -c "
+import ensurepip, os, sys, sysconfig, venv
+lib = os.path.join(sysconfig.get_config_var('LIBDIR') or '', sysconfig.get_config_var('INSTSONAME') or '')
+sys.exit(0 if os.path.isfile(lib) else 1)" >/dev/null 2>&1
 }
 if ! py_ok; then
     SUDO=""
