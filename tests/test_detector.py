@@ -261,12 +261,16 @@ def test_triton_without_server_is_a_clear_setup_error(protocol: str) -> None:
 
 # -- triton against MLServer ------------------------------------------------------------------
 
+# A request deadline, not a speed limit: a 4-image batch as JSON (MLServer) on one busy core
+# can take longer than the 5 s default.
+SLOW_OK = 120.0
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_triton_mlserver_matches_onnx(mlserver_centernet: Server, onnx_det: Detector, frames,
                                       protocol: str) -> None:
     s = mlserver_centernet
-    d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model)
+    d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model, timeout_s=SLOW_OK)
     try:
         # MLServer has no shared memory and no binary HTTP tensors: auto falls back to both.
         assert d._backend.shared_memory == "none" and not d._backend._binary
@@ -312,7 +316,7 @@ def test_triton_pytriton_matches_onnx(pytriton_centernet: Server, onnx_det: Dete
     is what the ``pytriton`` marker is for. Covers system shared memory, which MLServer lacks."""
     s = pytriton_centernet
     d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model,
-             shared_memory=shm, headers=s.headers(protocol))
+             shared_memory=shm, headers=s.headers(protocol), timeout_s=SLOW_OK)
     try:
         assert d._backend.shared_memory == shm and d._backend.max_batch == 4
         assert d._backend._binary == (protocol == "http")
@@ -330,7 +334,7 @@ def test_triton_pytriton_matches_onnx(pytriton_centernet: Server, onnx_det: Dete
 def test_triton_pytriton_shm_without_token_falls_back(pytriton_centernet: Server, frames) -> None:
     """auto: a refused registration (here: no access token) means tensors in the request."""
     s = pytriton_centernet
-    d = make(backend="triton", url=s.http, model_name=s.model)
+    d = make(backend="triton", url=s.http, model_name=s.model, timeout_s=SLOW_OK)
     try:
         assert d._backend.shared_memory == "none"
         assert len(persons(d.process(msg(frames[0])))) == PERSONS[0]
