@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
 test: setup $(MLSERVER) $(PYTRITON)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rfEs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
