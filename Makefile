@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLSERVER := .venv-mlserver/.installed
 PROMETHEUS := $(BIN)/promtool
+PYTRITON := .venv-pytriton/.installed
 SECONDS ?= 60
 # An example third-party module package; its tests use only the pytest plugin's fixtures.
 EXAMPLE := examples/edgeva-brightness
@@ -30,6 +31,11 @@ $(MLSERVER): tools/make-mlserver-venv.sh
 $(PROMETHEUS): tools/install-prometheus.sh | $(STAMP)
 	tools/install-prometheus.sh $(BIN)
 
+# A real Triton (PyTriton, on the CPU) for the detector's system-shared-memory tests. Optional
+# only where it cannot be installed: the script then says why and the tests print it as they skip.
+$(PYTRITON): tools/make-pytriton-venv.sh
+	PYTRITON_OPTIONAL=1 tools/make-pytriton-venv.sh
+
 setup: system $(STAMP) $(PROMETHEUS)
 
 system:
@@ -38,8 +44,8 @@ system:
 demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
-test: setup $(MLSERVER) nodered
-	$(BIN)/python -m pytest -q
+test: setup $(MLSERVER) $(PYTRITON) nodered
+	$(BIN)/python -m pytest -q -rfEs
 	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 # The committed JSON Schemas and module reference, regenerated from the code (tests check them).
@@ -76,4 +82,4 @@ docker-check: $(TOOLS)
 	PATH="$(CURDIR)/.venv-tools/bin:$$PATH" docker/check.sh
 
 clean:
-	rm -rf $(VENV) .venv-mlserver .venv-tools .nodered out .pytest_cache
+	rm -rf $(VENV) .venv-mlserver .venv-pytriton .venv-pytriton.unavailable .venv-tools .nodered out .pytest_cache

@@ -61,25 +61,46 @@ def test_writes_mp4_with_boxes(tmp_path):
     assert frames[2].flags.writeable is False
 
 
+def _read_part(r) -> np.ndarray:
+    """One multipart JPEG part of an MJPEG response, decoded."""
+    assert r.readline().strip() == b"--edgevaframe"
+    headers = {}
+    while (line := r.readline().strip()):
+        k, _, v = line.decode().partition(":")
+        headers[k.lower()] = v.strip()
+    assert headers["content-type"] == "image/jpeg"
+    jpeg = r.read(int(headers["content-length"]))
+    assert r.readline() == b"\r\n"
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (576, 768, 3)
+    return img
+
+
 def test_mjpeg_stream_serves_jpeg_parts():
+    """Two viewers, two frames that look nothing alike (the second is the first inverted):
+    each viewer gets the newest frame at once, then the one published after it connected,
+    in order, never an older one again."""
     m = Annotate(AnnotateConfig(output="mjpeg://127.0.0.1:0"), ModuleContext("annotate"))
     m.setup()
     try:
-        frame = _frames(1)[0]
-        m.process(_msg(0, frame))
-        streams = [urllib.request.urlopen(f"http://127.0.0.1:{m.port}/", timeout=5) for _ in range(2)]
-        m.process(_msg(1, frame))  # viewers connected now: they get this one
+        first = _frames(1)[0]
+        second = np.ascontiguousarray(255 - first)
+
+        def which(img: np.ndarray) -> str:
+            d = [np.abs(img.astype(int) - f.astype(int)).mean() for f in (first, second)]
+            assert min(d) < 20 and max(d) > 60, d  # clearly one of the two
+            return "first" if d[0] < d[1] else "second"
+
+        m.process(_msg(0, first))
+        streams = [urllib.request.urlopen(f"http://127.0.0.1:{m.port}/", timeout=30) for _ in range(2)]
+        m.process(_msg(1, second))  # viewers connected now: they get this one
         for r in streams:
             assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
-            assert r.readline().strip() == b"--edgevaframe"
-            headers = {}
-            while (line := r.readline().strip()):
-                k, _, v = line.decode().partition(":")
-                headers[k.lower()] = v.strip()
-            assert headers["content-type"] == "image/jpeg"
-            jpeg = r.read(int(headers["content-length"]))
-            img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-            assert img is not None and img.shape == (576, 768, 3)
+            # the newest at connect time (first), unless second came before the viewer looked
+            got = [which(_read_part(r))]
+            if got == ["first"]:
+                got.append(which(_read_part(r)))
+            assert got in (["second"], ["first", "second"]), got
             r.close()
     finally:
         m.close()

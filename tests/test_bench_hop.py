@@ -82,11 +82,29 @@ def broken() -> Iterator[None]:
         REGISTRY.pop(HangTransport.name, None)
 
 
+MARK = f"t{os.getpid()}"  # in this process's segment names: other runs on the host are not ours
+
+
 def _shm_leftovers() -> set[str]:
+    """This test process's bench segments in /dev/shm (the ring names carry the creating pid;
+    shm-pipe's carry MARK, see ``_marked_names``). Other benches on the same host may run now."""
+    mine = (f"edgeva.bench.hop{os.getpid()}-", f"edgeva-bench-{MARK}")
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(("edgeva.bench", "edgeva-bench"))}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(mine)}
     except FileNotFoundError:
         return set()
+
+
+@pytest.fixture
+def _marked_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shm-pipe names its segment edgeva-bench-<12 hex of a uuid4> in this process: put MARK first."""
+    import uuid
+    from types import SimpleNamespace
+
+    from agent.bench.transports import shm_pipe
+
+    monkeypatch.setattr(shm_pipe, "uuid", SimpleNamespace(
+        uuid4=lambda: SimpleNamespace(hex=MARK + uuid.uuid4().hex)))
 
 
 def test_registry_has_the_contract_transports() -> None:
@@ -94,7 +112,7 @@ def test_registry_has_the_contract_transports() -> None:
     assert next(iter(transports())) == "ring"  # the baseline comes first in tables
 
 
-def test_all_transports_both_payloads() -> None:
+def test_all_transports_both_payloads(_marked_names: None) -> None:
     before = _shm_leftovers()
     results = run_hop(sorted(EXPECTED), frame_shape=SMALL_FRAME, plans=TINY, rounds=2)
     add_ratios(results)

@@ -329,17 +329,37 @@ def _tools() -> None:
         pytest.fail("mosquitto-clients missing: run tools/install-system-packages.sh", pytrace=False)
 
 
+def _mosquitto_sub(port: str, topic: str) -> subprocess.Popen:
+    """mosquitto_sub for one message on ``topic``, returned once the broker acknowledged the
+    subscription (``-d`` prints "Subscribed" on SUBACK): no race with what is published next."""
+    # stdbuf: line-buffered, or -d's lines sit in the pipe buffer until exit
+    sub = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", port, "-q", "1", "-C", "1",
+                            "-W", "60", "-t", topic], stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    seen = []
+    for line in sub.stdout:
+        seen.append(line)
+        if line.startswith("Subscribed"):
+            return sub
+    sub.wait(5)
+    raise AssertionError(f"mosquitto_sub never subscribed to {topic}: {''.join(seen)}")
+
+
+def _payload(sub: subprocess.Popen) -> dict:
+    """The one message's JSON payload (the line among -d's debug lines that is JSON)."""
+    out, _ = sub.communicate(timeout=60)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
 def test_mosquitto_clients_reply_topic_mode(mosquitto: Broker, mosquitto_responder: Responder) -> None:
     _tools()
     port = str(mosquitto.port)
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-p", port, "-q", "1", "-C", "1", "-W", "5",
-         "-t", "edgeva/v1/dev1/default/reply/op-1"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)  # mosquitto_sub has no "subscribed" signal
+    sub = _mosquitto_sub(port, "edgeva/v1/dev1/default/reply/op-1")
     subprocess.run(["mosquitto_pub", "-p", port, "-q", "1", "-t", "edgeva/v1/dev1/default/cmd/status",
-                    "-m", '{"request_id": "op-1"}'], check=True, timeout=5)
-    out, _ = sub.communicate(timeout=10)
-    assert json.loads(out) == {"request_id": "op-1", "ok": True, "result": {"device": "dev1", "apps": {}}}
+                    "-m", '{"request_id": "op-1"}'], check=True, timeout=30)
+    assert _payload(sub) == {"request_id": "op-1", "ok": True, "result": {"device": "dev1", "apps": {}}}
 
 
 def test_mosquitto_rr_response_topic_mode(mosquitto: Broker, mosquitto_responder: Responder) -> None:
@@ -360,9 +380,7 @@ def test_edgeva_client_against_mosquitto_clients_agent(mosquitto: Broker) -> Non
     """The client's reply-topic mode answered by a shell agent: mosquitto_sub + mosquitto_pub."""
     _tools()
     port = str(mosquitto.port)
-    sub = subprocess.Popen(["mosquitto_sub", "-p", port, "-q", "1", "-C", "1", "-W", "5",
-                            "-t", "edgeva/v1/shell/+/cmd/+"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)
+    sub = _mosquitto_sub(port, "edgeva/v1/shell/+/cmd/+")
     result: dict[str, Any] = {}
 
     def operator() -> None:
@@ -371,7 +389,7 @@ def test_edgeva_client_against_mosquitto_clients_agent(mosquitto: Broker) -> Non
 
     t = threading.Thread(target=operator)
     t.start()
-    assert json.loads(sub.communicate(timeout=10)[0])["request_id"] == "sh-1"
+    assert _payload(sub)["request_id"] == "sh-1"
     subprocess.run(["mosquitto_pub", "-p", port, "-q", "1", "-t", "edgeva/v1/shell/default/reply/sh-1",
                     "-m", '{"request_id": "sh-1", "ok": true, "result": {"apps": {}}}'], check=True)
     t.join(10)

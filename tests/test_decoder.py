@@ -100,13 +100,25 @@ def test_no_loop_ends_at_the_end(clip: Path) -> None:
 
 
 def test_pacing_follows_fps() -> None:
-    d = make(source="asset:vtest.mp4", fps=40)
-    step(d)
+    # Baseline in the same run: the same 12 frames unpaced (fps=0) show what decoding alone
+    # costs on this machine now; pacing may add at most that on top of 12 periods.
+    # The clock starts before frame 0, on which pacing anchors its schedule (frame i is due
+    # i periods after it): a slow frame 0 cannot make the 12 that follow look early.
+    u = make(source="asset:vtest.mp4", fps=0)
     t = time.monotonic()
+    step(u)
+    frames(u, 12)
+    unpaced = time.monotonic() - t
+    u.close()
+    d = make(source="asset:vtest.mp4", fps=40)
+    t = time.monotonic()
+    step(d)
     frames(d, 12)
-    ratio = (time.monotonic() - t) / (12 / 40)
+    elapsed = time.monotonic() - t
     d.close()
-    assert 0.85 < ratio < 1.6, ratio
+    nominal = 12 / 40
+    assert elapsed >= nominal, (elapsed, unpaced)  # never faster than fps
+    assert elapsed < 1.6 * nominal + 2 * unpaced, (elapsed, unpaced)  # nor much slower
 
 
 def test_resize() -> None:
@@ -253,14 +265,16 @@ def test_unreachable_url_is_refused_at_setup() -> None:
     t = time.monotonic()
     with pytest.raises(ModuleError, match="cannot open 'rtsp://127.0.0.1:9/none'"):
         make(source="rtsp://127.0.0.1:9/none")
-    assert time.monotonic() - t < 2.0
+    assert time.monotonic() - t < 4.0  # one refused attempt: well under open_timeout_s (5 s)
 
 
 def test_fail_fast_s_retries_the_first_open_before_refusing() -> None:
     t = time.monotonic()
     with pytest.raises(ModuleError, match="cannot open"):
         make(source="rtsp://127.0.0.1:9/none", fail_fast_s=0.8, reconnect_s=0.2)
-    assert 0.5 < time.monotonic() - t < 3.0
+    # attempts at 0, 0.2 and 0.6 s; each refused at once (the upper bound: under the 0.8 s
+    # window plus one open_timeout_s, so a machine however loaded passes)
+    assert 0.5 < time.monotonic() - t < 0.8 + 5.0
 
 
 def test_ffmpeg_options_are_scoped_to_the_open() -> None:
@@ -321,7 +335,7 @@ def test_rtsp_frames_then_reconnect_with_no_frame_sentinel(
     restarter.join()
     d.close()
     assert idle >= 2  # the runtime got control back while the server was down
-    assert slowest < 2.0  # bounded: one wait step plus one open attempt at most
+    assert slowest < 5.0  # bounded: one wait step plus one (refused) open attempt at most
     assert ids == list(range(5, 5 + len(ids)))  # buffered frames, then the new stream's
     assert last.fields["reconnects"] == 1
     assert sum("reconnected" in r.getMessage() for r in caplog.records) == 1
@@ -337,7 +351,7 @@ def test_rtsp_fps_thins_a_live_stream(peer: RtspPeer) -> None:
     frames(d, 6)
     rate = 6 / (time.monotonic() - t)
     d.close()
-    assert 0.7 < rate / 5 < 1.3, rate  # the peer sends 25 fps; 4 of 5 are skipped, not queued
+    assert 0.4 < rate / 5 < 1.5, rate  # the peer sends 25 fps; 4 of 5 are skipped, not queued
 
 
 @needs_ffmpeg
@@ -348,28 +362,66 @@ def test_rtsp_server_gone_without_reconnect_ends_the_stream(peer: RtspPeer) -> N
     t = time.monotonic()
     got = frames(d, 200)
     d.close()
-    assert len(got) < 200 and time.monotonic() - t < 3.0
+    assert len(got) < 200 and time.monotonic() - t < 2 + 5.0  # read_timeout_s, plus slack
 
 
-def test_reconnect_backs_off_and_caps() -> None:
-    """Attempts reconnect_s apart, doubling up to reconnect_max_s; each step is bounded."""
+class _Clock:
+    """Stands in for the ``time`` module in capture: monotonic() and sleep() on a fake clock,
+    so that the schedule of attempts is exact however loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+class _Dropping:
+    """A capture whose stream has just gone: grab fails (as a dead RTSP server's does)."""
+
+    def grab(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        pass
+
+
+def test_reconnect_backs_off_doubling_to_the_cap_and_resets_after_a_success(monkeypatch) -> None:
+    """Attempts reconnect_s apart, doubling up to reconnect_max_s (three doublings away);
+    each step waits at most max_wait_s; after a successful reconnect the next outage starts
+    again at reconnect_s. Driven through the real drop path (grab fails)."""
+    clock = _Clock()
+    monkeypatch.setattr(capture, "time", clock)
     attempts: list[float] = []
-    results = iter([object(), None, None, None, None, object()])
+    results = iter([_Dropping(), None, None, None, None, None, _Dropping(), None, None, _Dropping()])
 
     def opener():
-        attempts.append(time.monotonic())
+        attempts.append(clock.now)
         return next(results)
 
     live = capture.LiveCapture(
-        opener, name="t", reconnect_s=0.05, reconnect_max_s=0.1, log=logging.getLogger("t")
+        opener, name="t", reconnect_s=0.1, reconnect_max_s=0.8, log=logging.getLogger("t")
     )
     assert live.open(fail_fast_s=0)
-    live.cap = None  # as after a drop, without a real capture to release
-    live._next_try = time.monotonic() + 0.05
-    steps = 0
-    while not live.reconnect(max_wait_s=0.03):
-        steps += 1
-        assert steps < 50
-    gaps = np.diff(attempts[1:])
-    assert live.reconnects == 1 and len(attempts) == 6
-    assert gaps == pytest.approx([0.1, 0.1, 0.1, 0.1], abs=0.04)  # 0.05 doubled, capped at 0.1
+
+    def outage() -> list[float]:
+        """Drop the stream, reconnect step by step; the attempts' times after the drop."""
+        dropped_at, k = clock.now, len(attempts)
+        assert not live.grab() and not live.connected
+        steps = 0
+        while not live.reconnect(max_wait_s=0.15):
+            steps += 1
+            assert steps < 100
+        assert live.connected
+        return [t - dropped_at for t in attempts[k:]]
+
+    first = outage()  # five failures, then a success
+    assert np.diff([0.0, *first]) == pytest.approx([0.1, 0.2, 0.4, 0.8, 0.8, 0.8], abs=1e-9)
+    second = outage()  # the success reset the delay: 0.1 again, not 0.8
+    assert np.diff([0.0, *second]) == pytest.approx([0.1, 0.2, 0.4], abs=1e-9)
+    assert live.reconnects == 2
+    assert clock.sleeps and max(clock.sleeps) <= 0.15 + 1e-9  # every step is bounded

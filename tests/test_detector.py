@@ -90,7 +90,6 @@ def same_detections(a: list[list], b: list[list], px: float = 3.0, score: float 
 @pytest.mark.parametrize("i", FRAMES)
 def test_onnx_finds_the_people_of_vtest(onnx_det: Detector, frames, i: int) -> None:
     out = onnx_det.process(msg(frames[i], i))
-    assert 3 <= len(persons(out)) <= 9
     assert len(persons(out)) == PERSONS[i]
     assert_well_formed(out, frames[i])
     assert out.frame_id == i and out.fields["width"] == 768  # derived from the input
@@ -197,13 +196,27 @@ def test_bad_input_and_missing_model_are_module_errors() -> None:
 
 # -- opencv-hog -------------------------------------------------------------------------------
 
-def test_hog_finds_large_people(frames) -> None:
+def _holds_centre(box: list, person: list) -> bool:
+    cx, cy = (person[0] + person[2]) / 2, (person[1] + person[3]) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+HOG_AT_600 = 4  # measured (OpenCV 4.x HOG, 1 or 2 threads): 4 of the 6 people, all real
+
+
+def test_hog_finds_large_people(frames, onnx_det: Detector) -> None:
     d = make(backend="opencv-hog", threads=1)
     try:
         out = d.process(msg(frames[600], 600))  # people ~100-140 px tall near the camera
     finally:
         d.close()
-    assert len(persons(out)) >= 1
+    found = persons(out)
+    assert HOG_AT_600 <= len(found) <= PERSONS[600], found
+    # ...and each is a different one of the people CenterNet finds there, not a false
+    # positive (HOG's boxes are padded: they hold the person's centre, IoU is low)
+    truth = persons(onnx_det.process(msg(frames[600], 600)))
+    matched = [next((k for k, t in enumerate(truth) if _holds_centre(f, t)), None) for f in found]
+    assert None not in matched and len(set(matched)) == len(found), (found, truth)
     assert_well_formed(out, frames[600])
 
 
@@ -251,12 +264,16 @@ def test_triton_without_server_is_a_clear_setup_error(protocol: str) -> None:
 
 # -- triton against MLServer ------------------------------------------------------------------
 
+# A request deadline, not a speed limit: a 4-image batch as JSON (MLServer) on one busy core
+# can take longer than the 5 s default.
+SLOW_OK = 120.0
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_triton_mlserver_matches_onnx(mlserver_centernet: Server, onnx_det: Detector, frames,
                                       protocol: str) -> None:
     s = mlserver_centernet
-    d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model)
+    d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model, timeout_s=SLOW_OK)
     try:
         # MLServer has no shared memory and no binary HTTP tensors: auto falls back to both.
         assert d._backend.shared_memory == "none" and not d._backend._binary
@@ -302,7 +319,7 @@ def test_triton_pytriton_matches_onnx(pytriton_centernet: Server, onnx_det: Dete
     is what the ``pytriton`` marker is for. Covers system shared memory, which MLServer lacks."""
     s = pytriton_centernet
     d = make(backend="triton", url=s.url(protocol), protocol=protocol, model_name=s.model,
-             shared_memory=shm, headers=s.headers(protocol))
+             shared_memory=shm, headers=s.headers(protocol), timeout_s=SLOW_OK)
     try:
         assert d._backend.shared_memory == shm and d._backend.max_batch == 4
         assert d._backend._binary == (protocol == "http")
@@ -320,7 +337,7 @@ def test_triton_pytriton_matches_onnx(pytriton_centernet: Server, onnx_det: Dete
 def test_triton_pytriton_shm_without_token_falls_back(pytriton_centernet: Server, frames) -> None:
     """auto: a refused registration (here: no access token) means tensors in the request."""
     s = pytriton_centernet
-    d = make(backend="triton", url=s.http, model_name=s.model)
+    d = make(backend="triton", url=s.http, model_name=s.model, timeout_s=SLOW_OK)
     try:
         assert d._backend.shared_memory == "none"
         assert len(persons(d.process(msg(frames[0])))) == PERSONS[0]

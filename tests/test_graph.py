@@ -230,7 +230,19 @@ def test_random_dags_validate(case):
     pos = {name: k for k, name in enumerate(g.order)}
     assert sorted(g.order) == sorted(names)
     assert all(pos[names[i]] < pos[names[j]] for i, j in edges)
-    assert len(set(g.identities())) == len(names)
+    # The rule: same type, config, device and (identities of) upstreams means the same
+    # identity. Every module here is a default tracker on one device, so two modules share an
+    # identity exactly when their upstream sets are equal up to identity: a canonical form.
+    ups = {names[j]: {names[i] for i, k in edges if k == j} for j in range(len(names))}
+    canon: dict[str, frozenset] = {}
+    for name in g.order:
+        canon[name] = frozenset(canon[u] for u in ups[name])
+    ids = g.identities()
+    assert set(ids) == set(names) and all(v.startswith("tracker-") for v in ids.values())
+    for a in names:
+        assert ids[a] == g.identity(a)
+        for b in names:
+            assert (ids[a] == ids[b]) == (canon[a] == canon[b]), (a, b, ups)
 
 
 @settings(max_examples=60, deadline=None)

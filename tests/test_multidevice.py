@@ -65,10 +65,10 @@ def test_two_agents_split_pipeline_every_frame_in_order(fleet):
     assert r["ok"], r
     assert set(r["result"]["parts"]) == {a}
     ev = f"edgeva/v1/{b}/default/events/split"
-    events = w.wait(ev, lambda ms: len(ms) >= 60, timeout=20)
+    events = w.wait(ev, lambda ms: len(ms) >= 60, timeout=60)
     ids = ids_of(events)
     assert ids == list(range(len(ids)))  # from frame 0, none lost, in order
-    assert all(e["latency_ms"] < 1000 for e in events)
+    assert all(e["latency_ms"] < 5000 for e in events)  # nothing stuck in a queue (fps 20: 50 ms apart)
     # Metrics: the link on both sides, and B's per-hop view of the app.
     dm = w.wait(f"edgeva/v1/{a}/metrics", lambda ms: ms[-1]["links"].get(b, {}).get("messages_sent", 0) > 0)[-1]
     assert dm["links"][b]["connected"]
@@ -110,11 +110,11 @@ def test_three_agents_share_decoder_and_survive_peer_kill(fleet, tmp_path):
     n_c = len(w.get(ev_c))
     w.wait(ev_c, lambda ms: len(ms) >= n_c + 20)  # C keeps getting frames while B is down
     dropped = lambda ms: ms[-1]["modules"].get(dec_name, {}).get("dropped", {}).get(f"link:{b}", 0) > 0  # noqa: E731
-    w.wait(f"edgeva/v1/{a}/metrics", dropped, timeout=10)
+    w.wait(f"edgeva/v1/{a}/metrics", dropped, timeout=60)
 
     n_b = len(w.get(ev_b))
     agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)  # same state dir: restores "one"
-    w.wait(ev_b, lambda ms: len(ms) >= n_b + 20, timeout=20)  # the link came back by itself
+    w.wait(ev_b, lambda ms: len(ms) >= n_b + 20, timeout=60)  # the link came back by itself
     ids = ids_of(w.get(ev_b)[n_b:])
     assert ids == sorted(ids)
     assert agents[a].proc.poll() is None
@@ -145,7 +145,7 @@ def test_rollback_and_offline_device(fleet):
     assert not r["ok"] and r["error"]["code"] == "unknown_device" and r["error"]["path"] == "modules.pub.device", r
     agents[b].stop()
     w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
-    time.sleep(1.0)  # A hears of it through the broker too (a deploy racing that would go to B and time out)
+    hears_offline(w, a, b)  # A's own view (a deploy racing that would go to B and time out)
     r = Commander(w, a).send("deploy", split_app("off", a, b))
     assert not r["ok"] and r["error"]["code"] == "unknown_device" and "offline" in r["error"]["message"], r
     assert not state(w, a)["modules"]
@@ -163,9 +163,36 @@ def test_listening_agent_restarts_and_the_peer_redials(fleet):
     w.wait(f"edgeva/v1/{a}/state", lambda ms: ms[-1]["status"] == "offline")
     n = len(w.get(ev))
     agents[a] = AgentProc(agents[a].url, a, agents[a].state_dir, w, *BIND)  # listens on a new port
-    w.wait(ev, lambda ms: len(ms) >= n + 20, timeout=20)
+    w.wait(ev, lambda ms: len(ms) >= n + 20, timeout=60)
     assert state(w, a)["links"][b] != old
     assert agents[b].proc.poll() is None
+
+
+def hears_offline(w: Watcher, a: str, b: str, timeout: float = 60.0) -> None:
+    """Wait until agent ``a``'s own view of the fleet has ``b`` offline (the watcher seeing the
+    retained state is not enough: A hears it through its own subscription). The probe: a deploy
+    with a module on ``b`` and one on a device nobody announced; A refuses it at ``b``'s module
+    once it knows ``b`` is offline, at the other one's before. Either way nothing is deployed."""
+    probe = {"app": "probe", "modules": {
+        "dec": {**DEC, "device": b, "outputs": ["pub"]},
+        "pub": {"type": "publish", "args": {}, "device": f"nobody-{uuid.uuid4().hex[:6]}"},
+    }}
+    deadline = time.monotonic() + timeout
+    while True:
+        r = Commander(w, a).send("deploy", probe)
+        assert not r["ok"] and r["error"]["code"] == "unknown_device", r
+        if r["error"]["path"] == "modules.dec.device":
+            assert "offline" in r["error"]["message"], r
+            return
+        assert r["error"]["path"] == "modules.pub.device", r
+        assert time.monotonic() < deadline, f"{a} never heard that {b} is offline"
+        time.sleep(0.05)
+
+
+def frame_interval(events: list) -> float:
+    """Mean seconds between consecutive frames, from the source's own timestamps."""
+    assert len(events) >= 2
+    return (events[-1]["ts"] - events[0]["ts"]) / (events[-1]["frame_id"] - events[0]["frame_id"])
 
 
 def desired(agent: AgentProc) -> dict:
@@ -256,28 +283,33 @@ def test_update_reaches_every_part_and_restarted_parts_still_flow(fleet):
     r = Commander(w, a).send("deploy", split_app("upd", a, b, policy="block"))
     assert r["ok"], r
     ev = f"edgeva/v1/{b}/default/events/upd"
-    w.wait(ev, lambda ms: len(ms) >= 10)
-    r = Commander(w, a).send("update", {"app": "upd", "module": "dec", "args": {"fps": 25}})
+    before = w.wait(ev, lambda ms: len(ms) >= 10)[-8:]
+    r = Commander(w, a).send("update", {"app": "upd", "module": "dec", "args": {"fps": 5}})
     assert r["ok"], r
     assert r["result"]["parts"][b]["adopted"], r
     # Every part holds the new graph (B does not run the decoder: it only recorded it).
     for d in (a, b):
-        assert desired(agents[d])["upd"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
+        assert desired(agents[d])["upd"]["deployment"]["modules"]["dec"]["args"]["fps"] == 5
     n = len(w.get(ev))
-    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 10))
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 10, timeout=60))
     assert ids == list(range(len(ids)))  # renaming the stream lost nothing
+    # ...and the frames that reach B now come at the new rate (5 fps, 0.2 s apart), against
+    # the rate measured before the update in this same run (20 fps)
+    after = w.get(ev)[n + 2 :]  # past any frame made before the update took effect
+    old, new = frame_interval(before), frame_interval(after)
+    assert new >= 0.8 * 0.2 and new > 2 * old, (old, new)
     # The part that does not run the decoder restarts: it computes the stream A now sends on.
     agents[b].kill(signal.SIGKILL)
     w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
     agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)
     n = len(w.get(ev))
-    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)
+    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=60)
     # And the one that runs it: it restores the new graph, B listens on its names.
     agents[a].stop()
     w.wait(f"edgeva/v1/{a}/state", lambda ms: ms[-1]["status"] == "offline")
     agents[a] = AgentProc(agents[a].url, a, agents[a].state_dir, w, *BIND)
     n = len(w.get(ev))
-    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)
+    w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=60)
 
 
 # -- a part removed while its device was down ---------------------------------------------------
@@ -293,20 +325,21 @@ def test_part_removed_while_its_device_was_down_is_dropped_at_restart(fleet):
     w.wait(f"edgeva/v1/{a}/default/events/gone", lambda ms: len(ms) >= 5)
     agents[b].kill(signal.SIGKILL)
     w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
-    time.sleep(1.0)  # A hears of it too
+    hears_offline(w, a, b)
     t0 = time.monotonic()
     r = Commander(w, a).send("remove", {"app": "gone"})
     assert r["ok"] and r["result"]["parts"][b]["error"]["code"] == "unknown_device", r
-    assert time.monotonic() - t0 < 5  # no wait on a device known to be down
+    assert time.monotonic() - t0 < 14  # no wait on a device known to be down (that wait: 15 s)
     assert set(desired(agents[b])) == {"gone", "kept"}  # B could not be told
     agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)
     wait_log(agents[b], "dropped, its coordinator no longer has it")
     ev = f"edgeva/v1/{a}/default/events/kept"
     n = len(w.get(ev))
-    w.wait(ev, lambda ms: len(ms) >= n + 10, timeout=20)  # the app A still has came back
+    w.wait(ev, lambda ms: len(ms) >= n + 10, timeout=60)  # the app A still has came back
     assert set(desired(agents[b])) == {"kept"}
-    apps_b = state(w, b)["apps"].get("default") or {}
-    assert set(apps_b) == {"kept"}, apps_b
+    # B's retained state catches up on its own schedule: wait for it to list an app at all
+    apps_b = lambda ms: (ms[-1].get("apps") or {}).get("default") or {}  # noqa: E731
+    assert set(apps_b(w.wait(f"edgeva/v1/{b}/state", apps_b, timeout=60))) == {"kept"}
 
 
 def test_update_sent_to_a_part_goes_through_its_coordinator(fleet):
@@ -337,15 +370,15 @@ def test_part_down_during_an_update_adopts_the_new_graph_at_restart(fleet):
     w.wait(ev, lambda ms: len(ms) >= 10)
     agents[b].kill(signal.SIGKILL)
     w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
-    time.sleep(1.0)  # A hears of it too
+    hears_offline(w, a, b)
     t0 = time.monotonic()
     r = Commander(w, a).send("update", {"app": "late", "module": "dec", "args": {"fps": 25}})
     assert r["ok"] and r["result"]["parts"][b]["error"]["code"] == "unknown_device", r
-    assert time.monotonic() - t0 < 10  # no wait on a device known to be down
+    assert time.monotonic() - t0 < 14  # no wait on a device known to be down (that wait: 15 s)
     assert desired(agents[b])["late"]["deployment"]["modules"]["dec"]["args"]["fps"] == 20  # B missed it
     n = len(w.get(ev))
     agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)  # restores, asks A first
-    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=20)[n:])  # A's new stream name reaches B
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=60)[n:])  # A's new stream name reaches B
     assert ids == sorted(ids) and len(set(ids)) == len(ids), ids  # in order from some frame on
     assert desired(agents[b])["late"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
     wait_log(agents[b], "adopting it")

@@ -35,6 +35,7 @@ from modules.base import ModuleContext, ModuleError
 from modules.embedders import CROP_H, CROP_W, fit_crop
 from modules.reid import Reid, ReidConfig
 from schemas.message import Message
+from tests.servers.fixtures import Server, mlserver_reid_fixture  # noqa: F401
 
 DATA = Path(__file__).parent / "data" / "reid"
 LABELS = json.loads((DATA / "labels.json").read_text())
@@ -69,7 +70,10 @@ def reid():
     m.close()
 
 
-def test_default_backend_finds_her_and_nobody_else(reid):
+def test_default_backend_regression_pin_on_its_calibration_set(reid):
+    """A regression pin, not a measure of accuracy: the default threshold was calibrated on
+    this very set (no held-out split), so this shows that nothing changed (her walk found,
+    nobody else matched, recall as measured), not how well reid generalises."""
     items = LABELS["crops"]
     reid.events.clear()
     out = reid.process(_crop_msg(items, frame_id=7))
@@ -158,6 +162,37 @@ def test_triton_needs_threshold_and_a_server():
     cfg = ReidConfig(gallery=[{"name": "x", "image": TEMPLATE}], backend="triton", threshold=0.6,
                      triton={"url": "127.0.0.1:9"})  # nothing listens on the discard port
     with pytest.raises(ModuleError, match="cannot reach|not ready"):
+        Reid(cfg, ModuleContext("r")).setup()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_backend_against_a_real_server_agrees_with_onnx(mlserver_reid: Server, protocol: str) -> None:
+    """The ``triton`` backend against a real KServe-V2 server (MLServer) serving the bundled
+    embedding: the same model as the ``onnx`` backend, so the same matches, the same
+    similarities, in more than one request (52 crops, batches of 16)."""
+    gallery = [{"name": "coat", "image": TEMPLATE}]
+    local = Reid(ReidConfig(gallery=gallery, backend="onnx", threshold=0.7), ModuleContext("local"))
+    remote = Reid(ReidConfig(gallery=gallery, backend="triton", threshold=0.7, triton={
+        "url": mlserver_reid.url(protocol), "protocol": protocol, "model_name": mlserver_reid.model,
+        "binary": False}), ModuleContext("remote"))
+    local.setup()
+    remote.setup()
+    try:
+        items = LABELS["crops"]
+        want = local.process(_crop_msg(items)).fields["reid"]
+        got = remote.process(_crop_msg(items)).fields["reid"]
+    finally:
+        local.close()
+        remote.close()
+    assert len(want) >= 9  # her walk at least: a real comparison, not two empty lists
+    assert [m["box"] for m in got] == [m["box"] for m in want]
+    assert [m["similarity"] for m in got] == pytest.approx([m["similarity"] for m in want], abs=1e-3)
+
+
+def test_triton_backend_unknown_model_is_refused_at_setup(mlserver_reid: Server) -> None:
+    cfg = ReidConfig(gallery=[{"name": "x", "image": TEMPLATE}], backend="triton", threshold=0.6,
+                     triton={"url": mlserver_reid.http, "model_name": "osnet_nope", "binary": False})
+    with pytest.raises(ModuleError, match="'osnet_nope' is not ready"):
         Reid(cfg, ModuleContext("r")).setup()
 
 

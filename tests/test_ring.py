@@ -36,12 +36,17 @@ def _frame(i: int) -> np.ndarray:
     return np.full(SHAPE, i % 251, np.uint8)
 
 
-def _produce(name: str, n: int, ready, start, period: float = 0.0, nslots: int = 4) -> None:
-    """Child: create the ring, wait for consumers, publish n frames whose pixels encode the id."""
+def _produce(name: str, n: int, ready, start, period: float = 0.0, nslots: int = 4,
+             pause_at: int | None = None, paused=None, resume=None) -> None:
+    """Child: create the ring, wait for consumers, publish n frames whose pixels encode the id.
+    With ``pause_at``: after that many frames, set ``paused`` and wait for ``resume``."""
     prod = RingProducer.create(name, 16384, nslots=nslots)
     ready.set()
     start.wait(30)
     for i in range(n):
+        if i == pause_at:
+            paused.set()
+            resume.wait(60)
         w = prod.reserve(timeout=30)
         w.alloc("frame", SHAPE)[:] = i % 251
         prod.commit(w, Message(i, "cam", fields={"i": i}))
@@ -120,13 +125,17 @@ def test_drop_oldest_counts_drops_exactly_and_spares_the_others():
 
 
 def test_attach_and_detach_mid_stream():
-    name, n = _name("attach"), 600
-    prod, start = _start_producer(name, n, period=0.002)
+    name, n, half = _name("attach"), 600, 150
+    paused, resume = CTX.Event(), CTX.Event()
+    prod, start = _start_producer(name, n, period=0.002, pause_at=half, paused=paused, resume=resume)
     out = CTX.Queue()
     steady = _start_consumer(name, out)
     start.set()
-    time.sleep(0.3)
+    # Mid-stream for sure, however slow the machine: the producer holds at frame `half`
+    # until the late consumer has attached.
+    assert paused.wait(60), "producer never reached mid-stream"
     late = _start_consumer(name, out, limit=50)  # attaches mid-stream, leaves after 50
+    resume.set()
     results = sorted((out.get(timeout=60) for _ in range(2)), key=lambda r: len(r["seen"]))
     for p in (prod, steady, late):
         p.join(30)
@@ -134,7 +143,7 @@ def test_attach_and_detach_mid_stream():
     partial, full = results
     assert full["seen"] == list(range(n))
     first = partial["seen"][0]
-    assert first > 0 and partial["seen"] == list(range(first, first + 50))
+    assert 0 < first <= half and partial["seen"] == list(range(first, first + 50))
 
 
 def _produce_forever(name: str, ready) -> None:
@@ -156,15 +165,19 @@ def test_sigkilled_producer_leaves_nothing_after_sweep():
     assert ready.wait(30)
     cons = RingConsumer.attach(name)
     assert cons.get(timeout=10) is not None
-    with RingProducer.create(_name("alive"), 4096) as alive:
+    alive_prefix = f"{prefix}live"  # a prefix of its own: the sweep below touches nothing else
+    with RingProducer.create(segment_name(alive_prefix, "alive"), 4096) as alive:
         os.kill(p.pid, signal.SIGKILL)
         p.join(10)
         assert list_segments(prefix) == [name]  # the crash left its segment
         assert not cons.producer_alive()
         assert sweep_segments(prefix) == [name]
         assert list_segments(prefix) == []
-        assert sweep_segments() == [] or alive.name not in sweep_segments()
-        assert alive.name in list_segments()  # a live ring is never swept
+        # A live ring is never swept: the alive ring's own prefix only (never the whole host's
+        # /dev/shm, which other tests and agents share).
+        assert list_segments(alive_prefix) == [alive.name]
+        assert sweep_segments(alive_prefix) == []
+        assert list_segments(alive_prefix) == [alive.name]
     cons.close()
 
 

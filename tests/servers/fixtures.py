@@ -11,8 +11,11 @@ are named apart from their functions so that the arguments do not shadow the imp
   ``centernet``, input ``images``, output ``detections``) on free HTTP and gRPC ports, from
   ``.venv-mlserver``. If that venv is missing the fixture FAILS: run
   ``tools/make-mlserver-venv.sh`` (CI does, before pytest).
+- ``mlserver_reid``: the same, serving the bundled re-id embedding (model ``reid``, input
+  ``input`` [N, 3, 256, 128], output ``output`` [N, 1280]) for the reid ``triton`` backend.
 - ``pytriton_centernet``: a real Triton 2.51 on the CPU (PyTriton) with the same model, from
-  ``.venv-pytriton``; SKIPS where that venv is absent (``tools/make-pytriton-venv.sh``).
+  ``.venv-pytriton``, which ``make test`` builds (``tools/make-pytriton-venv.sh``); SKIPS, with
+  the reason the build recorded, only where it could not be installed.
   Its shared-memory API needs ``headers`` with the access token (``server.headers(protocol)``).
 
 Both are session-scoped (MLServer starts in ~1 s, Triton in ~3-5 s) and stopped at the end.
@@ -120,8 +123,8 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture(scope="session", name="mlserver_centernet")
-def mlserver_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _mlserver(tmp_path_factory: pytest.TempPathFactory, folder: str, model: str) -> Iterator[Server]:
+    """Run MLServer on the model folder ``tests/servers/<folder>`` until the session ends."""
     exe = MLSERVER_VENV / "bin" / "mlserver"
     if not exe.exists():
         pytest.fail(f"{exe} is missing: run tools/make-mlserver-venv.sh (once; CI runs it "
@@ -134,25 +137,37 @@ def mlserver_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         "MLSERVER_METRICS_PORT": str(metrics_port),
         "EDGEVA_TEST_THREADS": "2",
     }
-    work = tmp_path_factory.mktemp("mlserver")
+    work = tmp_path_factory.mktemp(folder)
     log = work / "mlserver.log"
     with open(log, "wb") as out:
         # cwd: a fresh dir, so that MLServer does not pick up a stray .env file.
-        proc = subprocess.Popen([str(exe), "start", str(HERE / "mlserver_centernet")], cwd=work,
+        proc = subprocess.Popen([str(exe), "start", str(HERE / folder)], cwd=work,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     http = f"127.0.0.1:{http_port}"
-    _wait_ready(proc, http, "centernet", grpc_port, log, timeout=60)
+    _wait_ready(proc, http, model, grpc_port, log, timeout=60)
     try:
-        yield Server("mlserver", http, f"127.0.0.1:{grpc_port}")
+        yield Server("mlserver", http, f"127.0.0.1:{grpc_port}", model=model)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session", name="mlserver_centernet")
+def mlserver_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _mlserver(tmp_path_factory, "mlserver_centernet", "centernet")
+
+
+@pytest.fixture(scope="session", name="mlserver_reid")
+def mlserver_reid_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _mlserver(tmp_path_factory, "mlserver_reid", "reid")
 
 
 @pytest.fixture(scope="session", name="pytriton_centernet")
 def pytriton_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     py = PYTRITON_VENV / "bin" / "python"
     if not py.exists():
-        pytest.skip(f"{PYTRITON_VENV} is absent (optional): tools/make-pytriton-venv.sh creates it")
+        why = PYTRITON_VENV.with_name(PYTRITON_VENV.name + ".unavailable")
+        reason = why.read_text().strip() if why.exists() else "not built yet (make test builds it)"
+        pytest.skip(f"{PYTRITON_VENV.name} is absent: {reason}; tools/make-pytriton-venv.sh creates it")
     http_port, grpc_port, metrics_port = free_ports(3)
     work = tmp_path_factory.mktemp("pytriton")
     log = work / "pytriton.log"
