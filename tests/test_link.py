@@ -239,7 +239,12 @@ def test_drop_oldest_without_peer_every_message_is_delivered_or_counted() -> Non
             item = q.get(timeout=max(0.01, deadline - time.monotonic()))
             if item[0] == "gap":
                 gap.append(item[1])
-        st = link.stats()
+        # the sender thread counts a message once nng_sendmsg returns, which may be just after
+        # the peer already has it: wait for the count, do not race it
+        deadline = time.monotonic() + 10
+        while (st := link.stats())["messages_sent"] + st["dropped_by_stream"]["gap"] < k:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.01)
         delivered, dropped = len(gap), st["dropped_by_stream"]["gap"]
         assert st["messages_sent"] + dropped == k, st  # nothing discarded uncounted
         assert gap == list(range(k - delivered, k))  # the newest, in order, no repeats
