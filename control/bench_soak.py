@@ -4,7 +4,9 @@ A private mosquitto and a real ``edgeva agent`` process run the demo's tracking,
 apps on the bundled clip, looped. Every ``kill_every`` seconds one module process (in turn, not
 the decoder) is SIGKILLed; every ``broker_every`` seconds the broker is stopped for
 ``broker_down`` seconds and started again. Every ``sample_every`` seconds it samples, for the
-agent and every process under it: RSS and open file descriptors; the agent's ``/dev/shm`` use;
+agent and every process under it: private resident memory (``RssAnon``: where a leak shows;
+ring pages a process touches are shared memory, counted apart) and open file descriptors; the
+agent's ``/dev/shm`` segments, reserved and touched;
 and, from the tenant metrics, each app's latency p95, frames and drops.
 
 The verdict (``summary``): RSS of every process and ``/dev/shm`` use between minute 2 and the
@@ -54,15 +56,19 @@ def _children(root: int) -> list[int]:
     return out
 
 
-def _rss_mb(pid: int) -> float | None:
+def _memory_mb(pid: int) -> tuple[float, float] | None:
+    """(private, shared) resident MB of a process: ``RssAnon`` (its own heap: where a leak
+    shows) and ``RssShmem`` (ring pages it has touched: grows as ring slots come into use, up
+    to the rings' fixed size, which ``/dev/shm`` reserved accounts for)."""
+    got: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    got[line.split(":")[0]] = int(line.split()[1]) / 1024
     except OSError:
         return None
-    return None
+    return (got["RssAnon"], got.get("RssShmem", 0.0)) if "RssAnon" in got else None
 
 
 def _fds(pid: int) -> int:
@@ -72,18 +78,20 @@ def _fds(pid: int) -> int:
         return 0
 
 
-def _shm(prefix: str) -> tuple[float, int]:
-    """MB the agent's segments really use (allocated blocks, not their sparse size), and how
-    many segments there are."""
-    total, count = 0, 0
+def _shm(prefix: str) -> tuple[float, float, int]:
+    """The agent's segments: MB touched (allocated blocks; rings are sparse until their slots
+    are written), MB reserved (their sizes: what a leak would grow), and how many there are."""
+    touched, reserved, count = 0, 0, 0
     for name in os.listdir("/dev/shm"):
         if name.startswith(f"edgeva.{prefix}."):
             try:
-                total += os.stat(f"/dev/shm/{name}").st_blocks * 512
-                count += 1
+                st = os.stat(f"/dev/shm/{name}")
             except OSError:
-                pass
-    return total / (1 << 20), count
+                continue
+            touched += st.st_blocks * 512
+            reserved += st.st_size
+            count += 1
+    return touched / (1 << 20), reserved / (1 << 20), count
 
 
 class _Metrics:
@@ -138,6 +146,7 @@ def _summarize(samples: list[dict], kills: list[dict], outages: list[dict], fina
     killed_late = {k["module"] for k in kills if k["t"] > samples[-1]["t"] - 60} if samples else set()
     rss_growth = {n: _growth_pct(v, start) for n, v in rss.items()}
     shm_growth = _growth_pct([(s["t"], s["shm_mb"]) for s in samples], start)
+    within = all(s["shm_touched_mb"] <= s["shm_mb"] + 0.01 for s in samples)
     lat = {}
     for app in {a for s in samples for a in s["apps"]}:
         pts = [(s["t"], s["apps"][app]["p95"]) for s in samples
@@ -153,7 +162,9 @@ def _summarize(samples: list[dict], kills: list[dict], outages: list[dict], fina
         "rss_flat": all(abs(g) <= FLAT_PCT for g in judged.values()),
         "rss_not_judged": sorted(killed_late),
         "shm_growth_pct": shm_growth,
-        "shm_flat": shm_growth is not None and abs(shm_growth) <= FLAT_PCT,
+        "shm_flat": shm_growth is not None and abs(shm_growth) <= FLAT_PCT and within,
+        "shm_touched_growth_pct": _growth_pct([(s["t"], s["shm_touched_mb"]) for s in samples], start),
+        "segments": sorted({s["segments"] for s in samples}),
         "latency": lat,
         "latency_not_growing": all((v["p95_slope_ms_per_min"] or 0) <= max(5.0, 0.05 * (v["p95_median_ms"] or 0))
                                    for v in lat.values()),
@@ -178,9 +189,10 @@ def write_plot(path: str, samples: list[dict], kills: list[dict], outages: list[
     for name in sorted({n for s in samples for n in s["rss_mb"]}):
         ax[0][0].plot([s["t"] / 60 for s in samples if name in s["rss_mb"]],
                       [s["rss_mb"][name] for s in samples if name in s["rss_mb"]], label=name, lw=1)
-    ax[0][0].set(title="RSS per process (MB)")
+    ax[0][0].set(title="private memory (RssAnon) per process, MB")
     ax[0][0].legend(fontsize=6, ncol=2)
-    ax[0][1].plot(ts, [s["shm_mb"] for s in samples], label="/dev/shm used (MB)")
+    ax[0][1].plot(ts, [s["shm_mb"] for s in samples], label="/dev/shm reserved by the rings (MB)")
+    ax[0][1].plot(ts, [s["shm_touched_mb"] for s in samples], label="... of it touched (MB)")
     ax[0][1].plot(ts, [s["fds"] for s in samples], label="open fds (all processes)")
     ax[0][1].set(title="shared memory and descriptors")
     ax[0][1].legend(fontsize=8)
@@ -257,8 +269,9 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
                 if samples and t >= next_say:
                     next_say += 60
                     s = samples[-1]
-                    say(f"  {t / 60:5.1f} min: rss {sum(s['rss_mb'].values()):7.1f} MB in {len(s['rss_mb'])} "
-                        f"processes, shm {s['shm_mb']:.1f} MB, fds {s['fds']}, p95 " + ", ".join(
+                    say(f"  {t / 60:5.1f} min: private memory {sum(s['rss_mb'].values()):7.1f} MB in "
+                        f"{len(s['rss_mb'])} processes, shm {s['shm_mb']:.1f} MB reserved "
+                        f"({s['shm_touched_mb']:.1f} touched), fds {s['fds']}, p95 " + ", ".join(
                             f"{a} {v.get('p95') or float('nan'):.0f} ms" for a, v in sorted(s["apps"].items())))
                 time.sleep(0.2)
             st = fleet.states().get(DEVICE)
@@ -287,20 +300,21 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
 def _sample(agent_pid: int, prefix: str, fleet: Any, metrics: _Metrics, t: float) -> dict:
     st = fleet.states().get(DEVICE)
     names = {m.pid: n for n, m in (st.modules.items() if st else []) if m.pid}
-    rss, fds = {}, 0
+    rss, shared, fds = {}, {}, 0
     for pid in _children(agent_pid):
-        mb = _rss_mb(pid)
-        if mb is None:
+        mem = _memory_mb(pid)
+        if mem is None:
             continue
         name = "agent" if pid == agent_pid else names.get(pid)
         if name is None:
             continue  # the forkserver and the resource tracker: not edgeva's code
-        rss[name] = round(mb, 1)
+        rss[name], shared[name] = round(mem[0], 1), round(mem[1], 1)
         fds += _fds(pid)
     apps = {a: {"p95": (v.get("latency_ms") or {}).get("p95"), "frames": v.get("frames", 0),
                 "dropped": v.get("dropped", 0)} for a, v in metrics.apps().items()}
-    shm_mb, segments = _shm(prefix)
-    return {"t": round(t, 1), "rss_mb": rss, "fds": fds, "shm_mb": round(shm_mb, 2), "segments": segments,
+    touched, reserved, segments = _shm(prefix)
+    return {"t": round(t, 1), "rss_mb": rss, "shm_touched_by_mb": shared, "fds": fds,
+            "shm_mb": round(reserved, 2), "shm_touched_mb": round(touched, 2), "segments": segments,
             "apps": apps}
 
 

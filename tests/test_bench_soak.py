@@ -31,5 +31,6 @@ def test_short_soak_kills_modules_restarts_broker_and_accounts_for_both(tmp_path
     last = res["samples"][-1]
     assert "agent" in last["rss_mb"] and len(last["rss_mb"]) >= 7, last["rss_mb"]  # agent + 6 modules
     assert last["shm_mb"] > 0 and last["segments"] >= 3 and last["fds"] > 0, last
+    assert 0 < last["shm_touched_mb"] <= last["shm_mb"], last
     assert set(last["apps"]) == {"tracking", "roi", "reid"}, last["apps"]
     assert plot.stat().st_size > 10_000

@@ -144,9 +144,10 @@ def run_soak_cmd(args: argparse.Namespace) -> int:
     s = out["summary"]
     print()
     print(f"  window: {s['window']}")
-    print(f"  RSS growth per process (%): {s['rss_growth_pct']}  flat: {s['rss_flat']}"
+    print(f"  private memory (RssAnon) growth per process (%): {s['rss_growth_pct']}  flat: {s['rss_flat']}"
           + (f" (not judged, killed in the last minute: {', '.join(s['rss_not_judged'])})" if s["rss_not_judged"] else ""))
-    print(f"  /dev/shm growth: {s['shm_growth_pct']} %  flat: {s['shm_flat']}")
+    print(f"  /dev/shm reserved growth: {s['shm_growth_pct']} % over segments {s['segments']}, flat: "
+          f"{s['shm_flat']} (touched pages: {s['shm_touched_growth_pct']} %, rings filling up to their size)")
     for app, v in sorted(s["latency"].items()):
         print(f"  {app:<9} latency p95 median {v['p95_median_ms']} ms, slope {v['p95_slope_ms_per_min']} ms/min")
     print(f"  kills {s['kills']}, restarts {s['restarts']}, accounted: {s['restarts_accounted']}; "
