@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from schemas.metrics import P3, AppMetrics
 LAG_WINDOW_S = 30.0
 LAG_MIN_SPAN_S = 10.0
 LAG_THRESHOLD_MS_PER_MIN = 60.0  # latency growing faster than this = the app falls behind
-HISTORY = 100_000
+HISTORY = 36_000  # samples kept: an hour at 10 fps, in preallocated columns (flat memory)
 
 
 def _p3(values: np.ndarray) -> P3:
@@ -23,30 +22,50 @@ def _p3(values: np.ndarray) -> P3:
 
 
 class AppStats:
-    """Latency samples of one app: the interval's (for periodic metrics) and the whole run's
-    (for summaries), plus the slope of latency over the last ``LAG_WINDOW_S`` seconds."""
+    """Latency samples of one app: the interval's (for periodic metrics) and the last
+    ``HISTORY`` frames' (for summaries and the lag), plus the slope of latency over the last
+    ``LAG_WINDOW_S`` seconds. The history lives in columns allocated and touched once: an app's
+    memory does not creep up for hours, and a frame allocates nothing."""
 
     def __init__(self) -> None:
         self.frames = 0
         self.events = 0
         self.dropped = 0
         self.interval: list[float] = []
-        self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY)  # (t, frame_id, ms)
+        self._t = np.ones(HISTORY)  # unix time (s); np.ones writes every page now
+        self._fid = np.ones(HISTORY, dtype=np.int64)
+        self._ms = np.ones(HISTORY)
+        self._n = 0  # samples ever added
 
     def add(self, frame_id: int, latency_ms: float, now: float | None = None) -> None:
         t = time.time() if now is None else now
         self.frames += 1
         self.interval.append(latency_ms)
-        self.history.append((t, frame_id, latency_ms))
+        i = self._n % HISTORY
+        self._t[i], self._fid[i], self._ms[i] = t, frame_id, latency_ms
+        self._n += 1
+
+    def history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(unix time, frame id, latency ms) of the kept samples, oldest first (copies)."""
+        n = min(self._n, HISTORY)
+        order = np.roll(np.arange(n), -(self._n % HISTORY)) if self._n > HISTORY else np.arange(n)
+        return self._t[order], self._fid[order], self._ms[order]
+
+    def recent_ms(self, k: int) -> np.ndarray:
+        """The last ``k`` latencies, oldest first."""
+        k = min(k, self._n, HISTORY)
+        idx = (np.arange(self._n - k, self._n)) % HISTORY
+        return self._ms[idx]
 
     def lag_ms_per_min(self, now: float | None = None) -> float | None:
         """Least-squares slope of latency against time over the recent window."""
         t_now = time.time() if now is None else now
-        recent = [(t, ms) for t, _, ms in self.history if t_now - t <= LAG_WINDOW_S]
-        if len(recent) < 10 or recent[-1][0] - recent[0][0] < LAG_MIN_SPAN_S:
+        n = min(self._n, HISTORY)
+        keep = self._t[:n] >= t_now - LAG_WINDOW_S
+        t, ms = self._t[:n][keep], self._ms[:n][keep]
+        if len(t) < 10 or t.max() - t.min() < LAG_MIN_SPAN_S:
             return None
-        t, ms = np.array(recent).T
-        slope = np.polyfit(t - t[0], ms, 1)[0]
+        slope = np.polyfit(t - t.min(), ms, 1)[0]
         return round(float(slope) * 60.0, 3)
 
     def snapshot(self, now: float | None = None) -> AppMetrics:
@@ -62,7 +81,7 @@ class AppStats:
 
     def summary(self) -> dict:
         """Whole-run figures: frames, drops, latency percentiles, events."""
-        lat = np.array([ms for _, _, ms in self.history])
+        lat = self.history()[2]
         return {
             "frames": self.frames,
             "dropped": self.dropped,

@@ -868,9 +868,12 @@ class Link:
             self._space.notify_all()
             while self._queue:
                 self._queue.popleft().free()
-        self._sock.close()  # aborts blocked sends/receives in our threads
+        # The sender's blocking sends last one slice (_SEND_SLICE_MS) and it stops once it sees
+        # _closed: let it leave nng_sendmsg before the socket goes. Closing the socket under a
+        # blocked send once aborted the whole process (SIGABRT inside nng, seen in CI-like runs).
         if threading.current_thread() is not self._sender:
             self._sender.join(timeout=2.0)
+        self._sock.close()  # aborts the dispatcher's blocked receive
         self._pool.close()  # messages still in use are let go when their user returns them
         d = self._dispatcher
         if d is not None and threading.current_thread() is not d:

@@ -68,7 +68,8 @@ def summarize(core, apps: list[str], seconds: float, fps: float = 0.0) -> dict:
         s = app.stats.summary()
         s["fps"] = round(s["frames"] / seconds, 2) if seconds else None
         out["apps"][name] = s
-        out["_history"][name] = [(t, ms) for t, _, ms in app.stats.history]
+        ts, _, ms = app.stats.history()
+        out["_history"][name] = list(zip(ts.tolist(), ms.tolist(), strict=True))
     for inst, m in mods.items():
         hist = np.array(core.sup.instances[inst].proc_history) if inst in core.sup.instances else np.empty((0, 2))
         out["modules"][inst] = {

@@ -44,7 +44,7 @@ class _Live:
             t0, f0 = self.prev.get(name, (now, st.frames))
             fps = (st.frames - f0) / (now - t0) if now > t0 else 0.0
             self.prev[name] = (now, st.frames)
-            recent = [ms for _, _, ms in list(st.history)[-20:]]
+            recent = st.recent_ms(20).tolist()
             lat = sorted(recent)[len(recent) // 2] if recent else float("nan")
             lines.append(f"  {name:<9} frames {st.frames:5d}  {fps:5.1f} fps  latency p50 {lat:7.1f} ms"
                          f"  dropped {st.dropped:3d}  events {st.events:5d}")
