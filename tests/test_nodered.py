@@ -254,10 +254,16 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         row1 = browser.js(row_js)
         shot1 = browser.screenshot(OUT / "dashboard-1.png")
         chart1 = browser.screenshot(tmp_path / "chart-1.png", rect)
-        time.sleep(6)
-        row2 = browser.js(row_js)
+        # wait for the figures and the chart to move (at least 6 s; a loaded machine renders late)
+        deadline = time.monotonic() + 90
+        while True:
+            time.sleep(6)
+            row2 = browser.js(row_js)
+            chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
+            moved = row2 and row1 and row2 != row1 and chart2 != chart1
+            if moved or time.monotonic() > deadline:
+                break
         shot2 = browser.screenshot(OUT / "dashboard-2.png")
-        chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
         page = browser.text()
         # a dashboard button sends its command through the flow, and the reply shows on the page
         assert browser.js(_CLICK % "status"), "no status button on the dashboard"

@@ -34,6 +34,9 @@ class OnnxEmbedder(Embedder):
             raise ModuleError(f"reid: model file not found: {model}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # As the detector: idle worker threads must not spin (they would steal the CPU the
+        # other modules, and the other cameras' detectors, need between embeddings).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
