@@ -63,6 +63,8 @@ def write_plots(r: dict, series: dict, out: Path) -> dict[str, str]:
         base = 0.0
         for i, h in enumerate(hops):
             x = i * 2.5 + j
+            if base:  # what the hops before cost, so that each bar stands at its cumulative height
+                ax.bar(x, base, 0.9, color="whitesmoke", edgecolor="lightgrey")
             parts = [("serialise", h.get("serialise_ms", 0)), ("network", h.get("network_ms", 0)),
                      ("deserialise", h.get("deserialise_ms", 0)), ("runtime", h.get("runtime_ms", 0))]
             bottom = base
