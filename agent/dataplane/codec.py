@@ -277,7 +277,10 @@ def decode(buf: memoryview | bytes, *, readonly: bool = True, cache: dict | None
                         continue
         name, dt, shape, count, stop = _check_array(d, alen, end, arrays)
         end = stop
-        a = np.frombuffer(mv, dtype=dt, count=count, offset=ARRAYS_OFFSET + d[3]).reshape(shape)
+        try:
+            a = np.frombuffer(mv, dtype=dt, count=count, offset=ARRAYS_OFFSET + d[3]).reshape(shape)
+        except (ValueError, OverflowError) as e:  # e.g. [0, 2**62]: no bytes, but "too big"
+            raise CodecError(f"array {name!r}: shape {shape} cannot be made: {e}") from None
         if readonly and a.flags.writeable:
             a.flags.writeable = False
         arrays[name] = a
