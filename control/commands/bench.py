@@ -14,6 +14,12 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _outputs(p: argparse.ArgumentParser, json_help: str = "write the results as JSON") -> None:
+    """The --json / --plot pair every benchmark takes."""
+    p.add_argument("--json", metavar="FILE", help=json_help)
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="data-plane micro-benchmarks")
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -60,13 +66,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds the idle broker rate is measured over (default: %(default)s)")
     f.add_argument("--metrics-interval", type=float, default=2.0, metavar="S",
                    help="each agent's metrics period, as deployed (default: %(default)s)")
-    f.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    f.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    _outputs(f)
     f.set_defaults(func=run_fleet_cmd)
     k = sub.add_parser(
         "soak", help="the three demo apps for N minutes with modules killed and the broker restarted",
         description="Runs the demo's apps (looped clip) on a real agent and a private mosquitto, kills "
-        "a module and restarts the broker at intervals, and samples RSS and fds of every process, "
+        "a module and restarts the broker at intervals, and samples private memory and fds of every process, "
         "/dev/shm use, latency and drops; judges whether memory stays flat and restarts add up.",
     )
     k.add_argument("--minutes", type=float, default=10.0, help="how long (default: %(default)s)")
@@ -77,8 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--broker-down", type=float, default=5.0, metavar="S",
                    help="for this long (default: %(default)s)")
     k.add_argument("--sample-every", type=float, default=5.0, metavar="S", help="(default: %(default)s)")
-    k.add_argument("--json", metavar="FILE", help="write samples, faults and the verdict as JSON")
-    k.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
+    _outputs(k, "write samples, faults and the verdict as JSON")
     k.set_defaults(func=run_soak_cmd)
     pp = sub.add_parser(
         "paper", help="the paper's evaluation: monolith vs edgeva vs VideoPipe, overhead, Table 2",
@@ -86,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "CASE A (monolith), B (edgeva, one agent), C (two agents on their own CPUs), VideoPipe (emulated), "
         "EdgeEye's placement, cameras sustained, per-hop overhead and Table 2; writes JSON, plots, a report.",
     )
-    pp.add_argument("--quick", action="store_true", help="12 s per run (the whole under ~5 min)")
+    pp.add_argument("--quick", action="store_true", help="12 s per run (the whole about 7 min on 2 cores)")
     pp.add_argument("--video", help="another clip (file path or asset:NAME)")
     pp.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     pp.add_argument("--out", default="out/paper", help="folder for plots and the report (default: %(default)s)")
