@@ -36,6 +36,7 @@ class AppStats:
         self._fid = np.ones(HISTORY, dtype=np.int64)
         self._ms = np.ones(HISTORY)
         self._n = 0  # samples ever added
+        self._last = P3()  # the last interval's percentiles that had samples
 
     def add(self, frame_id: int, latency_ms: float, now: float | None = None) -> None:
         t = time.time() if now is None else now
@@ -68,16 +69,27 @@ class AppStats:
         slope = np.polyfit(t - t.min(), ms, 1)[0]
         return round(float(slope) * 60.0, 3)
 
-    def snapshot(self, now: float | None = None) -> AppMetrics:
-        """Metrics for the interval since the last snapshot (then starts a new interval)."""
-        lag = self.lag_ms_per_min(now)
-        m = AppMetrics(
+    def snapshot(self, now: float | None = None, hold_s: float = 0.0, peek: bool = False) -> AppMetrics:
+        """Metrics for the interval since the last snapshot; then starts a new interval unless
+        ``peek``. Modules hand in their latency samples in batches on a clock of their own, so
+        an interval may catch none while frames still flow: then the last interval that had
+        samples is repeated if the newest sample is at most ``hold_s`` old (a scraper's series
+        does not flicker), and null once the app has really stopped passing frames."""
+        t_now = time.time() if now is None else now
+        lag = self.lag_ms_per_min(t_now)
+        if self.interval:
+            latency = _p3(np.asarray(self.interval))
+            if not peek:
+                self._last, self.interval = latency, []
+        elif self._n and t_now - self._t[(self._n - 1) % HISTORY] <= hold_s:
+            latency = self._last
+        else:
+            latency = P3()
+        return AppMetrics(
             frames=self.frames, dropped=self.dropped, events=self.events,
-            latency_ms=_p3(np.asarray(self.interval)), lag_ms_per_min=lag,
+            latency_ms=latency, lag_ms_per_min=lag,
             lagging=lag is not None and lag > LAG_THRESHOLD_MS_PER_MIN,
         )
-        self.interval = []
-        return m
 
     def summary(self) -> dict:
         """Whole-run figures: frames, drops, latency percentiles, events."""

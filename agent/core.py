@@ -802,12 +802,9 @@ class AgentCore:
             out_apps = {}
             for n, a in apps.items():
                 a.stats.dropped = self._app_dropped(a, mods)
-                if peek:
-                    saved = a.stats.interval
-                    out_apps[n] = a.stats.snapshot()
-                    a.stats.interval = saved
-                else:
-                    out_apps[n] = a.stats.snapshot()
+                # samples arrive a module's report at a time: hold the last percentiles over
+                # up to two and a half ticks without a report rather than publish nulls
+                out_apps[n] = a.stats.snapshot(hold_s=2.5 * self.metrics_interval, peek=peek)
                 out_apps[n].hops = self.hops_for(a)
             used = {i for a in apps.values() for i in a.modules.values()}
         return TenantMetrics(device=self.device, tenant=tenant, ts=time.time(), interval_s=self.metrics_interval,

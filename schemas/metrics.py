@@ -2,7 +2,9 @@
 
 Counters (frames, bytes, drops, events, restarts) are cumulative since the agent started the
 instance or app, so a lost or late message loses nothing: take differences for rates.
-Times (percentiles) cover the last interval (``interval_s``) and are null when it had no sample.
+Times (percentiles) cover the last interval (``interval_s``) and are null when it had no sample;
+an app's latency repeats the last interval that had samples while its newest sample is under
+2.5 intervals old (modules report on clocks of their own, so a tick can fall between reports).
 """
 
 from __future__ import annotations

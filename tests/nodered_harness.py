@@ -150,6 +150,10 @@ class Chromium:
         self.proc = subprocess.Popen(
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--mute-audio",
+             # the machine's network is closed, and a page that is never shown must still paint
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-quic", "--disable-renderer-backgrounding", "--disable-background-timer-throttling",
+             "--disable-backgrounding-occluded-windows",
              f"--remote-debugging-port={port}", "--remote-allow-origins=*",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=self._logf, stderr=subprocess.STDOUT,
@@ -205,13 +209,26 @@ class Chromium:
             time.sleep(0.5)
 
     def screenshot(self, path: Path, clip: dict | None = None) -> bytes:
-        params = {"format": "png", "captureBeyondViewport": False}
+        """A PNG of the page (or ``clip``) after the page has painted two more frames: a
+        capture taken without that can hand back a frame painted before the last DOM change."""
+        self.call("Runtime.evaluate", awaitPromise=True, expression=(
+            "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))"))
+        params = {"format": "png", "captureBeyondViewport": False, "fromSurface": True}
         if clip:
             params["clip"] = {**clip, "scale": 1}
         data = base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return data
+
+    def screenshot_until(self, path: Path, pred, timeout: float = 60.0) -> bytes:
+        """Screenshots every 2 s until ``pred(png)`` holds or ``timeout`` passes; the last one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            png = self.screenshot(path)
+            if pred(png) or time.monotonic() > deadline:
+                return png
+            time.sleep(2)
 
     def rect(self, selector_js: str) -> dict | None:
         """The page rectangle of the element ``selector_js`` evaluates to."""
@@ -244,6 +261,15 @@ class Chromium:
                 self.proc.kill()
                 self.proc.wait(5)
         self._logf.close()
+
+
+def blank(png: bytes) -> bool:
+    """True for a screenshot of one colour (a page Chromium has not painted)."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return img is None or int(img.max()) == int(img.min())
 
 
 def numbers(text: str) -> list[float]:

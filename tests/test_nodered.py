@@ -22,7 +22,7 @@ import pytest
 
 from control.nodered import build
 from tests.agent_harness import AgentProc, Watcher
-from tests.nodered_harness import Chromium, NodeRed, flow_nodes, missing_tools
+from tests.nodered_harness import Chromium, NodeRed, blank, flow_nodes, missing_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "nodered"
@@ -252,18 +252,17 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
         rect = browser.rect(chart_js)
         assert rect and rect["width"] > 50 and rect["height"] > 50, f"no fps chart on the page: {rect}"
         row1 = browser.js(row_js)
-        shot1 = browser.screenshot(OUT / "dashboard-1.png")
-        chart1 = browser.screenshot(tmp_path / "chart-1.png", rect)
+        shot1 = browser.screenshot_until(OUT / "dashboard-1.png", lambda png: not blank(png))
         # wait for the figures and the chart to move (at least 6 s; a loaded machine renders late)
         deadline = time.monotonic() + 90
         while True:
             time.sleep(6)
             row2 = browser.js(row_js)
-            chart2 = browser.screenshot(tmp_path / "chart-2.png", browser.rect(chart_js))
             moved = row2 and row1 and row2 != row1
             if moved or time.monotonic() > deadline:
                 break
-        shot2 = browser.screenshot(OUT / "dashboard-2.png")
+        # the page as painted follows its DOM (a loaded machine may paint late)
+        shot2 = browser.screenshot_until(OUT / "dashboard-2.png", lambda png: png != shot1 and not blank(png))
         page = browser.text()
         # a dashboard button sends its command through the flow, and the reply shows on the page
         assert browser.js(_CLICK % "status"), "no status button on the dashboard"
@@ -283,8 +282,8 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
     assert float(row2[3]) > 0, f"fps shown as {row2[3]}"
     # the page's screenshots differ (its figures moved). The chart element's own clip is not
     # compared: inside a full suite run Chromium sometimes hands back a blank clip of it.
+    assert not blank(shot2), "the dashboard's second screenshot is blank"
     assert shot1 != shot2, "the dashboard did not change between the screenshots"
-    del chart1, chart2
 
 
 def _inbox_reply(stack: Stack, request_id: str) -> dict:
