@@ -68,6 +68,7 @@ from schemas.errors import (
     BAD_REQUEST,
     FORBIDDEN,
     INTERNAL,
+    LIMIT,
     SETUP_FAILED,
     TIMEOUT,
     UNKNOWN_DEVICE,
@@ -79,6 +80,7 @@ from schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
 from schemas.topics import (
     cmd_subscription,
     cmd_topic,
+    cmd_topic_tenant,
     device_metrics_topic,
     events_topic,
     parse_cmd_topic,
@@ -103,6 +105,7 @@ MAX_COMMAND_BYTES = 1 << 20
 MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
 TENANT_QUEUE = 256  # commands one tenant may have waiting
 WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
+MAX_FORWARDS = 4  # updates one tenant may have waiting on a coordinator at once (a thread each)
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -172,6 +175,7 @@ class AgentBridge:
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
         self._workers: dict[str, queue.Queue] = {}  # tenant -> its command queue (one thread each)
         self._workers_lock = threading.Lock()
+        self._forwards: dict[str, int] = {}  # tenant -> updates waiting on a coordinator (under _workers_lock)
         self.outbox = Outbox()  # events while the broker is away
         self.replies = ReplyCache()  # a repeated request id is answered, not applied again
         self.buckets: dict[tuple[str, str], _Bucket] = {}
@@ -231,9 +235,11 @@ class AgentBridge:
             waiter = self._pending.get(parts[5])
             if waiter is not None:
                 try:
-                    waiter[1] = json.loads(m.payload)
-                except ValueError:
-                    waiter[1] = {"ok": False, "error": {"code": INTERNAL, "message": "unreadable reply"}}
+                    reply = json.loads(m.payload)
+                except (ValueError, RecursionError):  # a peer's reply is as hostile as a command
+                    reply = None
+                ok = isinstance(reply, dict) and isinstance(reply.get("error", {}), dict)
+                waiter[1] = reply if ok else {"ok": False, "error": {"code": INTERNAL, "message": "unreadable reply"}}
                 waiter[0].set()
             return
         # Some brokers (amqtt 0.12) deliver retained messages we never subscribed to: only
@@ -284,6 +290,9 @@ class AgentBridge:
     def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
         t0 = time.monotonic()
         request_id = tenant = None
+        # A reply uses the MQTT 5 response topic only once it is checked against the sender's
+        # tenant: until then (a refused topic, say an unknown verb) there is none to use.
+        checked: Properties | None = None
         try:
             # Inside the try: every byte of the payload is hostile (a JSON nested 1,000 deep
             # once killed this thread from here).
@@ -291,7 +300,7 @@ class AgentBridge:
             device, tenant, verb = parse_cmd_topic(topic)
             if device != self.device:
                 return
-            props = self._check_response_topic(tenant, props)
+            checked = props = self._check_response_topic(tenant, props)
             if len(payload) > MAX_COMMAND_BYTES:
                 raise EdgevaError(BAD_REQUEST, f"payload of {len(payload)} B is over the limit of "
                                   f"{MAX_COMMAND_BYTES} B")
@@ -303,22 +312,24 @@ class AgentBridge:
                 return
             coord = self._forward_to(tenant, verb, cmd)
             if coord is not None:  # replied by that thread once the coordinator answered
-                threading.Thread(target=self._forward, args=(coord, tenant, cmd, request_id, props),
-                                 name="forward", daemon=True).start()
+                self._start_forward(coord, tenant, cmd, request_id, props)
                 return
             result = self._dispatch(tenant, verb, cmd)
             reply = ok_reply(request_id, result)
             if verb in MUTATING:  # a failed one may be retried with the same id
                 self.replies.put(tenant, request_id, reply)
         except EdgevaError as e:
-            log.info("%s refused: %s", topic, e)
+            log.info("%s refused: %s", topic, shown(str(e)))
             reply = error_reply(request_id, e)
-            if isinstance(e, _ResponseTopicError):
-                props = None
+            if tenant is None and (tenant := cmd_topic_tenant(topic)) is not None:
+                try:  # the topic itself was refused: answer its tenant, where it may read
+                    checked = self._check_response_topic(tenant, props)
+                except EdgevaError:
+                    checked = None
         except Exception as e:  # never let one command take the agent down
             log.exception("command %s failed", topic)
             reply = error_reply(request_id, EdgevaError(INTERNAL, f"{type(e).__name__}: {e}"))
-        self._reply(tenant, request_id, reply, props)
+        self._reply(tenant, request_id, reply, checked)
         log.debug("%s handled in %.1f ms", topic, (time.monotonic() - t0) * 1e3)
         if self._state_dirty.is_set():
             self._publish_state()
@@ -422,10 +433,41 @@ class AgentBridge:
             return None
         return po.coordinator
 
+    def _start_forward(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
+                       props: Properties | None) -> None:
+        """Run ``_forward`` on a thread of its own, at most ``MAX_FORWARDS`` per tenant: each
+        waits a minute or more on the coordinator, and a flood of updates must cost only the
+        tenant that sends it (``limit``), not the agent's threads."""
+        with self._workers_lock:
+            n = self._forwards.get(tenant, 0)
+            if n >= MAX_FORWARDS:
+                raise EdgevaError(LIMIT, f"{n} updates of this tenant already wait on their coordinators "
+                                  f"(at most {MAX_FORWARDS}); retry when one is answered", "app")
+            self._forwards[tenant] = n + 1
+        try:
+            threading.Thread(target=self._forward, args=(coord, tenant, cmd, request_id, props),
+                             name="forward", daemon=True).start()
+        except BaseException:
+            self._forward_done(tenant)
+            raise
+
+    def _forward_done(self, tenant: str) -> None:
+        with self._workers_lock:
+            left = self._forwards.pop(tenant, 1) - 1
+            if left > 0:
+                self._forwards[tenant] = left
+
     def _forward(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
                  props: Properties | None) -> None:
         """Send an operator's ``update`` to the app's coordinator and relay its reply. Off the
         command worker: the coordinator sends this part the new graph while we wait."""
+        try:
+            self._forward_once(coord, tenant, cmd, request_id, props)
+        finally:
+            self._forward_done(tenant)
+
+    def _forward_once(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
+                      props: Properties | None) -> None:
         try:
             if coord not in self.fleet.online():
                 raise EdgevaError(UNKNOWN_DEVICE, f"the coordinator of app {cmd.app!r}, device {coord!r}, is offline: "

@@ -16,7 +16,8 @@ Files read must lie, after resolving ``~``, ``..`` and symbolic links (relative 
 to the agent's working directory, as the module process sees them), inside one of the media
 directories (``--media-dir``, every tenant) or the tenant's own (``--tenant-media-root
 ROOT``: ``ROOT/<tenant>``). Files written must lie inside the tenant's output directory
-(``--output-root ROOT``: ``ROOT/<tenant>``, made on first use). Defaults: media = the agent's
+(``--output-root ROOT``: ``ROOT/<tenant>``, made on first use); inside the output root a tenant
+reads only its own directory (the default media directory contains it). Defaults: media = the agent's
 working directory (none when that is ``/``), output root = ``./out``. The check runs before a
 module's config is validated, so that not even whether a file exists leaks.
 """
@@ -150,10 +151,18 @@ class PathPolicy:
         if _ASSET.match(value) or value.startswith("base64:"):  # bundled, or the data itself
             return
         dirs = self.read_dirs(tenant)
-        if not _under(self._resolve(value), dirs):
+        path = self._resolve(value)
+        if not _under(path, dirs):
             shown_dirs = ", ".join(str(d) for d in dirs) or "none are configured"
             raise EdgevaError(BAD_ARGS, f"{shown(value)} is outside the media directories this tenant may read "
                               f"({shown_dirs}; the agent's --media-dir / --tenant-media-root)", where)
+        # The default media directory (the working directory) holds the output root: what
+        # other tenants wrote there (their annotated videos) is theirs alone.
+        outputs = [d for d in (self.output_root, *self.output_dirs.values()) if d is not None]
+        own = self.output_dir(tenant)
+        if _under(path, outputs) and not (own is not None and _under(path, [own])):
+            raise EdgevaError(BAD_ARGS, f"{shown(value)} lies in the tenants' output directories; a tenant "
+                              "reads only its own outputs", where)
 
     def _write(self, tenant: str, value: str, where: str) -> None:
         if value.startswith(_MJPEG):

@@ -72,6 +72,15 @@ def reply_subscription(device: str, tenant: str) -> str:
     return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/+"
 
 
+def cmd_topic_tenant(topic: str) -> str | None:
+    """The tenant a command topic names, even one ``parse_cmd_topic`` refuses (an unknown
+    verb), so that its refusal can go to that tenant's reply topics; None if it names none."""
+    parts = topic.split("/") if isinstance(topic, str) else []
+    if len(parts) == 6 and "/".join(parts[:2]) == PREFIX and parts[4] == "cmd" and _PART.match(parts[3]):
+        return parts[3]
+    return None
+
+
 def parse_cmd_topic(topic: str) -> tuple[str, str, Verb]:
     """``edgeva/v1/cam-01/acme/cmd/deploy`` -> ``("cam-01", "acme", "deploy")``.
 

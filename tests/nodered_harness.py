@@ -209,13 +209,14 @@ class Chromium:
             time.sleep(0.5)
 
     def screenshot(self, path: Path, clip: dict | None = None) -> bytes:
-        """A PNG of the page (or ``clip``) after the page has painted two more frames: a
+        """A PNG of the whole page (or ``clip``) after it has painted two more frames: a
         capture taken without that can hand back a frame painted before the last DOM change."""
         self.call("Runtime.evaluate", awaitPromise=True, expression=(
             "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))"))
-        params = {"format": "png", "captureBeyondViewport": False, "fromSurface": True}
-        if clip:
-            params["clip"] = {**clip, "scale": 1}
+        if clip is None:  # the whole page: with many devices listed, the apps lie below the window
+            clip = self.js("({x: 0, y: 0, width: document.documentElement.scrollWidth, "
+                           "height: document.documentElement.scrollHeight})")
+        params = {"format": "png", "captureBeyondViewport": True, "fromSurface": True, "clip": {**clip, "scale": 1}}
         data = base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

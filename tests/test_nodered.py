@@ -238,6 +238,12 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
     if app_status(stack.retained_state(), "tracking") != "running":
         red.inject("deploy tracking")
         stack.wait_retained(lambda st: app_status(st, "tracking") == "running", "tracking running")
+    # a fleet's broker remembers devices long gone (retained offline states): with enough of
+    # them the apps table lies below the window, and the page must still be seen whole
+    gone = [f"edgeva/v1/aa-gone-{i:02d}/state" for i in range(40)]
+    for topic in gone:
+        stack.watcher.client.publish(topic, json.dumps({"device": topic.split("/")[2], "status": "offline"}),
+                                     qos=1, retain=True).wait_for_publish(5)
     browser = Chromium(tmp_path)
     try:
         browser.goto(f"{red.base}/dashboard")
@@ -276,6 +282,8 @@ def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) ->
                               f"the {verb} reply in Messages", 60)
     finally:
         browser.close()
+        for topic in gone:
+            stack.watcher.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
     assert "Devices" in page and "Frames per second" in page and "deploy roi" in page.lower()
     assert row1 != row2, f"the tracking app's figures did not move in 6 s: {row1!r}"
     assert int(row2[5]) > int(row1[5]), f"frames did not grow: {row1} -> {row2}"

@@ -109,6 +109,12 @@ def test_response_topic_cannot_reach_another_tenant(fleet: Fleet) -> None:
     publish_v5(globex, f"edgeva/v1/{dev}/globex/cmd/deploy", evil, victim)
     r = globex.wait(f"edgeva/v1/{dev}/globex/reply/{rid}", timeout=15)[0]
     assert r["ok"] is False and r["error"]["code"] == "bad_request" and r["error"]["path"] == "response_topic", r
+    # A verb that is no verb: the topic is refused before the response topic is looked at, and
+    # that refusal (which quotes the topic) must not go to acme's topic either.
+    rid_v = "r-" + uuid.uuid4().hex[:8]
+    publish_v5(globex, f"edgeva/v1/{dev}/globex/cmd/ALARM-intruder-at-door-3", {"request_id": rid_v}, victim)
+    r = globex.wait(f"edgeva/v1/{dev}/globex/reply/{rid_v}", timeout=15)[0]
+    assert r["ok"] is False and r["error"]["path"] == "topic", r
     # The same through a valid deploy: it must not run either.
     rid2 = "r-" + uuid.uuid4().hex[:8]
     publish_v5(globex, f"edgeva/v1/{dev}/globex/cmd/deploy", {**app("g1"), "request_id": rid2},
@@ -251,6 +257,22 @@ def test_paths_are_confined_to_media_and_tenant_output_dirs(mosquitto_auth: Brok
         assert not evil.exists() and not (outroot / "globex").exists()
     finally:
         stop_fleet(f)
+
+
+def test_a_tenant_reads_no_other_tenants_outputs_inside_the_media_dir(tmp_path: Path) -> None:
+    """By default the media directory is the working directory and the output root ``./out``
+    lies in it: globex must not decode (and so re-publish) acme's annotated video."""
+    from agent.paths import PathPolicy
+    from schemas.errors import EdgevaError
+
+    policy = PathPolicy.make(media_dirs=[tmp_path], output_root=tmp_path / "out")
+    theirs = write_clip(tmp_path / "out" / "acme" / "ok.avi")
+    policy.check("acme", "source", str(theirs), "s")  # its own output: fine
+    policy.check("globex", "source", str(write_clip(tmp_path / "clip.avi")), "s")  # media: fine
+    for value in (str(theirs), str(tmp_path / "out" / "globex" / ".." / "acme" / "ok.avi")):
+        with pytest.raises(EdgevaError, match="only its own outputs") as e:
+            policy.check("globex", "source", value, "modules.dec.args.source")
+        assert e.value.path == "modules.dec.args.source"
 
 
 # -- hole 6 -------------------------------------------------------------------------------------

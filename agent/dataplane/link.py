@@ -70,6 +70,7 @@ from agent.dataplane.codec import (
     encoded_size,
 )
 from agent.dataplane.msgpool import MsgPool
+from agent.dataplane.quietlog import QuietLog
 from schemas.message import Message
 from schemas.metrics import P2, LinkMetrics
 
@@ -100,7 +101,6 @@ _SMALL = 64 << 10  # below this, encode into a reused buffer and copy (cheaper t
 _SEND_SLICE_MS = 100  # sender thread's blocking-send slice: how fast it notices close/staleness
 _RECV_SLICE_MS = 200  # dispatch thread's receive slice: how fast it notices close
 _MAX_NAMES = 1024  # stream names remembered (decoded once); more are decoded per message
-_BAD_LOG_EVERY_S = 10.0  # a peer sending garbage gets one log line per interval, not per frame
 
 
 class LinkError(RuntimeError):
@@ -267,24 +267,6 @@ def parse(buf: memoryview) -> tuple[bytes, int, int, int, Message]:
     return raw, epoch, seq, sent, decode(buf[units * 64 :])
 
 
-class _BadLog:
-    """Rate-limited warning about dropped messages (a hostile peer must not flood the log)."""
-
-    __slots__ = ("last", "quiet")
-
-    def __init__(self) -> None:
-        self.last, self.quiet = -_BAD_LOG_EVERY_S, 0
-
-    def note(self, link: str, e: BaseException) -> None:
-        now = time.monotonic()
-        if now - self.last < _BAD_LOG_EVERY_S:
-            self.quiet += 1
-            return
-        more = f" ({self.quiet} more since the last report)" if self.quiet else ""
-        log.warning("link %s: bad message dropped: %s: %s%s", link, type(e).__name__, e, more)
-        self.last, self.quiet = now, 0
-
-
 def _check(rc: int) -> None:
     if rc:
         pynng.check_err(rc)
@@ -387,7 +369,9 @@ class Link:
         self._names: dict[bytes, str] = {}
         self._peer_epoch, self._next_seq = -1, 0
         self.bytes_received = self.messages_received = self.lost = self.unrouted = self.bad = 0
-        self._bad_log = _BadLog()
+        # a peer sending garbage gets one log line per interval, not one per message
+        self._bad_log = QuietLog(log)
+        self._handler_log = QuietLog(log, logging.ERROR)
         self._ser, self._net, self._deser = _Window(), _Window(), _Window()
         try:
             if listen:
@@ -732,7 +716,7 @@ class Link:
             raw, epoch, seq, sent, msg = parse(buf)
         except Exception as e:  # parse raises CodecError only; anything else must not kill us
             self.bad += 1
-            self._bad_log.note(self.name, e)
+            self._bad_log.note("link %s: bad message dropped: %s: %s", self.name, type(e).__name__, e)
             return False
         stream = self._names.get(raw)
         if stream is None:
@@ -782,7 +766,7 @@ class Link:
                 continue
             except Exception as e:  # never let one message end every stream of this peer
                 self.bad += 1
-                self._bad_log.note(self.name, e)
+                self._bad_log.note("link %s: bad message dropped: %s: %s", self.name, type(e).__name__, e)
                 continue
             if not r:
                 continue
@@ -795,7 +779,7 @@ class Link:
                 try:
                     h(r)
                 except Exception:
-                    log.exception("link %s: handler of stream %r failed", self.name, r.stream)
+                    self._handler_log.note("link %s: handler of stream %r failed", self.name, r.stream, exc_info=True)
                 finally:
                     r.lease.release()
 

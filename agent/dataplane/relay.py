@@ -16,6 +16,7 @@ import threading
 
 from agent.dataplane.codec import MessageTooLarge
 from agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
+from agent.dataplane.quietlog import QuietLog
 from agent.dataplane.ring import RingConsumer, RingFull, RingProducer
 
 __all__ = ["LinkToRing", "RingToLink"]
@@ -47,6 +48,7 @@ class RingToLink:
         link.open_stream(stream, policy, depth)
         self._cons = RingConsumer.attach(ring_name, policy=policy)
         self.sent = self.send_timeouts = self.too_large = 0
+        self._log = QuietLog(log, logging.ERROR)
         self.done = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ring->link {stream}", daemon=True)
@@ -74,7 +76,7 @@ class RingToLink:
                         self.send_timeouts += 1  # block: keep the backpressure, try again
                     except MessageTooLarge as e:
                         self.too_large += 1
-                        log.error("relay %s: message %s skipped: %s", self.stream, msg.frame_id, e)
+                        self._log.note("relay %s: message %s skipped: %s", self.stream, msg.frame_id, e)
                         break
         except LinkClosed:
             pass
@@ -128,6 +130,7 @@ class LinkToRing:
         self.link, self.stream = link, stream
         self.streams = [stream]  # every name it receives (aliases: see add_stream)
         self.reserve_timeout = reserve_timeout
+        self._log = QuietLog(log, logging.ERROR)
         self.producer = RingProducer.create(ring_name, slot_size, nslots, max_consumers)
         self.published = self.dropped = self.too_large = 0
         self._closing = False
@@ -151,7 +154,7 @@ class LinkToRing:
         except MessageTooLarge as e:
             prod.abort()
             self.too_large += 1
-            log.error("relay link->ring %s: message %s skipped: %s", self.stream, msg.frame_id, e)
+            self._log.note("relay link->ring %s: message %s skipped: %s", self.stream, msg.frame_id, e)
             return
         except BaseException:
             prod.abort()

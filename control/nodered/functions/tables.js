@@ -16,7 +16,9 @@ context.set("last", Date.now());
 return rows();
 
 function rows() {
-    const devices = Object.values(flow.get("devices") || {}).sort((a, b) => a.device.localeCompare(b.device));
+    // online devices first: a broker keeps the retained "offline" of every device ever seen
+    const devices = Object.values(flow.get("devices") || {}).sort((a, b) =>
+        (a.status !== "online") - (b.status !== "online") || a.device.localeCompare(b.device));
     const apps = Object.values(flow.get("apps") || {}).sort((a, b) => (a.device + a.label).localeCompare(b.device + b.label));
     const roi = Object.values(flow.get("roi") || {});
     const fmt = (v, d) => (typeof v === "number" ? v.toFixed(d) : "-");
