@@ -106,6 +106,7 @@ MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
 TENANT_QUEUE = 256  # commands one tenant may have waiting
 WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
 MAX_FORWARDS = 4  # updates one tenant may have waiting on a coordinator at once (a thread each)
+CONVERGE_EVERY_S = 3.0  # how often parts that missed an update, or a coordinator's word, are retried
 
 
 def _part_error(device: str, reply: dict) -> EdgevaError:
@@ -113,6 +114,22 @@ def _part_error(device: str, reply: dict) -> EdgevaError:
     path = err.get("path")
     return EdgevaError(err.get("code", INTERNAL), f"device {device!r}: {err.get('message', 'failed')}",
                        f"devices.{device}" + (f".{path}" if path else ""))
+
+
+class _Retry:
+    """A callable queued on a tenant's command worker by the agent itself (see _converge_loop)."""
+
+    __slots__ = ("fn", "what")
+
+    def __init__(self, fn: Callable[[], None], what: str) -> None:
+        self.fn, self.what = fn, what
+
+    def __call__(self) -> None:
+        self.fn()
+
+
+def _what(item: object) -> str:
+    return item.what if isinstance(item, _Retry) else str(item[0])  # type: ignore[index]
 
 
 class _ResponseTopicError(EdgevaError):
@@ -176,6 +193,12 @@ class AgentBridge:
         self._workers: dict[str, queue.Queue] = {}  # tenant -> its command queue (one thread each)
         self._workers_lock = threading.Lock()
         self._forwards: dict[str, int] = {}  # tenant -> updates waiting on a coordinator (under _workers_lock)
+        # Apps spanning devices that are not yet one graph everywhere (see _converge_loop):
+        # coordinated here, (tenant, app) -> parts that missed an update; parts here,
+        # (tenant, app) -> the coordinator that has not answered since this agent restarted.
+        self._unconverged: dict[tuple[str, str], set[str]] = {}
+        self._unconfirmed: dict[tuple[str, str], str] = {}
+        self._retrying: set[tuple[str, str, str]] = set()  # retries queued on a tenant's worker
         self.outbox = Outbox()  # events while the broker is away
         self.replies = ReplyCache()  # a repeated request id is answered, not applied again
         self.buckets: dict[tuple[str, str], _Bucket] = {}
@@ -208,6 +231,7 @@ class AgentBridge:
         subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()])
         self._publish_state()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
+        threading.Thread(target=self._converge_loop, name="converge", daemon=True).start()
         log.info("agent %s connected to %s (MQTT %s)", self.device, self.broker, "5" if is_v5(self.client) else "3.1.1")
 
     def _fleet_subs(self) -> tuple[str, ...]:
@@ -256,14 +280,14 @@ class AgentBridge:
             q = self._workers.get(tenant)
             if q is None:
                 if len(self._workers) >= MAX_TENANT_WORKERS:
-                    log.warning("commands of %d tenants in progress: %s dropped", len(self._workers), item[0])
+                    log.warning("commands of %d tenants in progress: %s dropped", len(self._workers), _what(item))
                     return
                 q = self._workers[tenant] = queue.Queue(maxsize=TENANT_QUEUE)
                 threading.Thread(target=self._work, args=(tenant, q), name=f"commands-{tenant}", daemon=True).start()
             try:
                 q.put_nowait(item)
             except queue.Full:  # a flood costs that tenant its own commands only
-                log.warning("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE, item[0])
+                log.warning("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE, _what(item))
 
     def _work(self, tenant: str, q: queue.Queue) -> None:
         # A peer's status question must see the restored apps, not an empty agent.
@@ -273,7 +297,7 @@ class AgentBridge:
         idle_since = time.monotonic()
         while not self._stop.is_set():
             try:
-                topic, payload, props = q.get(timeout=0.5)
+                item = q.get(timeout=0.5)
             except queue.Empty:
                 if time.monotonic() - idle_since > WORKER_IDLE_S:
                     with self._workers_lock:  # _enqueue puts under this lock: nothing is lost
@@ -282,6 +306,13 @@ class AgentBridge:
                             return
                 continue
             idle_since = time.monotonic()
+            if callable(item):  # the agent's own retry (_converge_loop), in order with the tenant's commands
+                try:
+                    item()
+                except Exception:
+                    log.exception("retry for tenant %s failed", tenant)
+                continue
+            topic, payload, props = item
             try:
                 self._handle(topic, payload, props)
             except Exception:  # a bug in replying must not end command handling for everyone
@@ -571,9 +602,10 @@ class AgentBridge:
         part = self._part(app.deployment, hold=False)
         parts: dict[str, Any] = {}
         online = self.fleet.online()
-        for d in sorted(remote - {where} - online):  # not waited for: it asks for the graph at restart
+        for d in sorted(remote - {where} - online):  # not waited for: it gets the graph when back
             parts[d] = {"error": {"code": UNKNOWN_DEVICE, "message": f"device {d!r} is offline; its part adopts "
-                                  "the new graph when its agent restarts (it asks this coordinator)"}}
+                                  "the new graph when it is back (this coordinator retries, and a restarting "
+                                  "agent asks it)"}}
         for d in sorted((remote & online) - {where}):  # phase 1: record, listen on both names
             r = self._request(d, tenant, "deploy", part, timeout=min(15.0, self.part_timeout))
             parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
@@ -582,6 +614,15 @@ class AgentBridge:
             if not r.get("ok"):
                 parts[d] = {"error": r.get("error")}
         core.switch_streams(app)
+        # parts that did not answer (or are offline); a part that answered with a refusal is
+        # not retried: it would refuse again
+        missed = {d for d, p in parts.items() if isinstance(p, dict) and isinstance(p.get("error"), dict)
+                  and p["error"].get("code") in (TIMEOUT, INTERNAL, UNKNOWN_DEVICE)} - {where}
+        with self._workers_lock:
+            if missed:  # retried by _converge_loop until each of them has the new graph
+                self._unconverged.setdefault(app.key_pair, set()).update(missed)
+            else:
+                self._unconverged.pop(app.key_pair, None)
         return {**result, "parts": parts}
 
     def _request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float | None = None) -> dict:
@@ -618,6 +659,12 @@ class AgentBridge:
         saved one, so that this part uses the stream names the others use."""
         try:
             self.core.restore(keep=self._coordinator_has)
+            with self.core.lock:  # restored without the coordinator's word: the state says so
+                for (tenant, name), coord in self._unconfirmed.items():
+                    app = self.core.apps.get(name)
+                    if app is not None and app.tenant == tenant:
+                        app.awaiting_coordinator = coord
+            self._state_dirty.set()
         finally:
             self._restored.set()
 
@@ -628,33 +675,122 @@ class AgentBridge:
         deadline = time.monotonic() + 2.0  # its retained state arrives right after our subscribe
         while self.fleet.state(coord) is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        answered, verdict = self._ask_coordinator(tenant, dep)
+        if not answered:  # kept as saved; _converge_loop asks again until the coordinator answers
+            self._unconfirmed[(tenant, dep.app)] = coord
+        return verdict
+
+    def _ask_coordinator(self, tenant: str, dep: Deployment) -> tuple[bool, bool | Deployment]:
+        """Ask the coordinator of the part ``dep`` whether it still has the app, and its graph:
+        (answered, verdict); verdict True: keep ``dep``, False: the app is gone, a
+        ``Deployment``: the coordinator's newer graph. Not answered: keep ``dep``."""
+        assert dep.part_of is not None
+        coord = dep.part_of.coordinator
         st = self.fleet.state(coord)
         if st is None or st.status != "online":
-            log.warning("app %s/%s: coordinator %s is %s; part restored", tenant, dep.app, coord,
+            log.warning("app %s/%s: coordinator %s is %s; part kept as saved", tenant, dep.app, coord,
                         "unknown" if st is None else st.status)
-            return True
+            return False, True
         r = self._request(coord, tenant, "status", {"app": dep.app}, timeout=RESTORE_ASK_S)
         if r.get("ok"):
             part = (r.get("result") or {}).get("part")
             if part is None:
-                return True
+                return True, True
             try:
                 current = Deployment.model_validate(part)
             except ValueError as e:
-                log.warning("app %s/%s: coordinator %s sent an unreadable graph (%s); saved one restored",
+                log.warning("app %s/%s: coordinator %s sent an unreadable graph (%s); saved one kept",
                             tenant, dep.app, coord, e)
-                return True
+                return True, True
             mask = {"request_id", "part_of"}
             if current.model_dump(exclude=mask) == dep.model_dump(exclude=mask):
-                return True
-            log.info("app %s/%s: the coordinator's graph changed while this device was down; adopting it",
+                return True, True
+            log.info("app %s/%s: the coordinator's graph changed while this device was away; adopting it",
                      tenant, dep.app)
-            return current
+            return True, current
         code = (r.get("error") or {}).get("code")
         if code in ("not_found", "forbidden"):
-            return False
-        log.warning("app %s/%s: coordinator %s did not say (%s); part restored", tenant, dep.app, coord, code)
-        return True
+            return True, False
+        log.warning("app %s/%s: coordinator %s did not say (%s); part kept as saved", tenant, dep.app, coord, code)
+        return False, True
+
+    # -- convergence of apps spanning devices ------------------------------------------------------
+    def _converge_loop(self) -> None:
+        """Every ``CONVERGE_EVERY_S``: a part that missed an update coordinated here (it was
+        unreachable, or offline and back without a restart) gets the app's current graph once
+        its device is online; a part restored here without its coordinator's word asks it
+        again once it is online. Each retry runs on its tenant's command worker, in order with
+        that tenant's commands, so it never races an operator's update of the same app."""
+        while not self._stop.wait(CONVERGE_EVERY_S):
+            if not self._restored.is_set():
+                continue
+            online = self.fleet.online()
+            with self._workers_lock:
+                work = [((t, a), d, self._converge_part) for (t, a), ds in self._unconverged.items()
+                        for d in sorted(ds & online)]
+                work += [((t, a), c, self._confirm_part) for (t, a), c in self._unconfirmed.items() if c in online]
+            for (tenant, name), device, fn in work:
+                key = (tenant, name, device)
+                with self._workers_lock:
+                    if key in self._retrying:
+                        continue
+                    self._retrying.add(key)
+                self._enqueue(tenant, _Retry(lambda k=key, f=fn: self._retry(k, f), f"retry {name} on {device}"))
+
+    def _retry(self, key: tuple[str, str, str], fn: Callable[[str, str, str], None]) -> None:
+        try:
+            fn(*key)
+        finally:
+            with self._workers_lock:
+                self._retrying.discard(key)
+            if self._state_dirty.is_set():
+                self._publish_state()
+
+    def _converge_part(self, tenant: str, name: str, device: str) -> None:
+        """Send ``device`` the current graph of app ``name`` (coordinated here), then its go."""
+        app = self.core.apps.get(name)
+        if app is None or app.tenant != tenant or app.deployment.part_of is not None \
+                or device not in remote_devices(app.deployment, self.device):
+            with self._workers_lock:  # removed or changed meanwhile: nothing left to converge
+                self._unconverged.pop((tenant, name), None)
+            return
+        timeout = min(15.0, self.part_timeout)
+        r = self._request(device, tenant, "deploy", self._part(app.deployment, hold=False), timeout=timeout)
+        if r.get("ok"):
+            r = self._request(device, tenant, "start", {"app": name}, timeout=timeout)
+        if not r.get("ok"):
+            log.info("app %s/%s: part on %s still without the current graph (%s); retried later", tenant, name,
+                     device, (r.get("error") or {}).get("code"))
+            return
+        log.info("app %s/%s: part on %s has the current graph", tenant, name, device)
+        with self._workers_lock:
+            left = self._unconverged.get((tenant, name), set())
+            left.discard(device)
+            if not left:
+                self._unconverged.pop((tenant, name), None)
+
+    def _confirm_part(self, tenant: str, name: str, coord: str) -> None:
+        """Ask the coordinator again about a part restored without its word; act on the answer."""
+        app = self.core.apps.get(name)
+        if app is None or app.tenant != tenant or app.deployment.part_of is None:
+            with self._workers_lock:
+                self._unconfirmed.pop((tenant, name), None)
+            return
+        answered, verdict = self._ask_coordinator(tenant, app.deployment)
+        if not answered:
+            return
+        with self._workers_lock:
+            self._unconfirmed.pop((tenant, name), None)
+        with self.core.lock:
+            app.awaiting_coordinator = None
+        self._state_dirty.set()
+        if verdict is False:
+            log.info("app %s/%s: removed, its coordinator %s no longer has it", tenant, name, coord)
+            self.core.remove(tenant, RemoveCommand(app=name))
+        elif isinstance(verdict, Deployment):
+            self.core.adopt(tenant, verdict)
+            if app.status == "running":
+                self.core.start(tenant, StartCommand(app=name))  # send on the new stream names
 
     def _hops(self, app: App) -> list[HopMetrics] | None:
         dep = app.deployment

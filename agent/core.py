@@ -81,12 +81,17 @@ class App:
     relays: set[tuple[str, str, str]] = field(default_factory=set)  # keys of the relays it uses
     held: list[str] = field(default_factory=list)  # sources started held, waiting for start
     waiting: bool = False  # started with hold, not released yet (a part waiting for its go)
+    awaiting_coordinator: str | None = None  # a part restored without its coordinator's word
     #: out relays to rename once every part listens on the new name (key -> new stream)
     renames: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.tenant}/{self.deployment.app}"
+
+    @property
+    def key_pair(self) -> tuple[str, str]:
+        return self.tenant, self.deployment.app
 
 
 @dataclass
@@ -744,7 +749,8 @@ class AgentCore:
             apps: dict[str, dict[str, AppState]] = {}
             for name, app in self.apps.items():
                 apps.setdefault(app.tenant, {})[name] = AppState(
-                    modules=sorted(set(app.modules.values())), status=app.status, error=app.error)
+                    modules=sorted(set(app.modules.values())), status=app.status, error=app.error,
+                    awaiting_coordinator=app.awaiting_coordinator)
             mods = {
                 name: ModuleState(
                     type=inst.spec.type, apps=sorted(self.apps[a].key for a in self.users.get(name, ()) if a in self.apps),

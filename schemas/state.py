@@ -28,6 +28,12 @@ class AppState(BaseModel):
     )
     status: AppStatus
     error: str | None = Field(default=None, description="why it failed, when it did")
+    awaiting_coordinator: str | None = Field(
+        default=None,
+        description="a part of an app spanning devices, restored with its last desired graph while its "
+        "coordinator (this device id) could not be asked whether the app still exists or changed; "
+        "cleared once the coordinator answers",
+    )
 
 
 class ModuleState(BaseModel):

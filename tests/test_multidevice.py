@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_harness import AgentProc, Commander, Watcher
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -382,3 +383,67 @@ def test_part_down_during_an_update_adopts_the_new_graph_at_restart(fleet):
     assert ids == sorted(ids) and len(set(ids)) == len(ids), ids  # in order from some frame on
     assert desired(agents[b])["late"]["deployment"]["modules"]["dec"]["args"]["fps"] == 25
     wait_log(agents[b], "adopting it")
+
+
+# -- parts that miss an update or their coordinator's word, without a restart -------------------
+def test_part_unreachable_during_an_update_converges_when_back_without_a_restart(fleet, mosquitto, tmp_path):
+    """B stays ``online`` (its MQTT connection is up; only what the broker sends it is lost,
+    as on a half-open uplink) while A coordinates an update: B misses the new graph. Once the
+    path heals, A sends it again by itself: B adopts it without an agent restart, and frames
+    on the new stream names reach it."""
+    w, start, agents = fleet
+    a = start("a")
+    proxy = TcpProxy(mosquitto.host, mosquitto.port)
+    b = f"b-{start.uid}"
+    try:
+        agents[b] = AgentProc(proxy.url, b, tmp_path / b, w, *BIND)
+        r = Commander(w, a).send("deploy", split_app("cut", a, b, policy="drop_oldest"))
+        assert r["ok"], r
+        ev = f"edgeva/v1/{b}/default/events/cut"
+        w.wait(ev, lambda ms: len(ms) >= 10)
+        pid = agents[b].proc.pid
+        proxy.cut()
+        r = Commander(w, a).send("update", {"app": "cut", "module": "dec", "args": {"fps": 25}}, timeout=90)
+        assert r["ok"] and r["result"]["parts"][b]["error"]["code"] == "timeout", r
+        assert state(w, b)["status"] == "online", "B must have looked online all along (cut, not down)"
+        assert proxy.dropped_bytes > 0
+        assert desired(agents[b])["cut"]["deployment"]["modules"]["dec"]["args"]["fps"] == 20  # B missed it
+        proxy.heal()
+        deadline = time.monotonic() + 60
+        while desired(agents[b])["cut"]["deployment"]["modules"]["dec"]["args"]["fps"] != 25:
+            assert time.monotonic() < deadline, f"B never got the new graph:\n{agents[a].log.read_text()[-2000:]}"
+            time.sleep(0.2)
+        n = len(w.get(ev))
+        ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 15, timeout=60)[n:])  # the new names reach B
+        assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
+        assert agents[b].proc.pid == pid and agents[b].proc.poll() is None, "B was restarted"
+        wait_log(agents[a], "has the current graph")
+    finally:
+        proxy.close()
+
+
+def test_part_restored_while_its_coordinator_is_away_says_so_until_it_answers(fleet):
+    """B restarts while A, the app's coordinator, is down: B restores its part as saved and its
+    retained state says it awaits A; when A is back, B asks again, the mark goes, frames flow."""
+    w, start, agents = fleet
+    a, b = start("a"), start("b")
+    r = Commander(w, a).send("deploy", split_app("away", a, b, policy="drop_oldest"))
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/away"
+    w.wait(ev, lambda ms: len(ms) >= 10)
+    agents[a].kill(signal.SIGKILL)
+    w.wait(f"edgeva/v1/{a}/state", lambda ms: ms[-1]["status"] == "offline")
+    agents[b].stop()
+    agents[b] = AgentProc(agents[b].url, b, agents[b].state_dir, w, *BIND)
+
+    def app_state(ms: list) -> dict:
+        return ms[-1].get("apps", {}).get("default", {}).get("away", {})
+
+    st = w.wait(f"edgeva/v1/{b}/state", lambda ms: app_state(ms).get("awaiting_coordinator") == a, timeout=30)
+    assert app_state(st)["status"] == "running", st[-1]
+    agents[a] = AgentProc(agents[a].url, a, agents[a].state_dir, w, *BIND)
+    w.wait(f"edgeva/v1/{b}/state", lambda ms: app_state(ms).get("status") == "running"
+           and app_state(ms).get("awaiting_coordinator") is None, timeout=60)
+    n = len(w.get(ev))
+    ids = ids_of(w.wait(ev, lambda ms: len(ms) >= n + 10, timeout=60)[n:])
+    assert ids == sorted(ids), ids

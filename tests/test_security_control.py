@@ -304,6 +304,50 @@ def test_modules_are_shared_within_a_tenant_only(fleet: Fleet) -> None:
         assert name not in seen, f"globex received {name!r}"
 
 
+def test_a_stuck_consumer_costs_another_tenants_app_nothing(fleet: Fleet) -> None:
+    """A tenant's module that stops reading (SIGSTOP: stuck, not dead) on a camera another
+    tenant watches too: the other tenant's app keeps its frame rate and drops nothing; the
+    stuck app's drops are its own."""
+    import os
+    import signal
+
+    acme, globex = fleet.cmd("acme"), fleet.cmd("globex")
+    stuck = app("a-stuck")
+    stuck["modules"]["pub"]["policy"] = "drop_oldest"  # a live view: it skips rather than pace its decoder
+    assert acme.send("deploy", stuck, timeout=30)["ok"]
+    assert globex.send("deploy", app("g-live"), timeout=30)["ok"]
+    dev, gw = fleet.device, fleet.tenants["globex"]
+    g_events = f"edgeva/v1/{dev}/globex/events/g-live"
+    gw.wait(g_events, lambda ms: len(ms) >= 10, timeout=30)
+    st = fleet.observer.wait(f"edgeva/v1/{dev}/state", lambda ms: any(
+        m["type"] == "publish" and "acme/a-stuck" in m["apps"] and m["pid"] for m in ms[-1]["modules"].values()))
+    pid = next(m["pid"] for m in st[-1]["modules"].values() if m["type"] == "publish" and "acme/a-stuck" in m["apps"])
+
+    def rate(seconds: float) -> float:
+        n0, t0 = len(gw.get(g_events)), time.monotonic()
+        time.sleep(seconds)  # a measurement window, not a wait for a condition
+        return (len(gw.get(g_events)) - n0) / (time.monotonic() - t0)
+
+    before = rate(4.0)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        during = rate(4.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert during >= 0.8 * before and during > 5, f"globex's app went from {before:.1f} to {during:.1f} events/s"
+
+    def metrics(tenant: str, name: str) -> dict:
+        w = fleet.tenants[tenant]
+        ms = w.wait(f"edgeva/v1/{dev}/{tenant}/metrics", lambda ms: name in ms[-1].get("apps", {}), timeout=15)
+        return ms[-1]["apps"][name]
+
+    deadline = time.monotonic() + 20
+    while metrics("acme", "a-stuck")["dropped"] == 0:  # counted by the next metrics tick
+        assert time.monotonic() < deadline, "the stuck consumer's drops were not counted as its app's"
+        time.sleep(0.5)
+    assert metrics("globex", "g-live")["dropped"] == 0
+
+
 # -- hole 8 -------------------------------------------------------------------------------------
 def test_one_tenants_slow_deploy_does_not_hold_up_another(fleet: Fleet) -> None:
     """Hole 8: one command thread ran every tenant's commands, and a deploy waits for each module
