@@ -69,3 +69,25 @@ def test_monolith_runs_each_app_in_its_own_process():
 
     res = run_monolith(A.scenario(2, "synthetic", 5.0), 5.0)
     assert len(res) == 2 and all("series" in r and r["series"] and r["offered"] > 0 for r in res), res
+
+
+def test_single_device_cases_detect_every_frame_and_the_demo_tuning_every_second():
+    # The paper's claim (the monolith's duplicate detection) needs its workload; the camera
+    # counts and the two-device cases run the demo's args: both must reach the deployments.
+    paper = A.scenario(3, "synthetic", 10.0)
+    demo = A.scenario(3, "synthetic", 10.0, tuning=A.DEMO)
+    assert all(d["modules"]["detector"]["args"].get("interval", 1) == 1 for d in paper)
+    assert all(d["modules"]["detector"]["args"]["interval"] == 2 for d in demo)
+
+
+def test_max_streams_skips_the_probes_it_knows_and_stops_at_the_first_failure():
+    from control.bench_paper.run import _max_streams
+
+    tried: list[int] = []
+
+    def sustains(n: int) -> bool:
+        tried.append(n)
+        return n < 3
+
+    n, probes = _max_streams(sustains, print, known={1: True})
+    assert (n, probes, tried) == (2, {1: True, 2: True, 3: False}, [2, 3])

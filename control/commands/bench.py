@@ -90,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "CASE A (monolith), B (edgeva, one agent), C (two agents on their own CPUs), VideoPipe (emulated), "
         "EdgeEye's placement, cameras sustained, per-hop overhead and Table 2; writes JSON, plots, a report.",
     )
-    pp.add_argument("--quick", action="store_true", help="12 s per run (the whole about 7 min on 2 cores)")
+    pp.add_argument("--quick", action="store_true", help="10 s per run, 8 s per camera-count probe (the whole about 5.5 min on 2 cores)")
     pp.add_argument("--video", help="another clip (file path or asset:NAME)")
     pp.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     pp.add_argument("--out", default="out/paper", help="folder for plots and the report (default: %(default)s)")
