@@ -254,8 +254,21 @@ def _supervise(procs: dict[str, mp.Process], outs: dict[str, Connection], deadli
                 code = procs[r].exitcode
                 return {"error": f"{r} died (exit code {code}) without reporting"}
             if r in results and not results[r]["ok"]:
-                return results[r]
+                return _root_cause(procs, outs, results, r)
     return results
+
+
+def _root_cause(procs: dict[str, mp.Process], outs: dict[str, Connection], results: dict, failed: str) -> dict:
+    """``failed``'s report, unless the other end died without reporting: then the death is the
+    cause (the survivor's error is only the broken pipe it found; which one the parent reads
+    first is a race)."""
+    for o, proc in procs.items():
+        if o == failed or o in results:
+            continue
+        proc.join(timeout=1.0)
+        if proc.exitcode not in (None, 0) and not outs[o].poll():
+            return {"error": f"{o} died (exit code {proc.exitcode}) without reporting"}
+    return results[failed]
 
 
 def pin_cpus() -> tuple[int, int] | None:
