@@ -362,13 +362,20 @@ def test_update_sent_to_a_part_goes_through_its_coordinator(fleet):
     assert ids == list(range(len(ids)))  # one stream, renamed in two phases: nothing lost, in order
 
 
+def deploy_split_and_wait(w, a: str, b: str, app: str) -> str:
+    """Deploy ``app`` split over a and b (live source) from a; wait until b emits its events.
+    Returns b's events topic for it."""
+    r = Commander(w, a).send("deploy", split_app(app, a, b, policy="drop_oldest"))
+    assert r["ok"], r
+    ev = f"edgeva/v1/{b}/default/events/{app}"
+    w.wait(ev, lambda ms: len(ms) >= 10)
+    return ev
+
+
 def test_part_down_during_an_update_adopts_the_new_graph_at_restart(fleet):
     w, start, agents = fleet
     a, b = start("a"), start("b")
-    r = Commander(w, a).send("deploy", split_app("late", a, b, policy="drop_oldest"))
-    assert r["ok"], r
-    ev = f"edgeva/v1/{b}/default/events/late"
-    w.wait(ev, lambda ms: len(ms) >= 10)
+    ev = deploy_split_and_wait(w, a, b, "late")
     agents[b].kill(signal.SIGKILL)
     w.wait(f"edgeva/v1/{b}/state", lambda ms: ms[-1]["status"] == "offline")
     hears_offline(w, a, b)
@@ -427,10 +434,7 @@ def test_part_restored_while_its_coordinator_is_away_says_so_until_it_answers(fl
     retained state says it awaits A; when A is back, B asks again, the mark goes, frames flow."""
     w, start, agents = fleet
     a, b = start("a"), start("b")
-    r = Commander(w, a).send("deploy", split_app("away", a, b, policy="drop_oldest"))
-    assert r["ok"], r
-    ev = f"edgeva/v1/{b}/default/events/away"
-    w.wait(ev, lambda ms: len(ms) >= 10)
+    ev = deploy_split_and_wait(w, a, b, "away")
     agents[a].kill(signal.SIGKILL)
     w.wait(f"edgeva/v1/{a}/state", lambda ms: ms[-1]["status"] == "offline")
     agents[b].stop()
