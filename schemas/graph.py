@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -81,20 +82,27 @@ class ValidatedGraph:
         JSON, device, sorted identities of its upstreams, and ``scope`` when set). Equal across apps for modules that
         would produce the same stream, so they can share one running instance."""
         if name not in self._ids:
-            config = self.configs[name]
-            ups = sorted({self.identity(u) for u in self.upstream[name]})
-            key = [
-                config.type,  # type: ignore[attr-defined]
-                config.model_dump(mode="json"),
-                self.devices[name],
-                ups,
-            ]
-            if self.scope:
-                key.append(self.scope)
-            blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-            digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-            self._ids[name] = f"{config.type}-{digest}"  # type: ignore[attr-defined]
+            # All at once, in topological order: each module's upstreams are known by then, and
+            # no recursion (a chain of 20,000 modules fits in a 1 MiB command).
+            for node in self.order:
+                if node not in self._ids:
+                    self._ids[node] = self._identity(node)
         return self._ids[name]
+
+    def _identity(self, name: str) -> str:
+        config = self.configs[name]
+        ups = sorted({self.identity(u) for u in self.upstream[name]})  # known: upstreams come first
+        key = [
+            config.type,  # type: ignore[attr-defined]
+            config.model_dump(mode="json"),
+            self.devices[name],
+            ups,
+        ]
+        if self.scope:
+            key.append(self.scope)
+        blob = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return f"{config.type}-{digest}"  # type: ignore[attr-defined]
 
     def identities(self) -> dict[str, str]:
         """Module name -> identity, for every module (in topological order)."""
@@ -133,39 +141,45 @@ def _check_args(name: str, spec: ModuleSpec, cls: type[BaseModel]) -> BaseModel:
 
 
 def _find_cycle(dep: Deployment) -> tuple[list[str], str, int] | None:
-    """Depth-first search in declaration order; returns (cycle, from, output index) or None."""
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
+    """Depth-first search in declaration order; returns (cycle, from, output index) or None.
 
-    def visit(node: str) -> tuple[list[str], str, int] | None:
-        state[node] = 1
-        stack.append(node)
-        for i, out in enumerate(dep.modules[node].outputs):
-            if state.get(out) == 1:
-                return [*stack[stack.index(out):], out], node, i
-            if out not in state:
-                found = visit(out)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for name in dep.modules:
-        if name not in state:
-            found = visit(name)
-            if found:
-                return found
+    Iterative, with the position of each module on the stack kept in a dict: a command may
+    hold tens of thousands of modules, in a chain (too deep to recurse) or all outputs of one
+    (a list searched per output was quadratic: seconds of CPU for one sub-1 MiB command)."""
+    done: set[str] = set()
+    on_stack: dict[str, int] = {}  # module -> its index in ``stack``
+    stack: list[tuple[str, int]] = []  # (module, index of its next output to follow)
+    for root in dep.modules:
+        if root in done:
+            continue
+        on_stack[root] = 0
+        stack.append((root, 0))
+        while stack:
+            node, i = stack[-1]
+            outs = dep.modules[node].outputs
+            if i == len(outs):
+                stack.pop()
+                del on_stack[node]
+                done.add(node)
+                continue
+            stack[-1] = (node, i + 1)
+            out = outs[i]
+            if out in on_stack:
+                return [*(n for n, _ in stack[on_stack[out]:]), out], node, i
+            if out not in done:
+                on_stack[out] = len(stack)
+                stack.append((out, 0))
     return None
 
 
 def _topological(dep: Deployment, upstream: dict[str, list[str]]) -> list[str]:
-    # Kahn's algorithm, picking ready modules in declaration order so the result is stable.
-    waiting = {name: len(set(ups)) for name, ups in upstream.items()}
+    # Kahn's algorithm, picking ready modules in declaration order so the result is stable
+    # (a deque: popping the head of a list is linear, quadratic over the whole graph).
+    waiting = {name: len(ups) for name, ups in upstream.items()}  # outputs are unique (checked)
     order: list[str] = []
-    ready = [n for n in dep.modules if waiting[n] == 0]
+    ready = deque(n for n in dep.modules if waiting[n] == 0)
     while ready:
-        node = ready.pop(0)
+        node = ready.popleft()
         order.append(node)
         for out in dep.modules[node].outputs:
             waiting[out] -= 1
@@ -197,12 +211,14 @@ def validate_graph(
                for name, spec in mods.items()}
     upstream: dict[str, list[str]] = {name: [] for name in mods}
     for name, spec in mods.items():
+        seen: set[str] = set()  # a set, not the list so far: linear in the outputs
         for i, out in enumerate(spec.outputs):
-            path = _path(name, "outputs", i)
             if out not in mods:
-                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {shown(out)} in app {dep.app!r}", path)
-            if out in spec.outputs[:i]:
-                raise EdgevaError(DUPLICATE_NAME, f"{shown(out)} is listed twice", path)
+                raise EdgevaError(UNKNOWN_OUTPUT, f"no module named {shown(out)} in app {dep.app!r}",
+                                  _path(name, "outputs", i))
+            if out in seen:
+                raise EdgevaError(DUPLICATE_NAME, f"{shown(out)} is listed twice", _path(name, "outputs", i))
+            seen.add(out)
             upstream[out].append(name)
     cycle = _find_cycle(dep)
     if cycle:
