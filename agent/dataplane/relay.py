@@ -48,6 +48,7 @@ class RingToLink:
         link.open_stream(stream, policy, depth)
         self._cons = RingConsumer.attach(ring_name, policy=policy)
         self.sent = self.send_timeouts = self.too_large = 0
+        self._dropped_at_end: int | None = None  # set before the consumer's mapping goes
         self._log = QuietLog(log, logging.ERROR)
         self.done = threading.Event()
         self._stop = threading.Event()
@@ -56,7 +57,8 @@ class RingToLink:
 
     @property
     def ring_dropped(self) -> int:
-        return self._cons.dropped
+        end = self._dropped_at_end
+        return self._cons.dropped if end is None else end
 
     def _run(self) -> None:
         cons = self._cons
@@ -83,6 +85,7 @@ class RingToLink:
         except Exception:
             log.exception("relay ring->link %s failed", self.stream)
         finally:
+            self._dropped_at_end = cons.dropped  # the mapping goes with close: keep the count
             cons.close()
             self.done.set()
 

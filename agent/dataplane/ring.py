@@ -18,6 +18,12 @@ consumers after a commit. The producer waits the same way when ``block`` consume
 slot. Abstract sockets need no files, so a crash leaves nothing behind but the segment, which
 ``sweep_segments`` removes once its producer is dead.
 
+Wake-up notes carry nothing the receiver trusts. Abstract socket names are listed in
+``/proc/net/unix`` for every local user and have no permission bits, so anyone on the host can
+send to them: a note only means "look now". The receiver drains its socket and re-reads what
+changed (seq, slot, length) from the shared control block under the lock; a forged or garbage
+datagram costs at most one spurious look.
+
 Policies, per consumer: ``block`` (lossless: the producer waits for it) and ``drop_oldest`` (live
 sources: when it has ``depth`` messages pending, or when the producer needs its slot, its oldest
 pending message is skipped and counted in ``dropped``; the producer and other consumers go on).
@@ -28,25 +34,29 @@ A ring object belongs to one thread at a time.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import select
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.dataplane.codec import FrameWriter, decode
 from agent.dataplane.segment import (
+    SHM_DIR,
     SegmentError,
     create_segment,
     list_segments,
     open_segment,
+    own_segment,
     pid_alive,
     unlink_segment,
 )
 from schemas.message import Message
+
+log = logging.getLogger("edgeva.ring")
 
 Policy = Literal["block", "drop_oldest"]
 _POLICIES: dict[str, int] = {"block": 0, "drop_oldest": 1}
@@ -54,7 +64,8 @@ _POLICIES: dict[str, int] = {"block": 0, "drop_oldest": 1}
 MAGIC = int.from_bytes(b"EVARING1", "little")
 VERSION = 1
 PAGE = 4096
-_HANDOFF = struct.Struct("<qqq")  # wake-up note: seq, slot, length of a message handed over
+_NOTE = b"!"  # a wake-up note's only content: "look now" (see the module docstring)
+_NOTE_BUF = 64  # receive buffer of a wake-up socket: whatever a sender puts in a datagram is dropped
 SMALL_MESSAGE = 65536  # array bytes up to which publish() encodes under the lock
 
 # Control block: int64 words.
@@ -139,9 +150,9 @@ class _Ring:
     def _unlock(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _notify(self, addr: bytes, note: bytes = b"!") -> None:
+    def _notify(self, addr: bytes) -> None:
         try:
-            self._tx.sendto(note, addr)
+            self._tx.sendto(_NOTE, addr)
         except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
             # Full queue: the peer has wake-ups pending anyway. Refused: the peer is gone.
             pass
@@ -242,6 +253,7 @@ class RingProducer(_Ring):
         self._rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._rx.bind(_sock_addr(name, "p", w[H_TOKEN]))
         self._rx.setblocking(False)
+        self._note = bytearray(_NOTE_BUF)
         self._closed = False
         return self
 
@@ -346,11 +358,11 @@ class RingProducer(_Ring):
         finally:
             self._unlock()
         self._reserved = -1
-        for addr, note in wake:
-            self._notify(addr, note)
+        for addr in wake:
+            self._notify(addr)
         return seq
 
-    def _publish_locked(self, s: int, n: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+    def _publish_locked(self, s: int, n: int) -> tuple[int, list[bytes]]:
         """Make slot ``s`` (``n`` bytes) the next message; returns its seq and whom to wake."""
         w = self._w
         wake = []
@@ -367,15 +379,13 @@ class RingProducer(_Ring):
             if w[b + C_POLICY] and seq + 1 - w[b + C_NEXT] > w[b + C_DEPTH]:
                 self._skip(c)
             if w[b + C_WAITING]:
-                # It waits for exactly this message: make it the holder now and say so in the
-                # wake-up, so it returns without taking the lock again.
+                # It waits for exactly this message: make it the holder now (it finds the slot
+                # in its table entry when it looks, under the lock) and wake it.
                 w[b + C_WAITING] = 0
                 if w[b + C_NEXT] == seq and w[b + C_HELD] < 0:
                     w[b + C_HELD], w[b + C_NEXT] = s, seq + 1
                     w[b + C_CONSUMED] += 1
-                    wake.append((self._consumer_addr(c, w[b + C_TOKEN]), _HANDOFF.pack(seq, s, n)))
-                else:
-                    wake.append((self._consumer_addr(c, w[b + C_TOKEN]), b"!"))
+                wake.append(self._consumer_addr(c, w[b + C_TOKEN]))
         return seq, wake
 
     def abort(self) -> None:
@@ -403,8 +413,8 @@ class RingProducer(_Ring):
             finally:
                 self._unlock()
             if s >= 0:
-                for addr, note in wake:
-                    self._notify(addr, note)
+                for addr in wake:
+                    self._notify(addr)
                 return seq
         wr = self.reserve(timeout)
         try:
@@ -422,7 +432,7 @@ class RingProducer(_Ring):
             if step <= 0:
                 return False
             if select.select([self._rx], [], [], step)[0]:
-                _drain(self._rx)
+                _drain(self._rx, self._note)
                 return True
             if self.reap_dead():
                 return True
@@ -543,7 +553,7 @@ class RingConsumer(_Ring):
         self._decoded: list[dict] = [{} for _ in range(self.nslots)]  # array views per slot
         self._attached = True
         self._holding = False  # this process knows it holds C_HELD (vs. an unseen hand-off)
-        self._last = -1  # seq of the last message returned: older hand-off notes are stale
+        self._note = bytearray(_NOTE_BUF)  # wake-ups are received here and thrown away
         self.eof = False
         return self
 
@@ -579,7 +589,7 @@ class RingConsumer(_Ring):
                         w[H_PWAIT] = 0
                         wake_producer = True
                 s = w[b + C_HELD]
-                if s >= 0:  # handed to us by the producer while we were not looking
+                if s >= 0:  # handed to us by the producer while we were waiting
                     seq = w[self._so + s * S_WORDS + S_SEQ]
                 elif w[b + C_NEXT] < w[H_WSEQ]:
                     seq = w[b + C_NEXT]
@@ -593,38 +603,32 @@ class RingConsumer(_Ring):
                     w[b + C_WAITING] = int(timeout != 0 and not timed_out)
                 if s >= 0:
                     n = w[self._so + s * S_WORDS + S_LEN]
+                    if not (s < self.nslots and 0 <= n <= self.slot_size):
+                        raise RingError(f"ring {self.name!r}: slot table corrupt (slot {s}, length {n})")
             finally:
                 self._unlock()
             if wake_producer:
                 self._notify(self._paddr)
             if s >= 0:
-                self._holding, self._last = True, seq
+                self._holding = True
                 return decode(self._views[s][:n], cache=self._decoded[s])
             if self.eof or timed_out or timeout == 0:
                 return None
             if deadline == -1.0:
                 deadline = None if timeout is None else time.monotonic() + timeout
-            note = self._wait(deadline)
-            if note is None:
+            if not self._wait(deadline):
                 timed_out = True  # one more look under the lock: a hand-off may have raced us
-            elif len(note) == _HANDOFF.size:
-                seq, s, n = _HANDOFF.unpack(note)
-                if seq > self._last:
-                    # The producer already made us the holder of ``seq``: no lock needed.
-                    self._holding, self._last = True, seq
-                    return decode(self._views[s][:n], cache=self._decoded[s])
+            # Woken (by the producer, or by anyone: the note's content is not read): look again.
 
-    def _wait(self, deadline: float | None) -> bytes | None:
-        """The next wake-up datagram, or None at ``deadline``."""
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait for a wake-up note (drained unread); False at ``deadline``."""
         step = None if deadline is None else deadline - time.monotonic()
         if step is not None and step <= 0:
-            return None
+            return False
         if select.select([self._rx], [], [], step)[0]:
-            try:
-                return self._rx.recv(64)
-            except BlockingIOError:
-                return b""
-        return None
+            _drain(self._rx, self._note)
+            return True
+        return False
 
     def release(self) -> None:
         """Give back the message from the last ``get`` (its arrays must not be used after)."""
@@ -684,11 +688,13 @@ class RingConsumer(_Ring):
         self.close()
 
 
-def _drain(sock: socket.socket) -> None:
+def _drain(sock: socket.socket, buf: bytearray) -> None:
+    """Throw away every pending wake-up note (into ``buf``: no allocation). One look under the
+    lock then covers them all, so a flood of forged notes costs one look per wake-up."""
     try:
         while True:
-            sock.recv(64)
-    except BlockingIOError:
+            sock.recv_into(buf)
+    except (BlockingIOError, InterruptedError):
         pass
 
 
@@ -726,10 +732,27 @@ def producer_pid(name: str) -> int | None:
 
 def sweep_segments(prefix: str | None = None) -> list[str]:
     """Remove edgeva ring segments whose producer process is dead (left by a crash or a
-    SIGKILL). Live rings are untouched. Returns the names removed."""
-    removed = []
+    SIGKILL). Live rings are untouched. Returns the names removed.
+
+    Only this user's regular files named ``edgeva.<prefix>.*`` are read or removed: any local
+    user can create files in /dev/shm, and one named like ours (another user's, a symbolic link,
+    an empty or unreadable file) must neither stop the agent from starting nor be removed by
+    it. Those are left alone and said in one warning per sweep; this never raises for them."""
+    removed: list[str] = []
+    skipped: list[str] = []
     for name in list_segments(prefix):
-        pid = producer_pid(name)
+        if not own_segment(name):
+            skipped.append(f"{name} (another user's, or not a regular file)")
+            continue
+        try:
+            pid = producer_pid(name)
+        except (OSError, ValueError) as e:  # e.g. an empty file: mmap refuses it
+            skipped.append(f"{name} ({type(e).__name__}: {e})")
+            continue
         if pid is not None and not pid_alive(pid) and unlink_segment(name):
             removed.append(name)
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        log.warning("sweep of %s: left alone %d entr%s not ours to sweep: %s%s", SHM_DIR, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", "; ".join(skipped[:3]), more)
     return removed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from multiprocessing import resource_tracker, shared_memory
 
 SHM_DIR = "/dev/shm"
@@ -124,6 +125,19 @@ def list_segments(prefix: str | None = None) -> list[str]:
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(head))
     except FileNotFoundError:
         return []
+
+
+def own_segment(name: str) -> bool:
+    """Whether ``/dev/shm/<name>`` is a regular file owned by this process's user.
+
+    /dev/shm is writable by every local user: a file named like one of ours may be another
+    user's (we must not open, trust or remove it) or a symbolic link. Sticky-bit semantics keep
+    a file that is ours from being replaced by someone else between this check and our use."""
+    try:
+        st = os.lstat(os.path.join(SHM_DIR, name))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def unlink_segment(name: str) -> bool:
