@@ -1,9 +1,17 @@
-"""Module processes: start, watch, restart (rate-limited), stop.
+"""Module processes: start, watch, restart (never giving up, with back-off), stop.
 
 One ``Instance`` per running module process. A reader thread waits on every instance's pipe and
 process sentinel at once and turns what arrives into callbacks on the agent. A module that dies
-unexpectedly is restarted with the same spec, at most ``MAX_RESTARTS`` times in
-``RESTART_WINDOW_S`` (then it is marked failed): a crash loop must not eat the board's CPU.
+unexpectedly is restarted with the same spec: at once, up to ``MAX_RESTARTS`` times in
+``RESTART_WINDOW_S``; after that with exponential back-off (``BACKOFF_FIRST_S`` doubling up to
+``BACKOFF_CAP_S``, status ``backoff``), forever, like Kubernetes' CrashLoopBackOff: a crash loop
+must not eat the board's CPU, and a transient fault (a camera rebooting, a server slow to start,
+a full disk) must not end an app until a person acts. Once a module has run ``BACKOFF_RESET_S``
+the back-off starts again from the beginning.
+
+A setup failure at deploy time is refused at once (the operator is there to see it). With
+``retry_setup`` (the agent restoring its desired state at boot), or once a module has run, a
+setup failure is retried with back-off like a crash.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from agent.jsonsafe import UnsafeValue, json_safe
 from schemas import runner as R
 
 log = logging.getLogger("edgeva.supervisor")
-MAX_RESTARTS = 5
+MAX_RESTARTS = 5  # restarts at once within RESTART_WINDOW_S, before back-off
 RESTART_WINDOW_S = 60.0
+BACKOFF_FIRST_S = 1.0
+BACKOFF_CAP_S = 300.0  # Kubernetes' cap for a crash-looping container
+BACKOFF_RESET_S = 120.0  # running this long forgets earlier crashes
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 WATCH_EVERY_S = 0.25  # watchdog period: detection lands within deadline + this (+ kill, restart)
@@ -51,6 +62,23 @@ def _warm_up() -> None:
         forkserver.ensure_running()
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the supervisor restarts a module that dies (``edgeva agent --restart-*`` flags):
+    ``fast`` restarts at once within ``window_s``, then waits ``first_s`` doubling up to
+    ``cap_s``, forever; ``reset_s`` of running forgets the back-off."""
+
+    fast: int = MAX_RESTARTS
+    window_s: float = RESTART_WINDOW_S
+    first_s: float = BACKOFF_FIRST_S
+    cap_s: float = BACKOFF_CAP_S
+    reset_s: float = BACKOFF_RESET_S
+
+    def delay(self, backoffs: int) -> float:
+        """The wait before the start after ``backoffs`` earlier waits."""
+        return min(self.cap_s, self.first_s * 2 ** min(backoffs, 40))
+
+
 @dataclass
 class Instance:
     """A supervised module process."""
@@ -58,13 +86,13 @@ class Instance:
     spec: R.RunnerSpec
     proc: mp.process.BaseProcess | None = None
     conn: Connection | None = None
-    status: str = "starting"  # starting | running | restarting | stopped | failed | ended
+    status: str = "starting"  # starting | running | restarting | backoff | stopped | failed | ended
     ring: str | None = None
     slot_size: int = 0
     live: bool = False
     error: str | None = None
     restarts: int = 0
-    restart_times: deque = field(default_factory=lambda: deque(maxlen=MAX_RESTARTS))
+    restart_times: deque = field(default_factory=lambda: deque(maxlen=64))
     ready: threading.Event = field(default_factory=threading.Event)
     updated: threading.Event = field(default_factory=threading.Event)
     update_result: R.UpdatedMsg | None = None
@@ -74,6 +102,13 @@ class Instance:
     bad_messages: int = 0  # pipe messages refused (invalid, or an event with no JSON form)
     heartbeat: Heartbeat | None = None  # written by its runner, read by the watchdog
     hung: dict | None = None  # where the watchdog found it stuck (until it is restarted)
+    retry_setup: bool = False  # a setup failure is retried with back-off, not final
+    ran: bool = False  # has been running at least once
+    running_since: float | None = None  # monotonic, while running
+    backoffs: int = 0  # back-off waits since it last ran BACKOFF_RESET_S
+    backoff_s: float = 0.0  # the current wait, while in back-off
+    next_attempt: float | None = None  # monotonic time of the next start, while in back-off
+    next_attempt_ts: float | None = None  # the same as unix time, for state and events
 
     @property
     def name(self) -> str:
@@ -93,8 +128,10 @@ class Supervisor:
         on_event: Callable[[Instance, dict], None],
         on_metrics: Callable[[Instance, R.MetricsMsg], None],
         on_change: Callable[[Instance], None],
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.ctx = _context()
+        self.restart = restart or RestartPolicy()
         self.on_event, self.on_metrics, self.on_change = on_event, on_metrics, on_change
         self.instances: dict[str, Instance] = {}
         self._lock = threading.RLock()
@@ -107,10 +144,13 @@ class Supervisor:
         threading.Thread(target=_warm_up, name="forkserver-warm-up", daemon=True).start()
 
     # -- starting and stopping --------------------------------------------------------------------
-    def start(self, spec: R.RunnerSpec, wait_ready: bool = True, timeout: float = READY_TIMEOUT_S) -> Instance:
+    def start(self, spec: R.RunnerSpec, wait_ready: bool = True, timeout: float = READY_TIMEOUT_S,
+              retry_setup: bool = False) -> Instance:
         """Start a module process; with ``wait_ready``, return once it is running or raise
-        ``RuntimeError`` with the module's reason (setup failure, crash, timeout)."""
-        inst = Instance(spec)
+        ``RuntimeError`` with the module's reason (setup failure, crash, timeout). With
+        ``retry_setup`` (restoring at boot) a setup failure is not raised: the module goes to
+        ``backoff`` and is started again later, and this returns once it is running or waiting."""
+        inst = Instance(spec, retry_setup=retry_setup)
         with self._lock:
             self.instances[spec.name] = inst
             self._spawn(inst)
@@ -137,6 +177,8 @@ class Supervisor:
         if not inst.ready.wait(timeout):
             self.stop(inst.name)
             raise RuntimeError(f"module {inst.name} did not become ready within {timeout:.0f}s")
+        if inst.status == "backoff" and inst.retry_setup:
+            return  # retried later; the caller goes on without it
         if inst.status != "running":
             raise RuntimeError(inst.error or f"module {inst.name} exited during setup")
 
@@ -207,7 +249,7 @@ class Supervisor:
             for inst in self.instances.values():
                 if inst.conn is not None and not inst.conn.closed:
                     watch[inst.conn] = inst
-                if inst.proc is not None and inst.status not in ("failed", "ended"):
+                if inst.proc is not None and inst.status not in ("failed", "ended", "backoff"):
                     watch[inst.proc.sentinel] = inst
         for ready in wait(list(watch), timeout=WATCH_EVERY_S):
             if ready is self._wake_r:
@@ -221,6 +263,26 @@ class Supervisor:
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + WATCH_EVERY_S
             self._watchdog()
+            self._backoff_tick()
+
+    def _backoff_tick(self) -> None:
+        """Start the modules whose back-off wait is over; forget the back-off of those that have
+        run long enough."""
+        now = time.monotonic()
+        with self._lock:
+            for inst in list(self.instances.values()):
+                if inst.status == "backoff" and inst.next_attempt is not None and now >= inst.next_attempt:
+                    inst.status, inst.next_attempt, inst.next_attempt_ts = "restarting", None, None
+                    inst.restarts += 1
+                    log.warning("module %s: back-off over, restart %d", inst.name, inst.restarts)
+                    if inst.conn is not None:
+                        inst.conn.close()
+                    self._spawn(inst)
+                    self._changed(inst)
+                elif (inst.status == "running" and inst.backoffs and inst.running_since is not None
+                      and now - inst.running_since >= self.restart.reset_s):
+                    inst.backoffs, inst.backoff_s = 0, 0.0
+                    inst.restart_times.clear()
 
     def _watchdog(self) -> None:
         """Kill every running module whose heartbeat says it is stuck in one call past its
@@ -272,8 +334,12 @@ class Supervisor:
             self.on_metrics(inst, msg)
         elif isinstance(msg, R.ReadyMsg):
             inst.ring, inst.slot_size, inst.live = msg.ring, msg.slot_size, msg.live
+            recovered = inst.backoffs > 0
             inst.status, inst.error = "running", None
+            inst.ran, inst.running_since = True, time.monotonic()
             inst.ready.set()
+            if recovered:
+                self._event(inst, {"event": "module_recovered", "module": inst.name, "restarts": inst.restarts})
             self.on_change(inst)
         elif isinstance(msg, R.FailedMsg):
             inst.error = f"{msg.stage}: {msg.message}"
@@ -305,23 +371,22 @@ class Supervisor:
             inst.status = "ended"
             self._changed(inst)
             return
-        if inst.status == "starting":
-            # Died before ready: a setup failure is not worth retrying automatically.
+        inst.running_since = None
+        if inst.status in ("starting", "restarting") and not (inst.ran or inst.retry_setup):
+            # Died before ready at deploy time: refused at once, the operator sees why.
             inst.status = "failed"
             inst.error = inst.error or f"exited with code {code} during setup"
             inst.ready.set()
             self._changed(inst)
             return
         now = time.monotonic()
-        recent = [t for t in inst.restart_times if now - t < RESTART_WINDOW_S]
-        why = "hung" if inst.hung else "crashed"
-        if len(recent) >= MAX_RESTARTS:
-            inst.status = "failed"
-            inst.error = (f"{why} ({inst.error})" if inst.hung else why) + (
-                f"; {MAX_RESTARTS} restarts in {RESTART_WINDOW_S:.0f}s already (last exit code {code}); not restarted")
-            log.error("module %s: %s", inst.name, inst.error)
+        recent = [t for t in inst.restart_times if now - t < self.restart.window_s]
+        why = "hung" if inst.hung else ("crashed" if inst.status == "running" else "failed in setup")
+        reason = f"{why} ({inst.error})" if inst.error else f"{why} (exit code {code})"
+        if inst.status == "starting" or inst.backoffs or len(recent) >= self.restart.fast:
+            # A setup failure (a camera still down) or a crash loop: wait, longer each time.
+            self._back_off(inst, reason)
             self._hung_event(inst, restarted=False)
-            self._changed(inst)
             return
         inst.restart_times.append(now)
         inst.restarts += 1
@@ -335,14 +400,27 @@ class Supervisor:
                     inst.conn.close()
                 self._spawn(inst)
 
-    def _hung_event(self, inst: Instance, restarted: bool) -> None:
-        """Tell the apps using a module that the watchdog killed it, and where it was stuck."""
-        if not inst.hung:
-            return
-        event = {"event": "module_hung", "module": inst.name, **inst.hung, "restarted": restarted,
-                 "restarts": inst.restarts}
+    def _back_off(self, inst: Instance, reason: str) -> None:
+        delay = self.restart.delay(inst.backoffs)
+        inst.backoffs += 1
+        inst.status, inst.error, inst.backoff_s = "backoff", reason[:600], delay
+        inst.next_attempt, inst.next_attempt_ts = time.monotonic() + delay, time.time() + delay
+        log.error("module %s: %s; restart %d in %.0f s (back-off)", inst.name, reason, inst.restarts + 1, delay)
+        inst.ready.set()  # a retry_setup start waits no longer
+        self._event(inst, {"event": "module_backoff", "module": inst.name, "error": inst.error,
+                           "restarts": inst.restarts, "backoff_s": delay, "next_attempt_ts": inst.next_attempt_ts})
+        self._changed(inst)
+
+    def _event(self, inst: Instance, event: dict) -> None:
         try:
             self.on_event(inst, event)
         except Exception:
             self.callback_errors += 1
-            log.exception("module %s: hung event callback failed", inst.name)
+            log.exception("module %s: %s event callback failed", inst.name, event.get("event"))
+
+    def _hung_event(self, inst: Instance, restarted: bool) -> None:
+        """Tell the apps using a module that the watchdog killed it, and where it was stuck."""
+        if not inst.hung:
+            return
+        self._event(inst, {"event": "module_hung", "module": inst.name, **inst.hung, "restarted": restarted,
+                           "restarts": inst.restarts})

@@ -50,6 +50,8 @@ class ModuleMetrics(BaseModel):
         default_factory=dict, description="consumer -> frames skipped (drop_oldest)"
     )
     restarts: int = Field(default=0, ge=0)
+    status: str | None = Field(default=None, description="running, restarting, backoff, ... (see the device state)")
+    next_attempt_ts: float | None = Field(default=None, description="unix time of the next start, while in back-off")
     counters: dict[str, float] = Field(
         default_factory=dict, description="the module's own figures, e.g. reid: embeddings, embeddings_per_frame"
     )

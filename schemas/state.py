@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.deployment import Name
 
 AppStatus = Literal["deploying", "running", "stopped", "failed", "removing"]
-ModuleStatus = Literal["starting", "running", "restarting", "stopped", "failed"]
+ModuleStatus = Literal["starting", "running", "restarting", "backoff", "stopped", "failed"]
 
 
 class AppState(BaseModel):
@@ -46,6 +46,11 @@ class ModuleState(BaseModel):
     pid: int | None = None
     status: ModuleStatus
     restarts: int = Field(default=0, ge=0, description="restarts by the supervisor so far")
+    error: str | None = Field(default=None, max_length=600,
+                              description="why it last stopped or failed to start (while not running)")
+    backoff_s: float | None = Field(default=None, ge=0, description="the current back-off wait, while in back-off")
+    next_attempt_ts: float | None = Field(
+        default=None, description="unix time (s) of the next start, while in back-off (restarts never give up)")
 
 
 class DeviceState(BaseModel):
