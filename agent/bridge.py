@@ -31,6 +31,7 @@ rolled back (other tenants' commands go on). Parts are accepted only with the fl
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -47,6 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.core import AgentCore, App, remote_devices
+from agent.dataplane.quietlog import QuietLog
 from agent.fleet import FleetView, pipeline_hops
 from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
 from agent.outbox import Outbox
@@ -82,6 +84,7 @@ from schemas.topics import (
     cmd_topic,
     cmd_topic_tenant,
     device_metrics_topic,
+    device_topic,
     events_topic,
     parse_cmd_topic,
     reply_subscription,
@@ -102,8 +105,19 @@ FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
 #: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
 #: (256 MiB for mosquitto) would only cost memory and parse time.
 MAX_COMMAND_BYTES = 1 << 20
+#: What is kept of a command over MAX_COMMAND_BYTES until its refusal: its request id is read
+#: from the first 4 KiB (``extract_request_id``).
+OVERSIZED_HEAD = 4096
+#: MQTT 5: the largest packet the broker may send this agent (CONNECT Maximum Packet Size);
+#: the broker drops a bigger message for us instead of sending it. paho reads each packet
+#: whole before any callback (two to three copies of it at once), so this bounds what one
+#: message costs the agent before it is sized. Big enough for the largest retained state or
+#: device metrics of a device at its limits; a command between MAX_COMMAND_BYTES and this
+#: still gets a ``bad_request`` reply. MQTT 3.1.1 has no such property (see docs/security.md).
+MAX_INBOUND_PACKET = 8 << 20
 MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
 TENANT_QUEUE = 256  # commands one tenant may have waiting
+TENANT_QUEUE_BYTES = 8 << 20  # bytes of payload one tenant may have waiting (8 commands of the largest size)
 WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
 MAX_FORWARDS = 4  # updates one tenant may have waiting on a coordinator at once (a thread each)
 CONVERGE_EVERY_S = 3.0  # how often parts that missed an update, or a coordinator's word, are retried
@@ -128,8 +142,22 @@ class _Retry:
         self.fn()
 
 
-def _what(item: object) -> str:
-    return item.what if isinstance(item, _Retry) else str(item[0])  # type: ignore[index]
+class _Command:
+    """A command as it waits for its tenant's worker. ``size``: the payload's size as received;
+    of an oversized payload only its head is kept (``payload``), for the request id."""
+
+    __slots__ = ("topic", "payload", "props", "size")
+
+    def __init__(self, topic: str, payload: bytes, props: Properties | None, size: int) -> None:
+        self.topic, self.payload, self.props, self.size = topic, payload, props, size
+
+
+def _what(item: _Command | _Retry) -> str:
+    return item.what if isinstance(item, _Retry) else item.topic
+
+
+def _queued_bytes(item: _Command | _Retry) -> int:
+    return len(item.payload) if isinstance(item, _Command) else 0
 
 
 class _ResponseTopicError(EdgevaError):
@@ -188,10 +216,15 @@ class AgentBridge:
         if not restore_first:
             self._restored.set()
         self.device = core_args["device"]
-        self.broker, self.options = broker, options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
+        options = options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
+        if options.max_packet is None:  # MQTT 5: the broker drops what paho would read whole
+            options = dataclasses.replace(options, max_packet=MAX_INBOUND_PACKET)
+        self.broker, self.options = broker, options
         self.metrics_period, self.event_rate, self.data_addr = metrics_period, event_rate, data_addr
         self._workers: dict[str, queue.Queue] = {}  # tenant -> its command queue (one thread each)
         self._workers_lock = threading.Lock()
+        self._queued: dict[str, int] = {}  # tenant -> payload bytes waiting in its queue (under _workers_lock)
+        self._drop_log = QuietLog(log)  # dropped commands: a flood must not flood the log
         self._forwards: dict[str, int] = {}  # tenant -> updates waiting on a coordinator (under _workers_lock)
         # Apps spanning devices that are not yet one graph everywhere (see _converge_loop):
         # coordinated here, (tenant, app) -> parts that missed an update; parts here,
@@ -199,8 +232,8 @@ class AgentBridge:
         self._unconverged: dict[tuple[str, str], set[str]] = {}
         self._unconfirmed: dict[tuple[str, str], str] = {}
         self._retrying: set[tuple[str, str, str]] = set()  # retries queued on a tenant's worker
-        self.outbox = Outbox()  # events while the broker is away
-        self.replies = ReplyCache()  # a repeated request id is answered, not applied again
+        self.outbox = Outbox()  # events while the broker is away, per tenant
+        self.replies = ReplyCache()  # a repeated request id is answered, not applied again (per tenant)
         self.buckets: dict[tuple[str, str], _Bucket] = {}
         self._stop = threading.Event()
         self._state_dirty = threading.Event()
@@ -247,17 +280,18 @@ class AgentBridge:
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         parts = m.topic.split("/")
-        if len(parts) == 4 and parts[3] == "state":
-            st = self.fleet.put_state(m.payload)
-            if st is not None and st.device != self.device and st.status == "online":
-                self.peers.peer_state(st.device, st.links)
-            return
-        if len(parts) == 4 and parts[3] == "metrics":
-            self.fleet.put_metrics(m.payload)
+        if (about := device_topic(m.topic)) is not None:
+            device, kind = about  # filed under the topic's device: a payload cannot speak for another
+            if kind == "metrics":
+                self.fleet.put_metrics(device, m.payload)
+                return
+            st = self.fleet.put_state(device, m.payload)
+            if st is not None and device != self.device and st.status == "online":
+                self.peers.peer_state(device, st.links)
             return
         if len(parts) == 6 and parts[4] == "reply" and not m.retain:
             waiter = self._pending.get(parts[5])
-            if waiter is not None:
+            if waiter is not None and waiter[2] == m.topic:  # from the device asked, under the tenant asked
                 try:
                     reply = json.loads(m.payload)
                 except (ValueError, RecursionError):  # a peer's reply is as hostile as a command
@@ -270,24 +304,40 @@ class AgentBridge:
         # our own command topics are commands.
         if m.retain or not mqtt.topic_matches_sub(self._cmd_sub, m.topic):
             return
-        self._enqueue(parts[3], (m.topic, m.payload, getattr(m, "properties", None)))
+        # Sized here, before anything is queued: a tenant's oversized commands once waited
+        # whole in its queue (256 of 24 MiB: gigabytes) for a worker to refuse them. Only the
+        # head is kept, enough to read the request id the refusal is sent to.
+        payload, size = m.payload, len(m.payload)
+        if size > MAX_COMMAND_BYTES:
+            payload = bytes(payload[:OVERSIZED_HEAD])
+        self._enqueue(parts[3], _Command(m.topic, payload, getattr(m, "properties", None), size))
 
     # -- commands ---------------------------------------------------------------------------------
     def _enqueue(self, tenant: str, item: tuple) -> None:
         """Queue a command for its tenant's worker (started on first use): one tenant's slow
         deploy never holds up another's commands; one tenant's commands stay in order."""
+        cost = _queued_bytes(item)
         with self._workers_lock:
             q = self._workers.get(tenant)
             if q is None:
                 if len(self._workers) >= MAX_TENANT_WORKERS:
-                    log.warning("commands of %d tenants in progress: %s dropped", len(self._workers), _what(item))
+                    self._drop_log.note("commands of %d tenants in progress: %s dropped", len(self._workers),
+                                        shown(_what(item)))
                     return
                 q = self._workers[tenant] = queue.Queue(maxsize=TENANT_QUEUE)
                 threading.Thread(target=self._work, args=(tenant, q), name=f"commands-{tenant}", daemon=True).start()
+            queued = self._queued.get(tenant, 0)
+            if queued + cost > TENANT_QUEUE_BYTES:  # a flood costs that tenant its own commands only
+                self._drop_log.note("tenant %s has %d B of commands queued (at most %d B): %s dropped",
+                                    tenant, queued, TENANT_QUEUE_BYTES, shown(_what(item)))
+                return
             try:
                 q.put_nowait(item)
-            except queue.Full:  # a flood costs that tenant its own commands only
-                log.warning("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE, _what(item))
+            except queue.Full:
+                self._drop_log.note("tenant %s has %d commands queued: %s dropped", tenant, TENANT_QUEUE,
+                                    shown(_what(item)))
+                return
+            self._queued[tenant] = queued + cost
 
     def _work(self, tenant: str, q: queue.Queue) -> None:
         # A peer's status question must see the restored apps, not an empty agent.
@@ -306,20 +356,26 @@ class AgentBridge:
                             return
                 continue
             idle_since = time.monotonic()
-            if callable(item):  # the agent's own retry (_converge_loop), in order with the tenant's commands
+            with self._workers_lock:
+                left = self._queued.pop(tenant, 0) - _queued_bytes(item)
+                if left > 0:
+                    self._queued[tenant] = left
+            if isinstance(item, _Retry):  # the agent's own retry (_converge_loop), in order with the tenant's commands
                 try:
                     item()
                 except Exception:
                     log.exception("retry for tenant %s failed", tenant)
                 continue
-            topic, payload, props = item
             try:
-                self._handle(topic, payload, props)
+                self._handle(item.topic, item.payload, item.props, item.size)
             except Exception:  # a bug in replying must not end command handling for everyone
-                log.exception("command on %s could not be handled", topic)
+                log.exception("command on %s could not be handled", item.topic)
 
-    def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
+    def _handle(self, topic: str, payload: bytes, props: Properties | None, size: int | None = None) -> None:
+        """Run one command and reply. ``size``: the payload's size as received, when ``payload``
+        is only its head (an oversized command, cut in ``_on_message``)."""
         t0 = time.monotonic()
+        size = len(payload) if size is None else size
         request_id = tenant = None
         # A reply uses the MQTT 5 response topic only once it is checked against the sender's
         # tenant: until then (a refused topic, say an unknown verb) there is none to use.
@@ -332,8 +388,8 @@ class AgentBridge:
             if device != self.device:
                 return
             checked = props = self._check_response_topic(tenant, props)
-            if len(payload) > MAX_COMMAND_BYTES:
-                raise EdgevaError(BAD_REQUEST, f"payload of {len(payload)} B is over the limit of "
+            if size > MAX_COMMAND_BYTES:
+                raise EdgevaError(BAD_REQUEST, f"payload of {size} B is over the limit of "
                                   f"{MAX_COMMAND_BYTES} B")
             cmd = parse_command(verb, payload)
             request_id = getattr(cmd, "request_id", None) or request_id
@@ -398,7 +454,7 @@ class AgentBridge:
                     and existing.deployment.part_of.coordinator == dep.part_of.coordinator
                     and existing.deployment.model_dump(exclude={"request_id", "part_of"})
                     != dep.model_dump(exclude={"request_id", "part_of"})):
-                return core.adopt(tenant, dep)  # its coordinator's newer graph (an update)
+                return self._adopt_part(tenant, existing, dep)  # its coordinator's newer graph (an update)
             return core.deploy(tenant, dep, known_devices=None, hold=dep.part_of.hold)
         remote = remote_devices(dep, self.device)
         if not remote:
@@ -421,6 +477,18 @@ class AgentBridge:
             return core._app_result(existing, unchanged=True)
         return self._coordinate(tenant, dep, remote,
                                 lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
+
+    def _adopt_part(self, tenant: str, app: App, dep: Deployment) -> dict:
+        """A running part gets its coordinator's newer graph (checked authentic): a module of
+        it on this device whose args changed is updated in place first (refused: nothing is
+        recorded, the coordinator gets the error), then the whole graph is recorded."""
+        result: dict = {}
+        for name, spec in dep.modules.items():
+            old = app.deployment.modules.get(name)
+            if (old is not None and spec.device == self.device and old.type == spec.type
+                    and old.args != spec.args):
+                result = self.core.update(tenant, UpdateCommand(app=dep.app, module=name, args=spec.args))
+        return {**result, **self.core.adopt(tenant, dep)}
 
     def _authentic_part(self, dep: Deployment) -> Deployment:
         """``dep`` without its token if it carries this fleet's token, else ``FORBIDDEN``: only
@@ -452,15 +520,18 @@ class AgentBridge:
 
     def _forward_to(self, tenant: str, verb: str, cmd: Any) -> str | None:
         """The coordinator an ``update`` sent to this part goes to (it propagates it to every
-        part), or None: not an update, not a part of this tenant's app, or the coordinator's own
-        request (its ids start with its device id and a dot, see ``_request``)."""
+        part), or None: not an update, or not a part of this tenant's app. Every ``update`` of
+        a part goes there: a coordinator changes a part's module with a deploy carrying the
+        fleet token (``_adopt_part``), never with an ``update``. (Coordinators' updates were
+        once told apart by their request ids, which a tenant chooses: an ``update`` sent
+        straight to a part with an id like ``<coordinator>.x`` changed that part alone.)"""
         if verb != "update":
             return None
         app = self.core.apps.get(cmd.app)
         if app is None or app.tenant != tenant:
             return None  # the usual not_found/forbidden
         po = app.deployment.part_of
-        if po is None or po.coordinator == self.device or (cmd.request_id or "").startswith(po.coordinator + "."):
+        if po is None or po.coordinator == self.device:
             return None
         return po.coordinator
 
@@ -591,14 +662,17 @@ class AgentBridge:
         if where == self.device:
             result = core.update(tenant, cmd)
         else:
-            r = self._request(where, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}))
+            # The module's device gets the new graph as a part (fleet token), which it applies
+            # in place (``_adopt_part``): an ``update`` sent to a part always goes to its
+            # coordinator, whoever sends it.
+            new = {**spec.args, **cmd.args}  # type: ignore[union-attr]
+            dep = app.deployment
+            new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new})}})
+            r = self._request(where, tenant, "deploy", self._part(new_dep, hold=False))
             if not r.get("ok"):
                 raise _part_error(where, r)
             result = {**r.get("result", {}), "device": where}
-            new = {**spec.args, **cmd.args}  # type: ignore[union-attr]
-            dep = app.deployment
-            core.adopt(tenant, dep.model_copy(update={"modules": {**dep.modules,
-                                                                  cmd.module: spec.model_copy(update={"args": new})}}))
+            core.adopt(tenant, new_dep)
         part = self._part(app.deployment, hold=False)
         parts: dict[str, Any] = {}
         online = self.fleet.online()
@@ -637,7 +711,7 @@ class AgentBridge:
                 self._reply_subs.add(sub)
         except MqttError as e:
             return {"ok": False, "error": {"code": INTERNAL, "message": str(e)}}
-        waiter: list = [threading.Event(), None]
+        waiter: list = [threading.Event(), None, reply_topic(device, tenant, rid)]
         self._pending[rid] = waiter
         try:
             body = json.dumps({**payload, "request_id": rid}, separators=(",", ":"))
@@ -835,7 +909,7 @@ class AgentBridge:
         if bucket is None:
             bucket = self.buckets[(tenant, app)] = _Bucket(self.event_rate)
         if bucket.take() and self.client is not None:
-            self.outbox.publish(self.client, events_topic(self.device, tenant, app),
+            self.outbox.publish(self.client, tenant, events_topic(self.device, tenant, app),
                                 json.dumps(event, separators=(",", ":")))
 
     def _publish_state(self) -> None:
@@ -856,7 +930,7 @@ class AgentBridge:
         mods = self.core.module_metrics()
         dm = self.core.device_metrics(mods)
         dm.events_waiting, dm.events_dropped_offline = len(self.outbox), self.outbox.dropped
-        self.fleet.put_metrics(dm)
+        self.fleet.put_metrics(self.device, dm)
         self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)
         per_tenant = {}
         for tenant in self.core.tenants():

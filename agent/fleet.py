@@ -7,39 +7,67 @@ where each listens for our link; the metrics give the per-hop times of apps span
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from pydantic import ValidationError
 
+from agent.dataplane.quietlog import QuietLog
+from schemas.errors import shown
 from schemas.graph import ValidatedGraph
 from schemas.metrics import DeviceMetrics, HopMetrics, LinkMetrics
 from schemas.state import DeviceState
 
+log = logging.getLogger("edgeva.fleet")
+
 
 class FleetView:
-    """Last ``DeviceState`` and ``DeviceMetrics`` per device (thread-safe)."""
+    """Last ``DeviceState`` and ``DeviceMetrics`` per device (thread-safe).
+
+    Each is filed under the device of the topic it came on, which the caller passes: a payload
+    naming another device is refused. The broker's ACL decides who may publish on a device's
+    topics, not what the payload says: a state filed under the device its payload named let
+    any account that may publish one state (``cam-evil``) announce link addresses for another
+    device (``cam-a``), and that device's peers redialled to the attacker."""
 
     def __init__(self) -> None:
         self.states: dict[str, DeviceState] = {}
         self.metrics: dict[str, DeviceMetrics] = {}
         self._lock = threading.Lock()
+        self._log = QuietLog(log)  # a flood of forged states must not flood the log
+        self.refused = 0  # states and metrics whose payload named another device than the topic
 
-    def put_state(self, payload: bytes) -> DeviceState | None:
+    def put_state(self, device: str, payload: bytes) -> DeviceState | None:
+        """File the state published on ``device``'s state topic; None (nothing filed) when it
+        does not parse or names another device."""
         try:
             st = DeviceState.model_validate_json(payload)
         except (ValidationError, ValueError):
             return None
+        if st.device != device:
+            self._refuse("state", device, st.device)
+            return None
         with self._lock:
-            self.states[st.device] = st
+            self.states[device] = st
         return st
 
-    def put_metrics(self, payload: bytes | DeviceMetrics) -> None:
+    def put_metrics(self, device: str, payload: bytes | DeviceMetrics) -> None:
+        """File the metrics published on ``device``'s metrics topic (or this agent's own)."""
         try:
             m = payload if isinstance(payload, DeviceMetrics) else DeviceMetrics.model_validate_json(payload)
         except (ValidationError, ValueError):
             return
+        if m.device != device:
+            self._refuse("metrics", device, m.device)
+            return
         with self._lock:
-            self.metrics[m.device] = m
+            self.metrics[device] = m
+
+    def _refuse(self, what: str, device: str, named: str) -> None:
+        with self._lock:
+            self.refused += 1
+        self._log.note("%s on device %s's topic names device %s: ignored (a device speaks only for itself)",
+                       what, shown(device), shown(named))
 
     def online(self) -> set[str]:
         with self._lock:

@@ -27,6 +27,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 Protocol = Literal["auto", "5", "3.1.1"]
@@ -95,6 +97,10 @@ class MqttOptions:
     ``insecure`` skips the check that the broker's certificate names the host (the chain is
     still verified), like ``mosquitto_pub --insecure``. ``clean_start=False`` with a fixed
     ``client_id`` keeps QoS 1 messages queued by the broker while the client was away.
+    ``max_packet`` (MQTT 5 only): the largest packet, in bytes, the broker may send us (the
+    CONNECT's Maximum Packet Size); the broker drops a bigger message for this client instead
+    of sending it. paho reads every packet whole before any callback sees it, so nothing
+    else bounds what one message costs a client's memory. None: no limit (MQTT's 256 MiB).
     """
 
     username: str | None = None
@@ -107,6 +113,7 @@ class MqttOptions:
     client_id_prefix: str = "edgeva"
     keepalive: int = 30
     clean_start: bool = True
+    max_packet: int | None = None
 
 
 @dataclass(frozen=True)
@@ -207,9 +214,14 @@ def _attempt(
     client.on_connect = _on_connect
     client.on_disconnect = _on_disconnect
     client.connect_timeout = timeout
+    v5: dict[str, Any] = {}
+    if is_v5(client):
+        v5["clean_start"] = opts.clean_start
+        if opts.max_packet is not None:
+            v5["properties"] = Properties(PacketTypes.CONNECT)
+            v5["properties"].MaximumPacketSize = opts.max_packet
     try:
-        client.connect(url.host, url.port, keepalive=opts.keepalive,
-                       **({"clean_start": opts.clean_start} if is_v5(client) else {}))
+        client.connect(url.host, url.port, keepalive=opts.keepalive, **v5)
     except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
         raise MqttError(f"cannot reach broker at {url.address}: {exc}") from None
     # Handshake in this thread; the background loop starts only once accepted: a loop started

@@ -72,6 +72,22 @@ def reply_subscription(device: str, tenant: str) -> str:
     return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/+"
 
 
+def device_topic(topic: str) -> tuple[str, Literal["state", "metrics"]] | None:
+    """``edgeva/v1/cam-01/state`` -> ``("cam-01", "state")``, ``.../metrics`` -> ``(.., "metrics")``;
+    None for any other topic. The device of a state or of device metrics is the topic's, never
+    the one its payload names: the broker's ACL decides who may write a device's topics, while
+    anyone who may write any state topic can write any payload."""
+    parts = topic.split("/") if isinstance(topic, str) else []
+    if len(parts) != 4 or "/".join(parts[:2]) != PREFIX or not _PART.match(parts[2]):
+        return None
+    kind = parts[3]
+    if kind == "state":
+        return parts[2], "state"
+    if kind == "metrics":
+        return parts[2], "metrics"
+    return None
+
+
 def cmd_topic_tenant(topic: str) -> str | None:
     """The tenant a command topic names, even one ``parse_cmd_topic`` refuses (an unknown
     verb), so that its refusal can go to that tenant's reply topics; None if it names none."""
