@@ -170,3 +170,66 @@ def run_peer(addr: str, stream: str, n_good: int, stop, tail_oversized: int, q=N
             except pynng.Timeout:
                 pass
             time.sleep(0.02)
+
+
+def raw_body(hdr: bytes, region: bytes = b"") -> bytes:
+    """A frame whose msgpack header is given as raw bytes (so it can claim anything)."""
+    region = region + b"\0" * (-len(region) % 64)
+    prefix = bytearray(ARRAYS_OFFSET)
+    PREFIX.pack_into(prefix, 0, b"EVA1", len(hdr), len(region), 0)
+    return bytes(prefix) + region + hdr
+
+
+def _hdr_with_fields(i: int, fields_raw: bytes) -> bytes:
+    """A header map that is valid but for its ``fields`` value, given raw."""
+    head = {k: v for k, v in header(i).items() if k != "fields"}
+    packed = msgpack.packb(head, use_bin_type=True)
+    # fixmap of 5 -> fixmap of 6, then the raw fields entry
+    return b"\x86" + packed[1:] + msgpack.packb("fields") + fields_raw
+
+
+def header_bombs(stream: str, size: int = 14 << 20) -> list[tuple[str, bytes]]:
+    """(label, payload): frames whose msgpack header claims or holds huge things, each under a
+    16 MiB message limit. Before issue 20's bounds, the first one was decoded as a valid
+    message at a cost of ~80 B of Python objects per header byte (14 MiB: +1.1 GB, 3 s)."""
+    env = envelope(stream.encode(), 0)
+    n = size - 64
+    out = [
+        ("fields: 14 MiB of empty lists (a valid message before)",
+         _hdr_with_fields(0, b"\x81\xa1x\xdd" + n.to_bytes(4, "big") + b"\x90" * n)),
+        ("fields: a map of 1M entries", _hdr_with_fields(0, b"\xdf" + (1 << 20).to_bytes(4, "big") + b"".join(
+            b"\xce" + k.to_bytes(4, "big") + b"\xc0" for k in range(1 << 20)))),
+        ("fields: one 12 MiB bin", _hdr_with_fields(0, b"\x81\xa1b\xc6" + (12 << 20).to_bytes(4, "big") + b"\0" * (12 << 20))),
+        ("fields: an ext type", _hdr_with_fields(0, b"\x81\xa1e\xc7\x00\x05")),
+        ("list claiming 2**32-1 items", b"\xdd\xff\xff\xff\xff" + b"\x90" * 64),
+        ("map claiming 2**32-1 entries", b"\xdf\xff\xff\xff\xff" + b"\x90" * 64),
+        ("str claiming 4 GiB", b"\xdb\xff\xff\xff\xff" + b"a" * 64),
+        ("200k hops", msgpack.packb(header(0, hops=[["m", 1, 2]] * 200_000))),
+        ("10k empty arrays", msgpack.packb(header(0, arrays=[[f"a{k}", "|u1", [0], 0] for k in range(10_000)]))),
+        ("array name of 1 MiB", msgpack.packb(header(0, arrays=[["n" * (1 << 20), "|u1", [0], 0]]))),
+        ("field key of 100 kB", msgpack.packb(header(0, fields={"k" * 100_000: 1}))),
+        ("source of 1 MiB", msgpack.packb(header(0, source="s" * (1 << 20)))),
+    ]
+    return [(label, env + raw_body(h)) for label, h in out]
+
+
+def run_bomber(addr: str, stream: str, warm: int, warmed, go, q) -> None:
+    """Dial ``addr``; send ``warm`` 14 MiB frames of garbage (the receiver's buffers reach
+    their size), set ``warmed``, wait for ``go``, then good frame 0, each header bomb followed
+    by the next good frame, and put ("sent", bombs, good frames) on ``q``."""
+    import pynng
+
+    bombs = header_bombs(stream)
+    with pynng.Pair0(send_timeout=10000) as sock:
+        sock.dial(addr, block=True)
+        junk = envelope(stream.encode(), 0) + b"XXXX" + b"\0" * ((14 << 20) - 4)
+        for _ in range(warm):
+            sock.send(junk)
+        warmed.set()
+        go.wait(60)
+        sock.send(good_frame(stream, 0, 0))
+        for i, (_label, payload) in enumerate(bombs, 1):
+            sock.send(payload)
+            sock.send(good_frame(stream, i, i))
+        q.put(("sent", len(bombs), len(bombs) + 1))
+        time.sleep(2.0)  # nng has no linger

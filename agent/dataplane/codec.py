@@ -8,6 +8,11 @@ Layout (all offsets from the start of the buffer)::
 
 Arrays come first so that a producer can write them in place (a decoder decodes straight into
 a slot) before it knows the header. Decoding returns numpy views over the buffer: no copy.
+
+Every size a buffer claims is bounded before anything is allocated for it: the header's bytes
+(``MAX_HEADER_BYTES``), each list, map, string in it (``MAX_CONTAINER_LEN``, ``MAX_STR_BYTES``),
+the counts of arrays and hops, name lengths, and each array's shape against the region's bytes
+and the region against the buffer's length.
 """
 
 from __future__ import annotations
@@ -37,6 +42,24 @@ class CodecError(ValueError):
 
 class MessageTooLarge(CodecError):
     """The encoded message does not fit the buffer (ring slot or link message limit)."""
+
+
+class HeaderTooLarge(MessageTooLarge):
+    """The message's header (its fields, hops, array list) is over ``MAX_HEADER_BYTES``: no
+    buffer size would take it."""
+
+
+# Bounds of a header, checked before anything of it is allocated (a header comes from another
+# device or another tenant's module). Unpacking costs up to ~80 B of Python objects per header
+# byte (a byte ``0x90`` is one empty list), so the byte bound is what bounds memory: a 14 MiB
+# header once cost 1.1 GB and 3 s of a link's receive thread; 256 KiB costs at most ~20 MB and
+# a few ms. The encoder refuses what the decoder would, so a module learns it at the source.
+MAX_HEADER_BYTES = 256 << 10  # msgpack header: ~3000 tracks with their boxes and labels fit
+MAX_CONTAINER_LEN = 65536  # items of one list or map in a header (checked before it is made)
+MAX_STR_BYTES = MAX_HEADER_BYTES  # one str or bin value in a header (implied by the byte bound)
+MAX_ARRAYS = 64  # named arrays in one message
+MAX_HOPS = 64  # modules a message went through
+MAX_NAME = 200  # characters of the source, an array name, a hop's module name, a field key
 
 
 def _align(n: int) -> int:
@@ -126,6 +149,11 @@ class FrameWriter:
         """Write ``msg``'s header (its ``arrays`` are ignored: use ``alloc``/``put``)."""
         arrays_len = _align(self._end) - ARRAYS_OFFSET
         hdr = _header(msg, self._descs)
+        if len(hdr) > MAX_HEADER_BYTES:
+            raise HeaderTooLarge(
+                f"message header (fields, hops, arrays) is {len(hdr)} B, over {MAX_HEADER_BYTES} B: "
+                f"put bulk data in arrays, not fields"
+            )
         hoff = ARRAYS_OFFSET + arrays_len
         total = hoff + len(hdr)
         if total > len(self.buf):
@@ -180,28 +208,36 @@ def _check_header(h: object) -> None:
     cannot make (array bytes inside the region, no overlap, the region exactly as long as the
     arrays need). Plain type checks rather than a pydantic model: this runs per message."""
     if type(h) is not dict or h.keys() != _HEADER_KEYS:
-        got = sorted(map(str, h)) if isinstance(h, dict) else type(h).__name__
+        got = sorted(map(str, h))[:8] if isinstance(h, dict) else type(h).__name__
         raise CodecError(f"header must be a map with keys {sorted(_HEADER_KEYS)}, got {got}")
     if not _int(h["frame_id"]) or not _int(h["ts_ns"]):
         raise CodecError("header: frame_id and ts_ns must be integers")
-    if type(h["source"]) is not str:
-        raise CodecError("header: source must be a string")
+    if type(h["source"]) is not str or len(h["source"]) > MAX_NAME:
+        raise CodecError(f"header: source must be a string of at most {MAX_NAME} characters")
     hops = h["hops"]
-    if type(hops) is not list:
-        raise CodecError(f"header: hops must be a list, got {type(hops).__name__}")
+    if type(hops) is not list or len(hops) > MAX_HOPS:
+        raise CodecError(f"header: hops must be a list of at most {MAX_HOPS}, got {_what(hops)}")
     for i, hop in enumerate(hops):
-        if (type(hop) is not list or len(hop) != 3 or type(hop[0]) is not str
+        if (type(hop) is not list or len(hop) != 3 or type(hop[0]) is not str or len(hop[0]) > MAX_NAME
                 or not _int(hop[1]) or not _int(hop[2])):
-            raise CodecError(f"header: hops[{i}] must be [module name, t_in_ns, t_out_ns]")
+            raise CodecError(f"header: hops[{i}] must be [module name (<= {MAX_NAME} chars), t_in_ns, t_out_ns]")
     fields = h["fields"]
     if type(fields) is not dict:
         raise CodecError(f"header: fields must be a map, got {type(fields).__name__}")
     for k in fields:
-        if type(k) is not str:
-            raise CodecError(f"header: fields key {k!r} is not a string")
+        if type(k) is not str or len(k) > MAX_NAME:
+            raise CodecError(f"header: fields key {str(k)[:64]!r} is not a string of at most {MAX_NAME} characters")
     arrays = h["arrays"]
-    if type(arrays) is not list:
-        raise CodecError(f"header: arrays must be a list, got {type(arrays).__name__}")
+    if type(arrays) is not list or len(arrays) > MAX_ARRAYS:
+        raise CodecError(f"header: arrays must be a list of at most {MAX_ARRAYS}, got {_what(arrays)}")
+
+
+def _what(v: object) -> str:
+    return f"{len(v)} items" if type(v) is list else type(v).__name__
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise ValueError(f"msgpack extension type {code} in a header (not part of the format)")
 
 
 def _check_array(d: object, alen: int, end: int, names: dict) -> tuple[str, np.dtype, tuple, int, int]:
@@ -210,8 +246,9 @@ def _check_array(d: object, alen: int, end: int, names: dict) -> tuple[str, np.d
     if type(d) is not list or len(d) != 4:
         raise CodecError("header: each arrays entry must be [name, dtype, shape, offset]")
     name, dts, shape, off = d
-    if type(name) is not str or name in names:
-        raise CodecError(f"header: array name {name!r} is not a string or appears twice")
+    if type(name) is not str or len(name) > MAX_NAME or name in names:
+        raise CodecError(f"header: array name {str(name)[:64]!r} is not a string of at most {MAX_NAME} "
+                         f"characters, or appears twice")
     dt = _WIRE_BY_STR.get(dts) if type(dts) is str else None
     if dt is None:
         raise CodecError(f"array {name!r}: dtype {dts!r} cannot cross a boundary (numbers only)")
@@ -253,10 +290,17 @@ def decode(buf: memoryview | bytes, *, readonly: bool = True, cache: dict | None
     if hoff + hlen != len(mv):
         what = "truncated" if hoff + hlen > len(mv) else "trailing bytes after the"
         raise CodecError(f"{what} message: prefix says {hoff + hlen} B, got {len(mv)} B")
+    if hlen > MAX_HEADER_BYTES:  # before a byte of it is unpacked: see MAX_HEADER_BYTES
+        raise CodecError(f"header of {hlen} B is over the {MAX_HEADER_BYTES} B limit")
     try:
-        h = msgpack.unpackb(mv[hoff:], raw=False, strict_map_key=False)
+        # Every declared length is checked against these before its object is made (msgpack
+        # preallocates a list of the declared length).
+        h = msgpack.unpackb(
+            mv[hoff:], raw=False, strict_map_key=False, max_str_len=MAX_STR_BYTES, max_bin_len=MAX_STR_BYTES,
+            max_array_len=MAX_CONTAINER_LEN, max_map_len=MAX_CONTAINER_LEN, max_ext_len=0, ext_hook=_no_ext,
+        )
     except Exception as e:  # msgpack raises many kinds (ValueError, StackError, ExtraData...)
-        raise CodecError(f"malformed header: {type(e).__name__}: {e}") from None
+        raise CodecError(f"malformed header: {type(e).__name__}: {str(e)[:200]}") from None
     _check_header(h)
     arrays: dict = {}
     end = 0

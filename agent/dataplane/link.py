@@ -65,6 +65,7 @@ from agent.dataplane.codec import (
     ARRAYS_OFFSET,
     CodecError,
     FrameWriter,
+    HeaderTooLarge,
     MessageTooLarge,
     decode,
     encoded_size,
@@ -555,6 +556,8 @@ class Link:
                 for k, a in msg.arrays.items():
                     w.put(k, a)
                 return len(st.env) + w.finish(msg)
+            except HeaderTooLarge:
+                raise  # no buffer takes it: growing would only encode it again
             except MessageTooLarge:
                 size = len(st.scratch)
                 if size >= self.max_message_size:
