@@ -54,6 +54,7 @@ from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subs
 from agent.outbox import Outbox
 from agent.peers import Peers
 from agent.replies import MUTATING, ReplyCache
+from agent.restore_gate import RestoreGate
 from schemas.commands import (
     RemoveCommand,
     StartCommand,
@@ -212,9 +213,8 @@ class AgentBridge:
         cannot forge parts (None: parts are refused)."""
         self.fleet_token = fleet_token or None
         self.part_timeout, self.link_timeout = part_timeout, link_timeout
-        self._restored = threading.Event()  # commands wait until the desired state is back
-        if not restore_first:
-            self._restored.set()
+        #: a tenant's commands wait until its saved apps are back (``restore``), not other tenants'
+        self._restored = RestoreGate(open_all=not restore_first)
         self.device = core_args["device"]
         options = options or MqttOptions(client_id_prefix=f"edgeva-agent-{self.device}")
         if options.max_packet is None:  # MQTT 5: the broker drops what paho would read whole
@@ -341,7 +341,7 @@ class AgentBridge:
 
     def _work(self, tenant: str, q: queue.Queue) -> None:
         # A peer's status question must see the restored apps, not an empty agent.
-        while not self._restored.wait(0.5):
+        while not self._restored.wait(tenant, 0.5):
             if self._stop.is_set():
                 return
         idle_since = time.monotonic()
@@ -724,7 +724,9 @@ class AgentBridge:
 
     # -- restore ----------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Bring back the desired state, then start answering commands. A part of an app
+        """Bring back the desired state, each tenant's on its own thread; a tenant's commands
+        are answered once its own apps are back (a tenant with none: at once), whatever the
+        other tenants' apps do. A part of an app
         spanning devices comes back only if its coordinator still has the app: the app may
         have been removed while this device was off (its part could not be told). Asked with
         a ``status`` command; a coordinator that is offline or does not answer in time keeps
@@ -732,15 +734,26 @@ class AgentBridge:
         app's current graph (``part``): one updated while this device was down replaces the
         saved one, so that this part uses the stream names the others use."""
         try:
-            self.core.restore(keep=self._coordinator_has)
-            with self.core.lock:  # restored without the coordinator's word: the state says so
-                for (tenant, name), coord in self._unconfirmed.items():
+            plan = self.core.restore_plan()
+            self._restored.plan(plan)
+            self.core.restore(keep=self._coordinator_has, done=self._tenant_restored, plan=plan)
+        finally:
+            self._restored.set()
+
+    def _tenant_restored(self, tenant: str) -> None:
+        """``tenant``'s apps are back: mark those restored without their coordinator's word
+        (the state says so), then let its commands run."""
+        try:
+            with self._workers_lock:
+                unconfirmed = [(name, coord) for (t, name), coord in self._unconfirmed.items() if t == tenant]
+            with self.core.lock:
+                for name, coord in unconfirmed:
                     app = self.core.apps.get(name)
                     if app is not None and app.tenant == tenant:
                         app.awaiting_coordinator = coord
             self._state_dirty.set()
         finally:
-            self._restored.set()
+            self._restored.open(tenant)
 
     def _coordinator_has(self, tenant: str, dep: Deployment) -> bool | Deployment:
         if dep.part_of is None or dep.part_of.coordinator == self.device:
@@ -751,7 +764,8 @@ class AgentBridge:
             time.sleep(0.05)
         answered, verdict = self._ask_coordinator(tenant, dep)
         if not answered:  # kept as saved; _converge_loop asks again until the coordinator answers
-            self._unconfirmed[(tenant, dep.app)] = coord
+            with self._workers_lock:  # tenants restore in parallel
+                self._unconfirmed[(tenant, dep.app)] = coord
         return verdict
 
     def _ask_coordinator(self, tenant: str, dep: Deployment) -> tuple[bool, bool | Deployment]:

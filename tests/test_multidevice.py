@@ -197,7 +197,9 @@ def frame_interval(events: list) -> float:
 
 
 def desired(agent: AgentProc) -> dict:
-    return json.loads((agent.state_dir / "desired.json").read_text())["apps"]
+    """Every tenant's saved apps (one file per tenant: agent/store.py)."""
+    return {app: rec for f in sorted((agent.state_dir / "tenants").glob("*.json"))
+            for app, rec in json.loads(f.read_text())["apps"].items()}
 
 
 def wait_log(agent: AgentProc, text: str, timeout: float = 20.0) -> None:
