@@ -25,7 +25,7 @@ from agent.dataplane.codec import CodecError
 from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer, producer_pid
 from agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
 from agent.heartbeat import PACE, PROCESS, PRODUCE, Heartbeat
-from modules.base import NO_FRAME, Module, ModuleContext, ModuleError
+from modules.base import NO_FRAME, Module, ModuleContext, ModuleError, Restart
 from modules.registry import module_class
 from schemas import runner as R
 from schemas.message import Message
@@ -251,7 +251,7 @@ class Runner:
         self.config = self.cls.config_class.model_validate(spec.config)
         self.ctx = ModuleContext(
             name=spec.name, apps=tuple(spec.apps), device=spec.device, emit=self._emit,
-            log=logging.getLogger(f"edgeva.module.{spec.name}"),
+            log=logging.getLogger(f"edgeva.module.{spec.name}"), unattended=spec.unattended,
         )
         self.module: Module = self.cls(self.config, self.ctx)
         self.inputs: list[_Input] = []
@@ -307,6 +307,10 @@ class Runner:
             else:
                 self._run_filter()
             return 0
+        except Restart as e:  # the module asks to be set up again: not a crash
+            log.info("module %s asks for a restart: %s", self.spec.name, e)
+            self.chan.send(R.FailedMsg(stage="restart", message=str(e)[:300]))
+            return R.EXIT_RESTART
         except Exception as e:
             log.exception("module %s failed", self.spec.name)
             self.chan.send(R.FailedMsg(stage="run", message=f"{type(e).__name__}: {e}"))

@@ -41,6 +41,9 @@ class RunnerSpec(BaseModel):
     metrics_interval: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
     hold: bool = Field(default=False, description="sources: wait for GoMsg before producing")
+    unattended: bool = Field(
+        default=False, description="no operator waits on this start (restore at boot, restart after a failure): "
+        "sources wait for their input instead of failing setup")
     hang_timeout: float = Field(
         default=10.0, gt=0, le=3600,
         description="seconds one process/produce call may take before the agent calls the module hung, "
@@ -90,10 +93,14 @@ class ReadyMsg(BaseModel):
     live: bool = False
 
 
+#: Exit code of a module process that asked to be started again (``modules.base.Restart``).
+EXIT_RESTART = 75
+
+
 class FailedMsg(BaseModel):
     model_config = _STRICT
     op: Literal["failed"] = "failed"
-    stage: Literal["setup", "attach", "run", "update"]
+    stage: Literal["setup", "attach", "run", "update", "restart"]
     message: str
 
 

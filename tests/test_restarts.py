@@ -110,3 +110,42 @@ def test_stop_ends_a_back_off(mqtt_broker, tmp_path):
     finally:
         agent.stop()
         w.close()
+
+
+def test_box_boots_before_its_camera(mosquitto, tmp_path):
+    """After a power cut the box is back before its camera: the agent (SIGKILLed while the
+    camera is down) restores the app, its decoder waits for the camera (saying so) instead of
+    failing, and the app delivers within 15 s of the camera's return, no command sent."""
+    from tests.rtsp_peer import RtspPeer
+
+    device = f"rs-{uuid.uuid4().hex[:6]}"
+    w = Watcher(mosquitto.url)
+    flags = ("--url-host", "127.0.0.1")
+    agent = AgentProc(mosquitto.url, device, tmp_path / "agent", w, *flags)
+    ev = f"edgeva/v1/{device}/default/events/cam"
+    with RtspPeer(tmp_path) as peer:
+        try:
+            dep = {"app": "cam", "modules": {
+                "dec": {"type": "decoder", "args": {"source": peer.url, "fps": 10}, "outputs": ["pub"]},
+                "pub": {"type": "publish", "args": {}}}}
+            r = Commander(w, device).send("deploy", dep)
+            assert r["ok"], r
+            w.wait(ev, lambda ms: len(ms) >= 3)
+            peer.stop()
+            agent.kill()
+            agent = AgentProc(mosquitto.url, device, agent.state_dir, w, *flags)
+            w.wait(ev, lambda ms: any(e.get("event") == "waiting_for_source" for e in ms), timeout=30)
+            st = Commander(w, device).send("status", {"app": "cam"})["result"]["apps"]["cam"]
+            assert st["status"] == "running" and st["modules"]["dec"]["status"] == "running", st
+            time.sleep(30)  # the camera is still down; the app must not have been given up
+            n = len(w.get(ev))
+            peer.start()
+            t_back = time.monotonic()
+            w.wait(ev, lambda ms: sum(1 for e in ms[n:] if "frame_id" in e) >= 3, timeout=15)
+            took = time.monotonic() - t_back
+            kinds = [e.get("event") for e in w.get(ev)[n:]]
+            assert "source_back" in kinds, kinds
+            print(f"camera back -> 3 events in {took:.1f} s")
+        finally:
+            agent.stop()
+            w.close()

@@ -163,6 +163,12 @@ class LiveCapture:
             return False
         return ok
 
+    def mark_down(self) -> None:
+        """The source is not there yet (setup gave up on it): reconnect from now on."""
+        self.cap = None
+        self._down_since = time.monotonic()
+        self._next_try = self._down_since + self._delay
+
     def reconnect(self, max_wait_s: float) -> bool:
         """Wait (at most ``max_wait_s``) for the next attempt, make it, say if it worked."""
         wait = self._next_try - time.monotonic()
