@@ -162,6 +162,9 @@ class Supervisor:
         from agent.runner import run_module
 
         parent, child = self.ctx.Pipe()
+        if (inst.ran or inst.retry_setup) and not inst.spec.unattended:
+            # Nobody waits on this start: a source waits for its input rather than failing.
+            inst.spec = inst.spec.model_copy(update={"unattended": True})
         inst.heartbeat, inst.hung = Heartbeat.create(self.ctx), None
         proc = self.ctx.Process(
             target=run_module, args=(inst.spec.model_dump_json(), child, inst.heartbeat.w),
@@ -275,9 +278,7 @@ class Supervisor:
                     inst.status, inst.next_attempt, inst.next_attempt_ts = "restarting", None, None
                     inst.restarts += 1
                     log.warning("module %s: back-off over, restart %d", inst.name, inst.restarts)
-                    if inst.conn is not None:
-                        inst.conn.close()
-                    self._spawn(inst)
+                    self._respawn(inst)
                     self._changed(inst)
                 elif (inst.status == "running" and inst.backoffs and inst.running_since is not None
                       and now - inst.running_since >= self.restart.reset_s):
@@ -372,6 +373,15 @@ class Supervisor:
             self._changed(inst)
             return
         inst.running_since = None
+        if code == R.EXIT_RESTART and inst.status == "running":
+            # The module asked to be set up again (its source came back in another mode): at
+            # once, and not a crash.
+            inst.restarts += 1
+            inst.status = "restarting"
+            log.info("module %s restarts as it asked: %s", inst.name, inst.error)
+            self._changed(inst)
+            self._respawn(inst)
+            return
         if inst.status in ("starting", "restarting") and not (inst.ran or inst.retry_setup):
             # Died before ready at deploy time: refused at once, the operator sees why.
             inst.status = "failed"
@@ -394,6 +404,9 @@ class Supervisor:
         log.warning("module %s %s (exit code %s); restart %d", inst.name, why, code, inst.restarts)
         self._hung_event(inst, restarted=True)
         self._changed(inst)
+        self._respawn(inst)
+
+    def _respawn(self, inst: Instance) -> None:
         with self._lock:
             if self.instances.get(inst.name) is inst:
                 if inst.conn is not None:
