@@ -1,5 +1,6 @@
-"""A tiny local RTSP server for decoder tests: ffmpeg encodes a test pattern to RTP/UDP, this
-relays it to RTSP clients over TCP (interleaved RTP, what the decoder asks for by default).
+"""A tiny local RTSP camera for decoder tests and ``bench chaos``: ffmpeg encodes a test pattern
+to RTP/UDP, this relays it to RTSP clients over TCP (interleaved RTP, what the decoder asks for
+by default).
 
 Debian's ffmpeg can push RTSP but not serve it, and gst-rtsp-server is not installed, so the
 server side is ~100 lines here: OPTIONS, DESCRIBE (ffmpeg's own SDP), SETUP (TCP interleaved

@@ -30,68 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from control.bench_paper.stats import slope_ms_per_s
+from control.bench_proc import descendants, fds, memory_mb, shm
 
 DEVICE = "soak"
 FLAT_PCT = 5.0
-
-
-def _children(root: int) -> list[int]:
-    """``root`` and every process under it (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
-def _memory_mb(pid: int) -> tuple[float, float] | None:
-    """(private, shared) resident MB of a process: ``RssAnon`` (its own heap: where a leak
-    shows) and ``RssShmem`` (ring pages it has touched: grows as ring slots come into use, up
-    to the rings' fixed size, which ``/dev/shm`` reserved accounts for)."""
-    got: dict[str, float] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("RssAnon:", "RssShmem:")):
-                    got[line.split(":")[0]] = int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return (got["RssAnon"], got.get("RssShmem", 0.0)) if "RssAnon" in got else None
-
-
-def _fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def _shm(prefix: str) -> tuple[float, float, int]:
-    """The agent's segments: MB touched (allocated blocks; rings are sparse until their slots
-    are written), MB reserved (their sizes: what a leak would grow), and how many there are."""
-    touched, reserved, count = 0, 0, 0
-    for name in os.listdir("/dev/shm"):
-        if name.startswith(f"edgeva.{prefix}."):
-            try:
-                st = os.stat(f"/dev/shm/{name}")
-            except OSError:
-                continue
-            touched += st.st_blocks * 512
-            reserved += st.st_size
-            count += 1
-    return touched / (1 << 20), reserved / (1 << 20), count
 
 
 class _Metrics:
@@ -300,20 +242,20 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
 def _sample(agent_pid: int, prefix: str, fleet: Any, metrics: _Metrics, t: float) -> dict:
     st = fleet.states().get(DEVICE)
     names = {m.pid: n for n, m in (st.modules.items() if st else []) if m.pid}
-    rss, shared, fds = {}, {}, 0
-    for pid in _children(agent_pid):
-        mem = _memory_mb(pid)
+    rss, shared, n_fds = {}, {}, 0
+    for pid in descendants(agent_pid):
+        mem = memory_mb(pid)
         if mem is None:
             continue
         name = "agent" if pid == agent_pid else names.get(pid)
         if name is None:
             continue  # the forkserver and the resource tracker: not edgeva's code
         rss[name], shared[name] = round(mem[0], 1), round(mem[1], 1)
-        fds += _fds(pid)
+        n_fds += fds(pid)
     apps = {a: {"p95": (v.get("latency_ms") or {}).get("p95"), "frames": v.get("frames", 0),
                 "dropped": v.get("dropped", 0)} for a, v in metrics.apps().items()}
-    touched, reserved, segments = _shm(prefix)
-    return {"t": round(t, 1), "rss_mb": rss, "shm_touched_by_mb": shared, "fds": fds,
+    touched, reserved, segments = shm(prefix)
+    return {"t": round(t, 1), "rss_mb": rss, "shm_touched_by_mb": shared, "fds": n_fds,
             "shm_mb": round(reserved, 2), "shm_touched_mb": round(touched, 2), "segments": segments,
             "apps": apps}
 
