@@ -99,8 +99,9 @@ def test_scrape_has_per_app_module_series_that_move(edgeva, edgeva_broker):
             samples(f, "edgeva_app_frames", "edgeva_app_frames_total", app="acme-cam", tenant="acme"))
 
     first = scrape_until(url, ready)
-    time.sleep(1.5)  # three metrics ticks of the agent (0.5 s)
-    second = scrape(url)
+    f0 = value(first, "edgeva_app_frames", "edgeva_app_frames_total", **app_labels)
+    # a later metrics tick of the agent (0.5 s): waited for, not slept (a busy machine is slower)
+    second = scrape_until(url, lambda f: value(f, "edgeva_app_frames", "edgeva_app_frames_total", **app_labels) > f0)
 
     # per app: counters that grow, fps, latency quantiles in seconds, no drops, running
     assert first["edgeva_app_frames"].type == "counter"
@@ -160,8 +161,9 @@ def test_scrape_has_link_times_of_an_app_spanning_two_agents(edgeva_agent_factor
     fa1 = scrape_until(a.metrics_url, moving)
     fb = scrape_until(b.metrics_url, lambda f: bool(samples(f, "edgeva_link_deserialise_seconds", quantile="0.5",
                                                             **link_b)))
-    time.sleep(1.0)
-    fa2 = scrape(a.metrics_url)
+    sent0 = value(fa1, "edgeva_link_sent_bytes", "edgeva_link_sent_bytes_total", **link_a)
+    fa2 = scrape_until(a.metrics_url, lambda f: value(f, "edgeva_link_sent_bytes", "edgeva_link_sent_bytes_total",
+                                                      **link_a) > sent0)
     assert value(fa2, "edgeva_link_up", **link_a) == 1
     sent1 = value(fa1, "edgeva_link_sent_bytes", "edgeva_link_sent_bytes_total", **link_a)
     assert value(fa2, "edgeva_link_sent_bytes", "edgeva_link_sent_bytes_total", **link_a) > sent1 > 0
@@ -170,8 +172,12 @@ def test_scrape_has_link_times_of_an_app_spanning_two_agents(edgeva_agent_factor
     assert value(fb, "edgeva_link_received_messages", "edgeva_link_received_messages_total", **link_b) > 0
     # B coordinates the app (the deploy went to it): per-hop times along its path, link included
     split = {"device": b.device, "tenant": "default", "app": "split"}
-    fb = scrape_until(b.metrics_url, lambda f: bool(samples(f, "edgeva_app_hop_seconds", kind="link", **split)))
-    hops = {s.labels["hop"]: s.labels["hop_device"] for s in samples(fb, "edgeva_app_hop_seconds", **split)}
+    def hops_of(f: dict) -> dict[str, str]:
+        return {s.labels["hop"]: s.labels["hop_device"] for s in samples(f, "edgeva_app_hop_seconds", **split)}
+
+    # the link hop and the far part's hops arrive with different metrics ticks: wait for both
+    fb = scrape_until(b.metrics_url, lambda f: {f"{a.device}->{b.device}", "dec"} <= set(hops_of(f)))
+    hops = hops_of(fb)
     assert hops.get(f"{a.device}->{b.device}") == b.device and hops.get("dec") == a.device, hops
 
 
