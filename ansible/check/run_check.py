@@ -14,6 +14,15 @@ clients, as a tenant would:
    (mosquitto_pub exits 0) and drops it: an administrator subscribed to all of globex's topics
    sees neither the command nor a reply, while a deployment ``globex`` itself publishes there
    right after is seen and answered, and the agent's state holds no app of globex's but that one;
+   then the ACL's split (issue 20): acme, subscribed to its own ``cmd/#``, receives neither the
+   agent account's command (parts carry the fleet token there) nor its own, while its reply
+   arrives after them; acme's publish on its own reply topic reaches no one (the administrator
+   watching sees the agent's next reply, not it); acme's 2 MiB publish is dropped by the
+   broker's ``message_size_limit`` while a 1 MiB one (the agent's cap) is delivered and answered;
+   and links over mutual TLS: both agents run with the role's ``--link-tls-*`` flags (their
+   process command lines), announce ``tls+tcp://`` addresses, an app spanning the two cameras
+   runs over the link, and its listener completes a TLS handshake with a camera's certificate
+   and does not answer nng's plain-TCP greeting;
 4. the second run's PLAY RECAP reports changed=0 and failed=0 on every host, and the agent and
    the app still run;
 5. restarted (as an upgrade restarts it), the agent brings acme's app back from the state
@@ -148,6 +157,30 @@ def retained_state(port: int, user: str, password: str, device: str) -> dict | N
         return None
 
 
+def publish_raw(port: int, user: str, password: str, topic: str, data: bytes) -> subprocess.CompletedProcess:
+    """``mosquitto_pub -s`` at QoS 1 (a payload too big for the command line)."""
+    return subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password, "-V", "mqttv5",
+         "-q", "1", "-t", topic, "-s"], input=data, capture_output=True, timeout=60)
+
+
+def make_pki(d: Path, devices: list[str]) -> None:
+    """A throwaway CA and, per device, a certificate naming it (subjectAltName DNS:<device>) for
+    links over mutual TLS: ``ca.pem``, ``<device>.pem``, ``<device>.key``."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ansible-check CA")
+    for dev in devices:
+        openssl("req", *ec, "-keyout", f"{dev}.key", "-out", f"{dev}.csr", "-subj", f"/CN={dev}")
+        (d / f"{dev}.ext").write_text(f"subjectAltName=DNS:{dev}\n")
+        openssl("x509", "-req", "-in", f"{dev}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{dev}.pem", "-days", "2", "-extfile", f"{dev}.ext")
+
+
 def run_playbook(n: int, env: dict[str, str], log_dir: Path) -> tuple[int, list[str], dict[str, tuple[int, ...]]]:
     """Run site.yml, echoing its output; return its exit code, recap lines and per-host counts."""
     print(f"\n===== ansible-playbook run {n} =====", flush=True)
@@ -226,6 +259,118 @@ def check_tenants(check: Check, port: int, pw: dict[str, str], device: str) -> N
           f"globex's apps: {globex_apps}")
 
 
+def check_acl_split(check: Check, port: int, pw: dict[str, str], device: str) -> None:
+    """Issue 20, holes 1 and 6 (the broker's half): a tenant reads no command topic, writes no
+    reply topic, and its 2 MiB publish is dropped. Each refusal is followed on the same
+    connection by something that is delivered, so "nothing seen" is not a slow subscriber."""
+    base = f"edgeva/v1/{device}/acme"
+    spy = Subscriber(port, "acme", pw["acme"], f"{base}/cmd/#", f"{base}/reply/#")
+    watch = Subscriber(port, "ops", pw["ops"], f"{base}/#")
+    try:
+        # The agent account (a coordinator sends parts this way, fleet token inside) and acme itself.
+        part = {"request_id": "acl-part-1", "app": "acl-probe", "modules": {"publish": {"type": "publish", "args": {}}},
+                "part_of": {"coordinator": f"{device}-2", "token": "what-a-tenant-must-not-read"}}
+        r1 = publish(port, device, pw["cam"], f"{base}/cmd/deploy", part)
+        r2 = publish(port, "acme", pw["acme"], f"{base}/cmd/status", {"request_id": "acl-own-1"})
+        check(r1.returncode == 0 and r2.returncode == 0, "the agent account and acme publish commands on acme's topics",
+              r1.stderr + r2.stderr)
+        # acme's reply comes after both commands went through the broker (and would have reached acme)
+        spy.wait(lambda: spy.payloads("/reply/acl-own-1") and len(watch.payloads("/cmd/")) >= 2, 60)
+        check(len(watch.payloads("/cmd/")) >= 2 and bool(spy.payloads("/reply/acl-own-1")),
+              "control: the administrator sees both commands, acme its reply",
+              f"administrator: {len(watch.payloads('/cmd/'))} commands, acme: {spy.messages[-3:]}")
+        read = [t for t, _ in spy.messages if "/cmd/" in t]
+        check(not read, "acme, subscribed to its own cmd/#, reads no command (no part, no fleet token)", str(read))
+
+        r = publish(port, "acme", pw["acme"], f"{base}/reply/acl-forged-1", {"request_id": "acl-forged-1", "ok": True})
+        check(r.returncode == 0, "acme's publish on its reply topic is acknowledged (then dropped)", r.stderr)
+        publish(port, "acme", pw["acme"], f"{base}/cmd/status", {"request_id": "acl-after-forged"})
+        watch.wait(lambda: watch.payloads("/reply/acl-after-forged"), 60)
+        check(bool(watch.payloads("/reply/acl-after-forged")) and not watch.payloads("/reply/acl-forged-1"),
+              "acme cannot write its reply topic: the administrator sees the agent's next reply, not acme's",
+              f"forged seen: {watch.payloads('/reply/acl-forged-1')}, "
+              f"control seen: {bool(watch.payloads('/reply/acl-after-forged'))}")
+
+        def padded(rid: str, size: int) -> bytes:
+            head = json.dumps({"request_id": rid, "app": "x", "pad": ""}).encode()
+            return head[:-2] + b"x" * (size - len(head)) + head[-2:]
+
+        r = publish_raw(port, "acme", pw["acme"], f"{base}/cmd/deploy", padded("big-2mib", 2 << 20))
+        refused = r.stderr.decode(errors="replace").strip()
+        publish_raw(port, "acme", pw["acme"], f"{base}/cmd/deploy", padded("big-1mib", (1 << 20) - 1024))
+        watch.wait(lambda: watch.payloads("/reply/big-1mib"), 60)
+        big = [len(p) for t, p in watch.messages if "/cmd/" in t and len(p) > (1 << 20) + 100]
+        check(bool(watch.payloads("/reply/big-1mib")),
+              "control: acme's 1 MiB command (just under the agent's cap) is delivered and answered",
+              "no reply to big-1mib in 60 s")
+        check(not big and not watch.payloads("/reply/big-2mib"),
+              f"acme's 2 MiB publish is dropped by the broker ({refused or 'no warning'})",
+              f"delivered: {big} B, reply: {watch.payloads('/reply/big-2mib')[:1]}")
+    finally:
+        spy.close()
+        watch.close()
+
+
+def check_link_tls(check: Check, port: int, pw: dict[str, str], prefix: Path, pki: Path, device: str) -> None:
+    """Links over mutual TLS as the role sets them up: the flags on each agent's command line,
+    ``tls+tcp://`` announced, an app spanning the two cameras flowing over the link, and its
+    listener speaking TLS only."""
+    peer = f"{device}-2"
+    for dev, name in ((device, "edgeva-agent"), (peer, "edgeva-agent-2")):
+        try:
+            pid = int((prefix / f"run/edgeva/{name}.pid").read_text())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError) as e:
+            argv = [f"unreadable: {e}"]
+        flags = {a: argv[argv.index(a) + 1] for a in ("--link-tls-ca", "--link-tls-cert", "--link-tls-key")
+                 if a in argv[:-1]}
+        check(len(flags) == 3 and "--link-tls-check-name" in argv and "--fleet-token-file" in argv,
+              f"agent {dev} runs with --link-tls-ca/-cert/-key, --link-tls-check-name, --fleet-token-file",
+              " ".join(argv))
+        state = retained_state(port, "ops", pw["ops"], dev) or {}
+        check(str(state.get("data_addr", "")).startswith("tls+tcp://"), f"agent {dev} announces a tls+tcp:// address",
+              f"data_addr {state.get('data_addr')}")
+    base = f"edgeva/v1/{device}/acme"
+    split = {"request_id": "acme-split-1", "app": "split", "modules": {
+        "decoder": {"type": "decoder", "args": {"source": "synthetic", "fps": 5, "width": 160, "height": 120},
+                    "outputs": ["publish"], "device": peer},
+        "publish": {"type": "publish", "args": {}}}}
+    acme = Subscriber(port, "acme", pw["acme"], f"{base}/reply/#", f"{base}/events/split")
+    try:
+        publish(port, "acme", pw["acme"], f"{base}/cmd/deploy", split)
+        acme.wait(lambda: acme.payloads("/reply/acme-split-1") and acme.payloads("/events/split"), 90)
+        reply = acme.payloads("/reply/acme-split-1")
+        check(bool(reply) and reply[0].get("ok") is True and bool(acme.payloads("/events/split")),
+              f"an app spanning both cameras runs over the TLS link: {peer}'s decoder -> {device}'s publish",
+              f"reply {json.dumps(reply[:1])[:400]}, {len(acme.payloads('/events/split'))} events")
+        link = str(((retained_state(port, "ops", pw["ops"], device) or {}).get("links") or {}).get(peer, ""))
+        m = re.match(r"tls\+tcp://127\.0\.0\.1:(\d+)$", link)
+        if check(m is not None, f"{device} listens for {peer} on a tls+tcp:// address", f"links[{peer}] = {link!r}"):
+            lport = int(m.group(1))
+            hs = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{lport}", "-brief",
+                                 "-CAfile", str(pki / "ca.pem"), "-cert", str(pki / f"{peer}.pem"),
+                                 "-key", str(pki / f"{peer}.key"), "-verify_return_error"],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            out = (hs.stdout + hs.stderr).strip()
+            check(hs.returncode == 0 and "CONNECTION ESTABLISHED" in out and f"CN = {device}" in out,
+                  "the link listener completes a TLS handshake (a camera's certificate, the check's CA)", out[-600:])
+            # nng's plain-TCP greeting (SP header, Pair0): a TLS listener never answers it
+            with socket.create_connection(("127.0.0.1", lport), timeout=5) as s:
+                s.sendall(b"\x00SP\x00\x00\x10\x00\x00")
+                try:
+                    answer = s.recv(8)
+                except OSError as e:
+                    answer = f"({type(e).__name__})".encode()
+            check(not answer.startswith(b"\x00SP\x00"), "the link listener does not speak plain nng/TCP",
+                  f"answered {answer!r}")
+        publish(port, "acme", pw["acme"], f"{base}/cmd/remove", {"request_id": "acme-split-rm", "app": "split"})
+        acme.wait(lambda: acme.payloads("/reply/acme-split-rm"), 60)
+        rm = acme.payloads("/reply/acme-split-rm")
+        check(bool(rm) and rm[0].get("ok") is True, "the app spanning both cameras is removed", json.dumps(rm[:1]))
+    finally:
+        acme.close()
+
+
 def check_online(check: Check, port: int, pw: dict[str, str], device: str, when: str, app: str | None) -> None:
     for dev in (device, f"{device}-2"):
         state = retained_state(port, "ops", pw["ops"], dev)
@@ -249,8 +394,10 @@ def check_unit(check: Check, env: dict[str, str], prefix: Path, device: str) -> 
         return
     text = unit.read_text()
     print(text, flush=True)
-    want = ["Restart=on-failure", f"--device {device}", "EnvironmentFile=", "ExecStartPre=", "User="]
-    check(all(w in text for w in want), "the unit restarts on failure, runs as its user, checks /dev/shm",
+    want = ["Restart=on-failure", f"--device {device}", "EnvironmentFile=", "ExecStartPre=", "User=",
+            "--link-tls-ca", "--link-tls-cert", "--link-tls-key", "--fleet-token-file"]
+    check(all(w in text for w in want),
+          "the unit restarts on failure, runs as its user, checks /dev/shm, passes the link TLS flags",
           f"missing: {[w for w in want if w not in text]}")
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -312,7 +459,7 @@ def main() -> int:
     ap.add_argument("--python", default=os.environ.get("PY", "python3"),
                     help="interpreter the agent's venv is made from (default: $PY or python3)")
     args = ap.parse_args()
-    for tool in ("mosquitto_pub", "mosquitto_sub"):
+    for tool in ("mosquitto_pub", "mosquitto_sub", "openssl"):
         if not shutil.which(tool):
             print(f"ansible-check: {tool} not found (apt-get install mosquitto-clients)", file=sys.stderr)
             return 2
@@ -320,14 +467,16 @@ def main() -> int:
     port = free_port()
     device = f"ansible-check-{port}"
     secret = secrets.token_hex(8)
-    pw = {name: f"{name}-{secret}" for name in ("acme", "globex", "ops")}
+    pw = {name: f"{name}-{secret}" for name in ("acme", "globex", "ops", "cam")}
+    pki = prefix / "pki"
+    make_pki(pki, [device, f"{device}-2"])
     python = shutil.which(args.python) or args.python
     env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", PATH=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                EDGEVA_CHECK_PREFIX=str(prefix), EDGEVA_CHECK_PORT=str(port), EDGEVA_CHECK_SECRET=secret,
                EDGEVA_CHECK_DEVICE=device, EDGEVA_CHECK_USER=subprocess.check_output(["id", "-un"], text=True).strip(),
                EDGEVA_CHECK_GROUP=subprocess.check_output(["id", "-gn"], text=True).strip(),
-               EDGEVA_CHECK_PYTHON=python)
+               EDGEVA_CHECK_PYTHON=python, EDGEVA_CHECK_PKI=str(pki))
     print(f"ansible-check: prefix {prefix}, broker port {port}, device {device}, venv from {python}", flush=True)
     check = Check()
     recaps: list[list[str]] = []
@@ -337,6 +486,8 @@ def main() -> int:
         if check(rc == 0 and bool(counts), "run 1: the playbook succeeds", f"exit {rc}"):
             check_online(check, port, pw, device, "after run 1", None)
             check_tenants(check, port, pw, device)
+            check_acl_split(check, port, pw, device)
+            check_link_tls(check, port, pw, prefix, pki, device)
             rc, recap, counts = run_playbook(2, env, prefix)
             recaps.append(recap)
             check(rc == 0 and bool(counts), "run 2: the playbook succeeds", f"exit {rc}")
