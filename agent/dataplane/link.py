@@ -11,6 +11,7 @@ Wire format. Each nng message is a link envelope followed by the ring's encoding
 (``agent.dataplane.codec``: prefix, 64-byte aligned arrays, msgpack header)::
 
     0   magic b"EVL1" | env_len/64 u8 | name_len u8 | flags u16 | epoch u32 | reserved u32
+        (flags: 1 PAUSE, 2 RESUME: a flow-control message for the stream, no body follows)
     16  link seq u64  (per sender epoch, in wire order; gaps = messages lost in transit)
     24  sent_ns i64   (sender's time.time_ns() when handed to nng)
     32  stream name (utf-8, <= 200 B), zero padding to a multiple of 64
@@ -28,8 +29,17 @@ that stream has ``depth`` messages queued, then ``LinkTimeout``) or ``drop_oldes
 queued message of that stream is dropped and counted; while disconnected, a live stream keeps
 only its newest ``depth`` messages). One thread sends on a given stream at a time.
 
+Per-stream flow control. All streams to a peer share one socket and one dispatch thread on the
+receiving side, so a receiver must never wait for one stream's consumer there (one tenant's
+stuck consumer would stall every other tenant's stream). Instead a receiver that cannot take a
+stream now keeps what arrived (bounded) and tells the sender ``pause_peer(stream, True)``: an
+envelope with flag ``PAUSE`` and no body; ``RESUME`` when it has caught up. A paused ``block``
+stream's ``send`` waits as on a full queue (so backpressure still reaches its producer, and
+only its producer); a paused ``drop_oldest`` stream drops new messages (counted). Pauses are
+forgotten when the peer reconnects or restarts.
+
 Receiving: ``recv`` (one consumer for all streams) or ``on(stream, handler)`` (a dispatch thread
-calls each stream's handler). A ``Received`` message's arrays are read-only numpy views over the
+calls each stream's handler; handlers must not wait: see flow control). A ``Received`` message's arrays are read-only numpy views over the
 nng message buffer: no copy. Lifetime: the buffer is owned by a cffi object that the views
 reference, so it is freed when the last view (and the ``Lease``) is gone; a stray view can never
 read freed memory. ``Lease.release()`` drops the link's own reference: call it (or drop the
@@ -102,6 +112,9 @@ _SMALL = 64 << 10  # below this, encode into a reused buffer and copy (cheaper t
 _SEND_SLICE_MS = 100  # sender thread's blocking-send slice: how fast it notices close/staleness
 _RECV_SLICE_MS = 200  # dispatch thread's receive slice: how fast it notices close
 _MAX_NAMES = 1024  # stream names remembered (decoded once); more are decoded per message
+FLAG_PAUSE, FLAG_RESUME = 1, 2  # envelope flags of flow-control messages (see the docstring)
+_CTRL = FLAG_PAUSE | FLAG_RESUME
+_PAUSE_SLICE_S = 0.1  # a paused sender re-checks this often (a reconnect clears pauses unlocked)
 
 
 class LinkError(RuntimeError):
@@ -200,9 +213,9 @@ class _Stream:
     """Send-side state of one stream (touched by its one sending thread and under the lock)."""
 
     __slots__ = ("name", "policy", "depth", "env", "queued", "dropped", "scratch", "cscratch",
-                 "writer", "pp")
+                 "writer", "pp", "paused")
 
-    def __init__(self, name: str, policy: Policy, depth: int, epoch: int) -> None:
+    def __init__(self, name: str, policy: Policy, depth: int, epoch: int, flags: int = 0) -> None:
         raw = name.encode()
         if not raw or len(raw) > MAX_NAME:
             raise LinkError(f"stream name {name!r}: 1..{MAX_NAME} utf-8 bytes")
@@ -212,10 +225,11 @@ class _Stream:
             raise LinkError(f"stream {name!r}: depth must be >= 1")
         units = (ENV.size + len(raw) + 63) // 64
         env = bytearray(units * 64)
-        ENV.pack_into(env, 0, ENV_MAGIC, units, len(raw), 0, epoch, 0, 0, 0)
+        ENV.pack_into(env, 0, ENV_MAGIC, units, len(raw), flags, epoch, 0, 0, 0)
         env[ENV.size : ENV.size + len(raw)] = raw
         self.name, self.policy, self.depth, self.env = name, policy, depth, bytes(env)
         self.queued = self.dropped = 0
+        self.paused = False  # the peer asked us to hold this stream
         self.scratch = bytearray()
         self.cscratch = None  # cffi view of scratch, made once per buffer
         self.writer: FrameWriter | None = None
@@ -252,10 +266,17 @@ def parse(buf: memoryview) -> tuple[bytes, int, int, int, Message]:
 
     Everything in it comes from the peer: raises ``CodecError`` (and nothing else) when the
     envelope or the frame is not exactly what ``Link.send`` makes."""
+    raw, _flags, epoch, seq, sent, units = parse_envelope(buf)
+    return raw, epoch, seq, sent, decode(buf[units * 64 :])
+
+
+def parse_envelope(buf: memoryview) -> tuple[bytes, int, int, int, int, int]:
+    """A received message's envelope -> (stream name bytes, flags, sender epoch, seq, sent_ns,
+    envelope size in 64 B units). Raises ``CodecError`` (and nothing else) on a bad one."""
     n = len(buf)
     if n < ENV.size:
         raise CodecError(f"message of {n} B is shorter than the {ENV.size} B envelope")
-    magic, units, nlen, _flags, epoch, _r, seq, sent = ENV.unpack_from(buf, 0)
+    magic, units, nlen, flags, epoch, _r, seq, sent = ENV.unpack_from(buf, 0)
     if magic != ENV_MAGIC:
         raise CodecError(f"bad envelope magic {magic!r}")
     if not 0 < nlen <= MAX_NAME or units != (ENV.size + nlen + 63) // 64 or units * 64 > n:
@@ -265,7 +286,7 @@ def parse(buf: memoryview) -> tuple[bytes, int, int, int, Message]:
         raw.decode()
     except UnicodeDecodeError:
         raise CodecError(f"stream name {raw!r} is not UTF-8") from None
-    return raw, epoch, seq, sent, decode(buf[units * 64 :])
+    return raw, flags, epoch, seq, sent, units
 
 
 def _check(rc: int) -> None:
@@ -356,6 +377,7 @@ class Link:
         self._inflight = False
         self._closing = self._closed = False
         self._streams: dict[str, _Stream] = {}
+        self._ctrl: dict[tuple[str, int], _Stream] = {}  # (stream, flag) -> its flow-control sender
         self._seq = 0
         self.bytes_sent = self.messages_sent = self.dropped = self.send_timeouts = 0
         self.connects = 0
@@ -367,9 +389,11 @@ class Link:
         self._dispatch_lock = threading.Lock()
         self._dispatcher: threading.Thread | None = None
         self._dispatch_ident = 0
+        self._recv_mode = False  # recv() owns the receive side (no dispatcher)
         self._names: dict[bytes, str] = {}
         self._peer_epoch, self._next_seq = -1, 0
         self.bytes_received = self.messages_received = self.lost = self.unrouted = self.bad = 0
+        self.pauses_sent = self.pauses_received = 0
         # a peer sending garbage gets one log line per interval, not one per message
         self._bad_log = QuietLog(log)
         self._handler_log = QuietLog(log, logging.ERROR)
@@ -416,7 +440,14 @@ class Link:
         with self._pipe_lock:
             self._pipes.add(pipe.id)
             self.connects += 1
+        self._clear_pauses()
         self._connected_ev.set()
+
+    def _clear_pauses(self) -> None:
+        # A new connection (or a restarted peer) holds no backlog: its pauses are void. No
+        # lock (pipe callbacks must not wait on send locks): paused senders re-check each slice.
+        for st in list(self._streams.values()):
+            st.paused = False
 
     def _on_pipe_remove(self, pipe) -> None:
         with self._pipe_lock:
@@ -475,6 +506,9 @@ class Link:
                 old.policy, old.depth = st.policy, st.depth
             else:
                 self._streams[stream] = st
+        # A sender must hear the peer's flow control even if it never receives anything else.
+        if self._dispatcher is None and not self._recv_mode:
+            self._start_dispatcher()
 
     def _stream(self, stream: str) -> _Stream:
         st = self._streams.get(stream)
@@ -574,9 +608,15 @@ class Link:
         with self._lock:
             if self._closing:
                 raise LinkClosed(f"link {self.name} is closed")
-            if not self._queue and not self._inflight and self._try_send(out, _lib.NNG_FLAG_NONBLOCK):
+            if st.paused and st.policy == "drop_oldest":
+                # The peer holds older ones of this live stream already: a new one would wait.
+                out.free()
+                st.dropped += 1
+                self.dropped += 1
+                return
+            if not st.paused and not self._queue and not self._inflight and self._try_send(out, _lib.NNG_FLAG_NONBLOCK):
                 return  # fast path: the pipe was idle; nng writes it now
-            if st.queued >= st.depth:
+            if st.queued >= st.depth or st.paused:
                 if st.policy == "drop_oldest":
                     for i, q in enumerate(self._queue):
                         if q.stream is st:
@@ -588,21 +628,61 @@ class Link:
                             break
                 else:
                     deadline = time.monotonic() + timeout
-                    while st.queued >= st.depth and not self._closing:
+                    while (st.queued >= st.depth or st.paused) and not self._closing:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             self.send_timeouts += 1
-                            why = "a slow peer" if self.connected else "no peer connected"
+                            why = ("paused by the peer: its consumer of this stream is behind" if st.paused
+                                   else "a slow peer" if self.connected else "no peer connected")
                             raise LinkTimeout(
                                 f"link {self.name}, stream {st.name!r}: send queue full ({st.depth}) "
                                 f"for {timeout:g} s ({why}); message not sent"
                             )
-                        self._space.wait(left)
+                        self._space.wait(min(left, _PAUSE_SLICE_S) if st.paused else left)
                     if self._closing:
                         raise LinkClosed(f"link {self.name} is closed")
             self._queue.append(out)
             st.queued += 1
             self._work.notify()
+
+    def pause_peer(self, stream: str, pause: bool) -> None:
+        """Ask the peer to hold (``pause``) or go on sending ``stream`` (flow control, see the
+        module docstring). Never waits: called from a receive handler. Of several requests
+        for one stream still queued, only the newest is sent."""
+        flag = FLAG_PAUSE if pause else FLAG_RESUME
+        if self._closing:
+            return
+        st = self._ctrl.get((stream, flag))
+        if st is None:
+            st = self._ctrl[(stream, flag)] = _Stream(stream, "drop_oldest", 1, self._epoch, flag)
+            other = self._ctrl.get((stream, flag ^ _CTRL))
+            if other is None:
+                self._ctrl[(stream, flag ^ _CTRL)] = _Stream(stream, "drop_oldest", 1, self._epoch, flag ^ _CTRL)
+        with self._lock:
+            if st.queued:
+                return  # the same request is still queued
+            # The opposite request still queued is stale: this one supersedes it.
+            anti = self._ctrl[(stream, flag ^ _CTRL)]
+            for i, q in enumerate(self._queue):
+                if q.stream is anti:
+                    del self._queue[i]
+                    q.free()
+                    anti.queued -= 1
+                    break
+        pp = st.pp
+        pp[0] = _ffi.NULL
+        _check(_lib.nng_msg_alloc(pp, 0))
+        out = _Out(st, pp[0], len(st.env))
+        try:
+            _check(_lib.nng_msg_append(pp[0], _ffi.from_buffer(st.env), len(st.env)))
+            self._enqueue(st, out, 0.0)
+        except LinkClosed:
+            out.free()
+            return
+        except BaseException:
+            out.free()
+            raise
+        self.pauses_sent += pause
 
     def _try_send(self, out: _Out, flags: int) -> bool:
         """Stamp seq/time and hand ``out`` to nng. Only one thread at a time calls this (the
@@ -690,6 +770,12 @@ class Link:
         Not with ``on`` handlers (they own the receive side). Raises ``LinkClosed``."""
         if self._handlers:
             raise LinkError(f"link {self.name}: recv() while stream handlers dispatch")
+        if not self._recv_mode:
+            self._recv_mode = True  # from now on flow control is read by recv() too
+            d = self._dispatcher
+            if d is not None and threading.current_thread() is not d:
+                d.join(2 * _RECV_SLICE_MS / 1000)  # the sender-only dispatcher ends by itself
+                self._dispatcher = None
         while True:
             r = self._recv_one(-1 if timeout is None else max(0, int(timeout * 1000)))
             if r is not False:
@@ -716,7 +802,8 @@ class Link:
         buf = memoryview(_ffi.buffer(owner, n))
         self.bytes_received += n
         try:
-            raw, epoch, seq, sent, msg = parse(buf)
+            raw, flags, epoch, seq, sent, units = parse_envelope(buf)
+            msg = None if flags & _CTRL else decode(buf[units * 64 :])
         except Exception as e:  # parse raises CodecError only; anything else must not kill us
             self.bad += 1
             self._bad_log.note("link %s: bad message dropped: %s: %s", self.name, type(e).__name__, e)
@@ -727,10 +814,20 @@ class Link:
             if len(self._names) < _MAX_NAMES:  # a peer inventing names must not grow this
                 self._names[raw] = stream
         if epoch != self._peer_epoch:  # the peer (re)started: its seq restarts at 0
+            if self._peer_epoch != -1:
+                self._clear_pauses()
             self._peer_epoch, self._next_seq = epoch, seq
         elif seq > self._next_seq:
             self.lost += seq - self._next_seq
         self._next_seq = seq + 1
+        if msg is None:  # flow control for one of our streams; unknown names change nothing
+            st = self._streams.get(stream)
+            if st is not None:
+                st.paused = bool(flags & FLAG_PAUSE)
+                self.pauses_received += st.paused
+                with self._lock:
+                    self._space.notify_all()
+            return False
         self.messages_received += 1
         self._net.add((now - sent) / 1e6)
         self._deser.add((time.perf_counter_ns() - t0) / 1e6)
@@ -738,11 +835,19 @@ class Link:
 
     def on(self, stream: str, handler: Handler) -> None:
         """Deliver ``stream``'s messages to ``handler`` from the link's dispatch thread
-        (started on first use). Handlers run one at a time: a slow handler slows every stream
-        of this link (that is the backpressure of ``block``). Register before the peer sends:
-        messages of a stream without a handler are dropped and counted (``unrouted``)."""
+        (started on first use). Handlers run one at a time and must not wait: a waiting handler
+        stalls every stream of this link, other tenants' included. A receiver that cannot take
+        a message now keeps it and calls ``pause_peer`` (see ``relay.LinkToRing``). Register
+        before the peer sends: messages of a stream without a handler are dropped and counted
+        (``unrouted``)."""
         with self._dispatch_lock:
             self._handlers[stream] = handler
+            self._recv_mode = False
+            if self._dispatcher is None:
+                self._start_dispatcher()
+
+    def _start_dispatcher(self) -> None:
+        with self._pipe_lock:  # open_stream and on may race to start it
             if self._dispatcher is None:
                 self._dispatcher = threading.Thread(
                     target=self._dispatch_loop, name=f"link-recv {self.name}", daemon=True
@@ -759,7 +864,7 @@ class Link:
 
     def _dispatch_loop(self) -> None:
         self._dispatch_ident = threading.get_ident()
-        while not self._closed:
+        while not self._closed and not (self._recv_mode and not self._handlers):
             try:
                 r = self._recv_one(_RECV_SLICE_MS)
             except LinkClosed:
@@ -821,6 +926,9 @@ class Link:
             "messages_reused": self._pool.reused,
             "dropped": self.dropped,
             "dropped_by_stream": {s.name: s.dropped for s in list(self._streams.values())},
+            "paused_by_peer": sorted(s.name for s in list(self._streams.values()) if s.paused),
+            "pauses_sent": self.pauses_sent,
+            "pauses_received": self.pauses_received,
             "send_timeouts": self.send_timeouts,
             "queued": len(self._queue),
             "bytes_received": self.bytes_received,

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 
 from agent.dataplane.codec import MessageTooLarge
 from agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
 from agent.dataplane.quietlog import QuietLog
 from agent.dataplane.ring import RingConsumer, RingFull, RingProducer
+from schemas.message import Message
 
 __all__ = ["LinkToRing", "RingToLink"]
 
 log = logging.getLogger("edgeva.relay")
+
+BACKLOG_MAX = 32  # messages a link->ring relay keeps while its ring is full (the peer is paused)
+BACKLOG_SLOTS = 4  # ... and at most this many ring slots' worth of bytes
 
 
 class RingToLink:
@@ -111,13 +116,22 @@ class RingToLink:
 class LinkToRing:
     """Publishes every message of ``link``'s ``stream`` into a new local ring ``ring_name``.
 
-    Runs in the link's dispatch thread: each message's arrays are copied once, from the nng
-    buffer straight into the reserved slot, and the header re-packed. ``slot_size`` must hold
-    the largest encoded message (else it is skipped and counted in ``too_large``). While
-    ``block`` consumers of the ring hold every slot, the relay waits (``reserve_timeout=None``:
-    lossless, backpressure reaches the sender through the link) or, with a timeout, drops the
-    message and counts it in ``dropped``. Consumers attach to ``ring_name`` as to any ring; attach
-    them before the peer starts sending to see every message.
+    ``slot_size`` must hold the largest encoded message (else it is skipped and counted in
+    ``too_large``). Consumers attach to ``ring_name`` as to any ring; attach them before the
+    peer starts sending to see every message.
+
+    The link's dispatch thread, which every stream from that peer shares (other tenants'
+    included), never waits here. While a slot is free it copies the message straight from the
+    nng buffer into the slot (the one copy) and the header is re-packed. When ``block``
+    consumers of the ring hold every slot, the message is kept in this stream's backlog (at
+    most ``BACKLOG_MAX`` messages and ``BACKLOG_SLOTS`` slots' worth of bytes), the peer is
+    told to pause this stream (``Link.pause_peer``), and this relay's own thread moves the
+    backlog into the ring as slots free up, then tells the peer to resume. So a stuck consumer
+    holds back only its own stream: its sender waits (lossless, backpressure reaches its
+    producer), everyone else's streams go on. What arrives over a full backlog (a peer that
+    does not honour the pause) is dropped and counted in ``dropped``. ``reserve_timeout``: the
+    longest the relay's thread waits for a slot for one message before dropping it (None:
+    wait as long as the consumers take, lossless).
     """
 
     def __init__(
@@ -134,22 +148,53 @@ class LinkToRing:
         self.streams = [stream]  # every name it receives (aliases: see add_stream)
         self.reserve_timeout = reserve_timeout
         self._log = QuietLog(log, logging.ERROR)
+        self._drop_log = QuietLog(log, logging.WARNING)
         self.producer = RingProducer.create(ring_name, slot_size, nslots, max_consumers)
-        self.published = self.dropped = self.too_large = 0
+        self.published = self.dropped = self.too_large = self.backlogged = 0
         self._closing = False
+        self._cv = threading.Condition()
+        self._backlog: deque[tuple[str, Message, int]] = deque()  # (stream, message, bytes)
+        self._backlog_bytes = 0
+        self._backlog_cap = BACKLOG_SLOTS * self.producer.slot_size
+        self._busy = False  # the relay's thread owns the producer (a message between backlog and ring)
+        self._paused: set[str] = set()  # stream names the peer was asked to pause
+        self._thread = threading.Thread(target=self._drain, name=f"link->ring {stream}", daemon=True)
+        self._thread.start()
         link.on(stream, self._on_message)
 
     def _on_message(self, r: Received) -> None:
-        prod, msg = self.producer, r.message
-        step = 0.5 if self.reserve_timeout is None else self.reserve_timeout
-        while True:
-            try:
-                w = prod.reserve(timeout=step)
-                break
-            except RingFull:
-                if self.reserve_timeout is not None or self._closing:
-                    self.dropped += 1
+        """In the link's dispatch thread: into the ring if a slot is free now, else backlog."""
+        msg = r.message
+        with self._cv:
+            if not self._backlog and not self._busy and not self._closing:
+                try:
+                    w = self.producer.reserve(timeout=0)
+                except RingFull:
+                    w = None
+                if w is not None:
+                    self._write(w, msg)
                     return
+            if self._closing:
+                return
+            n = r.lease.nbytes
+            if len(self._backlog) >= BACKLOG_MAX or self._backlog_bytes + n > self._backlog_cap:
+                self.dropped += 1
+                self._drop_log.note("relay link->ring %s: backlog full (%d messages), message %s dropped: "
+                                    "the peer goes on sending a paused stream", self.stream, len(self._backlog),
+                                    msg.frame_id)
+            else:
+                # The arrays stay views of the nng buffer: keeping the message keeps its buffer.
+                self._backlog.append((r.stream, msg, n))
+                self._backlog_bytes += n
+                self.backlogged += 1
+                self._cv.notify()
+            self._paused.add(r.stream)
+        self.link.pause_peer(r.stream, True)
+
+    def _write(self, w, msg: Message) -> None:
+        """Copy ``msg`` into the reserved slot and publish it (by whichever thread owns the
+        producer now)."""
+        prod = self.producer
         try:
             for k, a in msg.arrays.items():
                 w.put(k, a)  # the one copy: nng buffer -> shared-memory slot
@@ -164,6 +209,51 @@ class LinkToRing:
             raise
         self.published += 1
 
+    def _drain(self) -> None:
+        """The relay's own thread: moves the backlog into the ring, waiting for slots as long
+        as the ring's consumers take (only this stream waits), then resumes the peer."""
+        prod = self.producer
+        while True:
+            with self._cv:
+                while not self._backlog and not self._closing:
+                    self._cv.wait()
+                if self._closing:
+                    return
+                _stream, msg, n = self._backlog[0]
+                self._busy = True
+            waited = 0.0
+            w = None
+            try:
+                while not self._closing:
+                    try:
+                        w = prod.reserve(timeout=0.2)
+                        break
+                    except RingFull:
+                        waited += 0.2
+                        if self.reserve_timeout is not None and waited >= self.reserve_timeout:
+                            break
+                if w is not None:
+                    self._write(w, msg)
+                elif not self._closing:
+                    self.dropped += 1
+            except Exception:
+                self._log.note("relay link->ring %s: message %s lost", self.stream, msg.frame_id, exc_info=True)
+            finally:
+                with self._cv:
+                    self._backlog.popleft()
+                    self._backlog_bytes -= n
+                    self._busy = False
+                    resume: list[str] = []
+                    if not self._backlog and not self._closing:
+                        resume = sorted(self._paused)
+                        self._paused.clear()
+                del msg, w  # the nng buffer goes now, not when the next message comes
+            for name in resume:
+                try:
+                    self.link.pause_peer(name, False)
+                except LinkClosed:
+                    pass
+
     def add_stream(self, stream: str) -> None:
         """Also publish what arrives on ``stream`` (the sender is about to be renamed to it:
         both names are received, so nothing is lost whenever the sender switches)."""
@@ -173,11 +263,18 @@ class LinkToRing:
 
     def close(self, unlink: bool = True) -> None:
         """Stop receiving the stream, then close the ring (consumers see end of stream)."""
-        self._closing = True
         for s in self.streams:
             self.link.off(s)
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
+        with self._cv:
+            self._backlog.clear()
+            self._backlog_bytes = 0
         self.producer.close(unlink=unlink)
 
     def stats(self) -> dict:
-        return {"published": self.published, "dropped": self.dropped, "too_large": self.too_large}
-
+        return {"published": self.published, "dropped": self.dropped, "too_large": self.too_large,
+                "backlogged": self.backlogged, "backlog": len(self._backlog)}

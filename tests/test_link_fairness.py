@@ -1,0 +1,183 @@
+"""One tenant's stuck consumer costs another tenant's stream on the same link nothing (issue 20,
+hole 2), and loses none of its own frames.
+
+All streams between two devices share one link and its one dispatch thread. The link-fed ring
+used to wait in that thread for a ``block`` consumer (``LinkToRing``, ``reserve_timeout=None``):
+one tenant's slow detector took another tenant's app from 9.9 to 0.8 events/s. Now a stream
+whose ring is full is backlogged and paused at the sender (per-stream flow control), so only
+its own producer is held back.
+
+Real parts, as on two devices: device A has two producer processes (tenants X and Y, each a
+ring) and, in this process, one link with a ``RingToLink`` relay per ring; device B is a process
+with the link's other end and a ``LinkToRing`` per stream; each B ring has a consumer process.
+X's consumer is frozen (SIGSTOP) for a while: Y's consumer must keep >= 90 % of its rate, and
+after SIGCONT X's consumer gets every frame, in order (``block`` stays lossless).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from agent.dataplane.link import Link
+from agent.dataplane.relay import RingToLink
+from agent.dataplane.segment import segment_name, unlink_segment
+from schemas.message import Message
+
+CTX = mp.get_context("spawn")
+FPS = 25.0
+SHAPE = (96, 128, 3)  # 36 KB frames
+SLOT = int(np.prod(SHAPE)) + 4096
+WINDOW_S = 3.0
+
+pytestmark = pytest.mark.slow
+
+
+def _frame(i: int) -> np.ndarray:
+    return np.full(SHAPE, i % 251, np.uint8)
+
+
+def _produce(ring: str, q, go, stop, published) -> None:
+    """Device A, one tenant's source: ``FPS`` frames/s into ring ``ring``; a ``block`` relay
+    consumer paces it when the far side is behind."""
+    from agent.dataplane.ring import RingFull, RingProducer
+
+    prod = RingProducer.create(ring, SLOT, nslots=4)
+    q.put("created")
+    go.wait(30)
+    i, t0 = 0, time.monotonic()
+    while not stop.is_set():
+        try:
+            prod.publish(Message(i, "cam", fields={"i": i}, arrays={"frame": _frame(i)}), timeout=0.2)
+        except RingFull:
+            continue  # held back by the far side: try the same frame again (lossless)
+        i += 1
+        published.value = i
+        time.sleep(max(0.0, t0 + i / FPS - time.monotonic()))
+    prod.close()
+
+
+def _device_b(rings: dict[str, str], q, stop) -> None:
+    """Device B's agent: the link's listening end and a LinkToRing per stream."""
+    from agent.dataplane.relay import LinkToRing
+
+    link = Link.listen("tcp://127.0.0.1:0", name="b")
+    relays = {s: LinkToRing(link, s, r, slot_size=SLOT, nslots=4) for s, r in rings.items()}
+    q.put(("addr", link.address))
+    stop.wait(120)
+    q.put(("stats", {s: r.stats() for s, r in relays.items()}, link.stats()))
+    for r in relays.values():
+        r.close()
+    link.close()
+
+
+def _consume(ring: str, q, count, stop) -> None:
+    """One tenant's module on device B: reads its ring (``block``), checks every frame."""
+    from agent.dataplane.ring import RingConsumer
+
+    cons = RingConsumer.attach(ring, policy="block")
+    q.put("attached")
+    ids, wrong = [], []
+    while not stop.is_set():
+        m = cons.get(timeout=0.2)
+        if m is None:
+            continue
+        ids.append(m.frame_id)
+        if m.fields["i"] != m.frame_id or int(m.arrays["frame"][0, 0, 0]) != m.frame_id % 251:
+            wrong.append(m.frame_id)
+        count.value = len(ids)
+    q.put((ids, wrong))
+    cons.close()
+
+
+def _start(target, *args) -> mp.Process:
+    p = CTX.Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+def _expect(q, kind: str, timeout: float = 30):
+    item = q.get(timeout=timeout)
+    assert item == kind or item[0] == kind, f"expected {kind!r}, got {item!r}"
+    return item
+
+
+def test_a_frozen_consumer_of_one_tenant_costs_another_tenants_stream_nothing() -> None:
+    tag = f"fair{uuid.uuid4().hex[:6]}"
+    a_rings = {s: segment_name(tag, "a", s) for s in ("x", "y")}
+    b_rings = {s: segment_name(tag, "b", s) for s in ("x", "y")}
+    stop, go, stop_b = CTX.Event(), CTX.Event(), CTX.Event()
+    procs: list[mp.Process] = []
+    relays: list[RingToLink] = []
+    link = None
+    try:
+        qb = CTX.Queue()
+        procs.append(_start(_device_b, b_rings, qb, stop_b))
+        addr = _expect(qb, "addr")[1]
+        counts = {s: CTX.Value("i", 0) for s in b_rings}
+        cq = {s: CTX.Queue() for s in b_rings}
+        cons = {s: _start(_consume, b_rings[s], cq[s], counts[s], stop) for s in b_rings}
+        procs += cons.values()
+        for s in b_rings:
+            _expect(cq[s], "attached")
+        published = {s: CTX.Value("i", 0) for s in a_rings}
+        pq = CTX.Queue()
+        procs += [_start(_produce, a_rings[s], pq, go, stop, published[s]) for s in a_rings]
+        for _ in a_rings:
+            _expect(pq, "created")
+        link = Link.dial(addr, name="a")
+        assert link.wait_connected(10)
+        relays = [RingToLink(a_rings[s], link, s, policy="block") for s in a_rings]
+        go.set()
+
+        def rate(s: str) -> float:
+            n0, t0 = counts[s].value, time.monotonic()
+            time.sleep(WINDOW_S)  # a measurement window, not a wait for a condition
+            return (counts[s].value - n0) / (time.monotonic() - t0)
+
+        time.sleep(1.0)  # warm-up: every process running, the first frames through
+        before = rate("y")
+        os.kill(cons["x"].pid, signal.SIGSTOP)
+        try:
+            x_frozen_at = counts["x"].value
+            during = rate("y")
+            x_published = published["x"].value
+            link_during = link.stats()
+        finally:
+            os.kill(cons["x"].pid, signal.SIGCONT)
+        time.sleep(1.0)  # X catches up on what its sender held back
+        stop.set()
+        got = {s: cq[s].get(timeout=30) for s in b_rings}
+        stop_b.set()
+        _, relay_stats, b_link = _expect(qb, "stats")
+        print(f"tenant Y's stream: {before:.1f} frames/s before, {during:.1f} while tenant X's consumer "
+              f"was frozen ({during / before:.0%}); X published {x_published} by then, its consumer had "
+              f"{x_frozen_at}; sender paused {link_during.get('paused_by_peer')}; B relays {relay_stats}")
+        assert before > 0.8 * FPS, f"Y ran at {before:.1f} frames/s before anything was frozen"
+        assert during >= 0.9 * before, f"tenant Y's stream went from {before:.1f} to {during:.1f} frames/s"
+        assert "x" in link_during["paused_by_peer"] and "y" not in link_during["paused_by_peer"], link_during
+        for s, (ids, wrong) in got.items():
+            assert ids == list(range(len(ids))) and not wrong, f"stream {s}: lost, reordered or wrong frames"
+            assert relay_stats[s]["dropped"] == 0, relay_stats
+        assert len(got["x"][0]) > x_frozen_at + 10, "X's consumer got nothing after it was thawed"
+        assert b_link["bad"] == 0 and b_link["unrouted"] == 0, b_link
+    finally:
+        stop.set()
+        stop_b.set()
+        go.set()
+        for r in relays:
+            r.stop()
+        if link is not None:
+            link.close()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+        for r in [*a_rings.values(), *b_rings.values()]:
+            unlink_segment(r)
