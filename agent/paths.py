@@ -4,11 +4,16 @@ A module config marks the args that are paths with ``json_schema_extra={"edgeva_
 
 - ``source`` (decoder ``source``): a media source. ``synthetic``, a camera (``0``,
   ``/dev/video0``) and ``asset:<name>`` (a clip bundled with edgeva) are always allowed; a URL
-  only with an allowed scheme (``--url-scheme``, default rtsp, rtsps) and, when a host list is
-  configured (``--url-host``), one of those hosts; any other ``word:`` prefix (FFmpeg protocols
-  such as ``concat:``, ``file:``, ``subfile:``) is refused; anything else is a file to read.
-- ``read`` (detector ``model``, reid gallery ``image``): a file to read (``asset:<name>`` and
-  ``base64:`` data pass). Models nested in a config (a list of templates) are walked.
+  only with an allowed scheme (``--url-scheme``, default rtsp, rtsps) and a host the operator
+  listed (``--url-host``: names, IP addresses or networks such as ``192.168.1.0/24``; ``*``
+  for any host; none listed: no URL); any other ``word:`` prefix (FFmpeg protocols such as
+  ``concat:``, ``file:``, ``subfile:``) is refused; anything else is a file to read.
+- ``read`` (detector and reid ``model``, reid gallery ``image``): a file to read
+  (``asset:<name>`` and ``base64:`` data pass). Models nested in a config (a list of
+  templates) are walked.
+- ``server`` (the triton backends' ``url``, ``host:port``): a server a module connects to; its
+  host must be listed like a URL source's (``--url-host``). Checked when the tenant gives it
+  (the default is the type author's, not the tenant's).
 - ``output`` (annotate ``output``): a file to create or truncate; ``mjpeg://HOST:PORT`` (a
   server, not a path) passes.
 
@@ -24,6 +29,7 @@ module's config is validated, so that not even whether a file exists leaks.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -39,6 +45,7 @@ from schemas.errors import BAD_ARGS, EdgevaError, shown
 
 PATH_MARK = "edgeva_path"
 DEFAULT_SCHEMES = ("rtsp", "rtsps")
+ANY_HOST = "*"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # FFmpeg reads "concat:a|b", "file:x", ...
 _CAMERA = re.compile(r"^\d+$|^/dev/video\d+$")
@@ -57,6 +64,29 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _url_host(value: str) -> str:
+    try:
+        return (urlsplit(value).hostname or "").lower()
+    except ValueError:  # a malformed IPv6 literal, a bad port: no host to allow
+        return ""
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise ValueError(f"--url-host {text!r}: not a network (e.g. 192.168.1.0/24): {e}") from None
+
+
+def make_private_dir(path: Path) -> None:
+    """``path`` (and its parents) made if missing; ``path`` itself 0700: a tenant's outputs
+    (its annotated video) are no other local user's to read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o700)  # made earlier, before outputs were private
+
+
 def _under(path: Path, dirs: Iterable[Path]) -> bool:
     return any(path == d or path.is_relative_to(d) for d in dirs)
 
@@ -69,7 +99,8 @@ class PathPolicy:
     by that tenant; ``output_root``: ``ROOT/<tenant>`` writable by that tenant;
     ``output_dirs``: explicit per-tenant output directories (win over ``output_root``; the demo
     writes its video straight into ``--out``); ``url_schemes``/``url_hosts``: URLs a source may
-    name (``url_hosts`` empty: any host)."""
+    name (``url_hosts``: names and IP addresses, ``url_networks``: networks; ``*`` in
+    ``url_hosts``: any host; both empty: no URL at all)."""
 
     media_dirs: tuple[Path, ...] = ()
     tenant_media_root: Path | None = None
@@ -77,6 +108,7 @@ class PathPolicy:
     output_dirs: Mapping[str, Path] = field(default_factory=dict)
     url_schemes: frozenset[str] = frozenset(DEFAULT_SCHEMES)
     url_hosts: frozenset[str] = frozenset()
+    url_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cwd: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -84,7 +116,9 @@ class PathPolicy:
              output_root: str | Path | None = None, output_dirs: Mapping[str, str | Path] | None = None,
              url_schemes: Iterable[str] | None = None, url_hosts: Iterable[str] | None = None) -> PathPolicy:
         """A policy with the defaults filled in: media = the working directory (none when it
-        is ``/``: that would be every file), output root = ``./out``; paths resolved now."""
+        is ``/``: that would be every file), output root = ``./out``, no URL host; paths
+        resolved now. ``url_hosts`` entries with a ``/`` are networks (``10.0.0.0/8``);
+        ``ValueError`` names a bad one."""
         cwd = Path.cwd().resolve()
         if media_dirs is None:
             media_dirs = [] if cwd == Path("/") else [cwd]
@@ -95,7 +129,8 @@ class PathPolicy:
             output_root=res(output_root if output_root is not None else "out"),
             output_dirs={t: res(d) for t, d in (output_dirs or {}).items()},
             url_schemes=frozenset(s.lower() for s in (url_schemes if url_schemes is not None else DEFAULT_SCHEMES)),
-            url_hosts=frozenset(h.lower() for h in (url_hosts or ())),
+            url_hosts=frozenset(h.lower() for h in (url_hosts or ()) if "/" not in h),
+            url_networks=tuple(_network(h) for h in (url_hosts or ()) if "/" in h),
             cwd=cwd,
         )
 
@@ -119,6 +154,8 @@ class PathPolicy:
         """Raise ``EdgevaError(bad_args, path=where)`` unless ``tenant`` may use ``value``."""
         if kind == "source":
             self._source(tenant, value, where)
+        elif kind == "server":
+            self._server(value, where)
         elif kind == "output":
             self._write(tenant, value, where)
         else:
@@ -134,10 +171,7 @@ class PathPolicy:
                 allowed = ", ".join(sorted(self.url_schemes)) or "none"
                 raise EdgevaError(BAD_ARGS, f"source {shown(value)}: URL scheme {scheme!r} is not allowed on this "
                                   f"device (allowed: {allowed}; the agent's --url-scheme)", where)
-            host = (urlsplit(value).hostname or "").lower()
-            if self.url_hosts and host not in self.url_hosts:
-                raise EdgevaError(BAD_ARGS, f"source {shown(value)}: host {shown(host)} is not one this device "
-                                  "may read from (the agent's --url-host list)", where)
+            self._host(value, _url_host(value), where)
             return
         if value.startswith("asset:"):
             raise EdgevaError(BAD_ARGS, f"source {shown(value)}: asset:<name> names a bundled clip, a plain "
@@ -146,6 +180,32 @@ class PathPolicy:
             raise EdgevaError(BAD_ARGS, f"source {shown(value)}: not a file, a camera or a URL (FFmpeg "
                               "protocols such as concat:, file:, subfile: are refused)", where)
         self._read(tenant, value, where)
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a module may connect to ``host`` (a name or an IP address, as written)."""
+        if ANY_HOST in self.url_hosts or host in self.url_hosts:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.url_networks)
+
+    def _host(self, value: str, host: str, where: str) -> None:
+        # A tenant must not reach other hosts of the network through its modules (a decoder's
+        # open is a port scanner: it connects where it is told). The operator lists where the
+        # cameras and servers are; with no list, nothing is reached.
+        if self.host_allowed(host):
+            return
+        if not self.url_hosts and not self.url_networks:
+            raise EdgevaError(BAD_ARGS, f"{shown(value)}: this device connects to no host until its operator "
+                              "lists them (the agent's --url-host HOST or NETWORK/BITS; '*' for any host)", where)
+        raise EdgevaError(BAD_ARGS, f"{shown(value)}: host {shown(host)} is not one this device may connect to "
+                          "(the agent's --url-host list)", where)
+
+    def _server(self, value: str, where: str) -> None:
+        """A server a module connects to: ``host:port`` or ``scheme://host:port[/...]``."""
+        self._host(value, _url_host(value if "://" in value else f"//{value}"), where)
 
     def _read(self, tenant: str, value: str, where: str) -> None:
         if _ASSET.match(value) or value.startswith("base64:"):  # bundled, or the data itself
@@ -172,7 +232,7 @@ class PathPolicy:
             raise EdgevaError(BAD_ARGS, f"{shown(value)} is outside this tenant's output directory "
                               f"({out or 'none is configured'}; the agent's --output-root); write e.g. "
                               f"{os.path.relpath(out / 'video.mp4', self.cwd) if out else 'nothing'}", where)
-        out.mkdir(parents=True, exist_ok=True)  # so that a video straight in it can be written
+        make_private_dir(out)  # so that a video straight in it can be written
 
     def check_deployment(self, tenant: str, dep: Deployment, registry: Mapping[str, Any], device: str) -> None:
         """Check every path arg of the modules of ``dep`` that run on ``device`` (another
@@ -192,6 +252,8 @@ class PathPolicy:
         for fname, info in cls.model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             kind = extra.get(PATH_MARK)
+            if kind == "server" and fname not in args:
+                continue  # the type's default server is its author's choice, not the tenant's
             value = args.get(fname, None if info.is_required() else info.default)
             if kind is not None:
                 if isinstance(value, str):

@@ -3,6 +3,7 @@ the result to a video file or serves it as an MJPEG stream over HTTP (for a brow
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,17 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from modules.base import Module, ModuleConfig, ModuleError
+from modules.base import (
+    MAX_PATH_CHARS,
+    MAX_POLYGONS,
+    Module,
+    ModuleConfig,
+    ModuleError,
+    Polygon,
+    RegionName,
+)
 from schemas.message import Message
 
-Point = tuple[float, float]
 Layer = Literal["detections", "tracks", "roi", "reid"]
 _MJPEG = "mjpeg://"
 _BOUNDARY = "edgevaframe"
@@ -30,6 +38,7 @@ class AnnotateConfig(ModuleConfig):
 
     type: Literal["annotate"] = "annotate"
     output: str = Field(
+        max_length=MAX_PATH_CHARS,
         json_schema_extra={"edgeva_path": "output"},  # the agent confines it (agent/paths.py)
         description=(
             "A video file (.mp4 or .avi; its folder must exist) or mjpeg://HOST:PORT to serve "
@@ -38,13 +47,14 @@ class AnnotateConfig(ModuleConfig):
         ),
         examples=["mjpeg://127.0.0.1:8090", "annotated.mp4"],
     )
-    fps: float = Field(10.0, gt=0, description="Frame rate written into the file (playback speed).")
+    fps: float = Field(10.0, gt=0, le=1000, description="Frame rate written into the file (playback speed).")
     draw: list[Layer] = Field(
         ["detections", "tracks", "roi", "reid"],
+        max_length=8,
         description="What to draw, from the message fields of the same name.",
     )
-    polygons: dict[str, list[Point]] = Field(
-        {}, description="RoI polygons to outline, {name: [[x, y], ...]} in frame pixels."
+    polygons: dict[RegionName, Polygon] = Field(
+        {}, max_length=MAX_POLYGONS, description="RoI polygons to outline, {name: [[x, y], ...]} in frame pixels."
     )
     codec: str = Field(
         "mp4v",
@@ -121,6 +131,14 @@ class Annotate(Module[AnnotateConfig]):
             return
         c = self.config
         path = str(Path(c.output).expanduser())
+        # The tenant's video is the tenant's alone: created 0600 before the writer opens it
+        # (the writer keeps the mode), and anything else this process makes is private too.
+        os.umask(0o077)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
+        except OSError as e:
+            raise ModuleError(f"annotate: cannot write {path}: {e.strerror or e}") from e
         self._writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*c.codec), c.fps, (w, h))
         if not self._writer.isOpened():
             self._writer = None

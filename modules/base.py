@@ -17,15 +17,44 @@ metrics and restarts belong to the agent.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.message import Message
+
+# -- bounds shared by the module configs (every tenant-controlled value has one: tests/test_bounds.py)
+#: Most threads one module may ask for (onnxruntime intra-op, OpenCV): more only cost context
+#: switches on the 4-core boards edgeva targets, and every tenant's modules share the device.
+MAX_THREADS = 16
+#: Longest file path or URL an arg may hold (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
+#: Longest name of a tensor, a served model, a class, a region, a stream.
+MAX_NAME_CHARS = 128
+#: Largest frame side in pixels a config may ask for (8K is 7680 x 4320).
+MAX_SIDE = 8192
+#: Largest class id; at most ``MAX_CLASSES`` of them in a filter.
+MAX_CLASS_ID, MAX_CLASSES = 65535, 1024
+#: Longest any wait a config sets may be (seconds): a deploy or a restart waits on some of them.
+MAX_WAIT_S = 60.0
+#: Most polygons of a roi/annotate config, and points per polygon.
+MAX_POLYGONS, MAX_POINTS = 64, 256
+
+ClassId = Annotated[int, Field(ge=0, le=MAX_CLASS_ID)]
+ClassIds = Annotated[list[ClassId], Field(max_length=MAX_CLASSES)]
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+Coord = Annotated[float, Field(ge=-1e6, le=1e6)]
+Point = tuple[Coord, Coord]
+RegionName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Polygon = Annotated[list[Point], Field(max_length=MAX_POINTS)]
+#: Marks a field whose name sounds like a file or a place (``model_name``, ``output_name``) as
+#: a name that is never opened (``schemas.bounds``).
+NOT_A_PATH = {"edgeva_not_path": "a name, never opened"}
 
 
 class ModuleConfig(BaseModel):
@@ -78,6 +107,27 @@ class ModuleContext:
     device: str = "local"
     emit: Callable[[dict], None] = lambda event: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("edgeva.module"))
+
+    def __post_init__(self) -> None:
+        # Every event goes through the size check, whoever wrote the module: an event is
+        # published as is to the tenant's topic and kept in the offline outbox.
+        send = self.emit
+        self.emit = lambda event: send(checked_event(event))
+
+
+#: Largest event, as JSON, a module may emit (``ctx.emit``); a bigger one is refused.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+def checked_event(event: dict) -> dict:
+    """``event`` if its JSON form fits ``MAX_EVENT_BYTES``; else ``ModuleError`` (from
+    ``process``: that input is refused and counted, the module goes on)."""
+    size = len(json.dumps(event, separators=(",", ":"), default=str).encode())
+    if size > MAX_EVENT_BYTES:
+        keys = ", ".join(sorted(map(str, event))[:8])
+        raise ModuleError(f"event of {size} bytes refused: the limit is {MAX_EVENT_BYTES} "
+                          f"(modules.base.MAX_EVENT_BYTES); its keys: {keys}")
+    return event
 
 
 class Module(Generic[C]):

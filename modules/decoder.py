@@ -20,7 +20,17 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from modules import base
-from modules.base import Alloc, Module, ModuleConfig, ModuleError
+from modules.base import (
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_SIDE,
+    MAX_WAIT_S,
+    NOT_A_PATH,
+    Alloc,
+    Module,
+    ModuleConfig,
+    ModuleError,
+)
 from modules.sources.capture import (
     LiveCapture,
     camera_exists,
@@ -42,6 +52,8 @@ _NO_FRAME = base.NO_FRAME
 _STEP_S = 0.5  # longest a reconnect wait blocks the caller (plus one open attempt)
 # Fields whose change the running decoder applies in place; any other change reopens the source.
 _LIVE_UPDATE = {"fps", "max_frames"}
+#: Longest one open attempt of a network stream may take (``open_timeout_s``).
+MAX_OPEN_S = 30.0
 
 
 class DecoderConfig(ModuleConfig):
@@ -53,6 +65,7 @@ class DecoderConfig(ModuleConfig):
 
     type: Literal["decoder"] = "decoder"
     source: str = Field(
+        max_length=MAX_PATH_CHARS,
         json_schema_extra={"edgeva_path": "source"},  # the agent confines it (agent/paths.py)
         description="file path, asset:<name>, rtsp:// URL, camera index, /dev/videoN or 'synthetic'",
         examples=["asset:vtest.mp4", "rtsp://cam-01/stream", "0", "synthetic"],
@@ -60,6 +73,7 @@ class DecoderConfig(ModuleConfig):
     fps: float | None = Field(
         default=None,
         ge=0,
+        le=1000,
         description="frames per second to emit. Files and synthetic: paced in real time at this rate "
         "(None: the file's own rate; 0: as fast as possible). Live sources: frames above this rate are "
         "skipped (None or 0: every frame). Cameras: also requested from the camera. Changes apply live.",
@@ -68,20 +82,23 @@ class DecoderConfig(ModuleConfig):
         default=True, description="files: start again at the end (False: end the stream)"
     )
     max_frames: int | None = Field(
-        default=None, gt=0, description="stop after this many frames (changes apply live)"
+        default=None, gt=0, le=10**12, description="stop after this many frames (changes apply live)"
     )
     width: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_SIDE,
         description="resize to this width (synthetic: its width, default 640; cameras: also requested from the camera)",
     )
     height: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_SIDE,
         description="resize to this height (synthetic: its height, default 360; cameras: also requested)",
     )
     source_id: str | None = Field(
-        default=None, description="name of the source in messages (default: from source)"
+        default=None, min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+        description="name of the source in messages and every event (default: from source)",
     )
 
     # -- live sources --------------------------------------------------------------------------
@@ -97,11 +114,14 @@ class DecoderConfig(ModuleConfig):
         "or over UDP (lower latency on a clean LAN, but lost packets smear frames)",
     )
     open_timeout_s: float = Field(
-        default=5.0, gt=0, description="network streams: give up one open attempt after this"
+        default=5.0, gt=0, le=MAX_OPEN_S,
+        description="network streams: give up one open attempt after this (a failed attempt always "
+        "takes this long, so that how fast it failed tells nothing about the host)",
     )
     read_timeout_s: float = Field(
         default=5.0,
         gt=0,
+        le=MAX_WAIT_S,
         description="network streams: a frame not arriving within this counts as a drop (then reconnect)",
     )
     reconnect: bool = Field(
@@ -111,14 +131,16 @@ class DecoderConfig(ModuleConfig):
     reconnect_s: float = Field(
         default=1.0,
         gt=0,
+        le=MAX_WAIT_S,
         description="live sources: first wait before reopening; doubles each failure",
     )
     reconnect_max_s: float = Field(
-        default=30.0, gt=0, description="live sources: the longest wait between reopen attempts"
+        default=30.0, gt=0, le=600, description="live sources: the longest wait between reopen attempts"
     )
     fail_fast_s: float = Field(
         default=0.0,
         ge=0,
+        le=MAX_WAIT_S,
         description="live sources: how long setup keeps retrying the first open before refusing the deployment "
         "(0: one attempt, so a wrong URL or missing camera is refused at once)",
     )
@@ -214,7 +236,12 @@ class Decoder(Module[DecoderConfig]):
                 reconnect_max_s=c.reconnect_max_s,
                 log=self.ctx.log,
             )
-            if not self._live.open(c.fail_fast_s):
+            self._setting_up = True
+            try:
+                opened = self._live.open(c.fail_fast_s)
+            finally:
+                self._setting_up = False
+            if not opened:
                 raise ModuleError(f"decoder: cannot open {c.source!r}: {_hint(c.source)}")
             native, self._rate = (
                 frame_size(self._live.cap),
@@ -240,9 +267,9 @@ class Decoder(Module[DecoderConfig]):
         self.source_id = c.source_id or (
             "synthetic"
             if c.source == "synthetic"
-            else c.source
+            else stream_name(c.source)
             if self.live
-            else resolve_path(c.source).stem
+            else resolve_path(c.source).stem[:MAX_NAME_CHARS]
         )
         if c.live:  # synthetic emulating a camera: consumers drop rather than back-pressure
             self.live = True
@@ -253,12 +280,19 @@ class Decoder(Module[DecoderConfig]):
             return open_camera(
                 c.source, width=c.width, height=c.height, fps=c.fps or None, fourcc=c.fourcc
             )
-        return open_stream(
+        t0 = time.monotonic()
+        cap = open_stream(
             c.source,
             transport=c.rtsp_transport,
             open_timeout_s=c.open_timeout_s,
             read_timeout_s=c.read_timeout_s,
         )
+        if cap is None and getattr(self, "_setting_up", False):
+            # A closed port fails in a millisecond, a silent host after the timeout: padding
+            # every failed first open to the timeout keeps a tenant from telling them apart
+            # (port scanning through the decoder); the refusal's words are the same too.
+            time.sleep(max(0.0, t0 + c.open_timeout_s - time.monotonic()))
+        return cap
 
     def _set_native(self, native: tuple[int, int]) -> None:
         # Sources decode here first when their size is not the output's (resize follows).
@@ -371,6 +405,16 @@ class Decoder(Module[DecoderConfig]):
             self._cap.release()
         if self._live is not None:
             self._live.release()
+
+
+def stream_name(url: str) -> str:
+    """A live source's default ``source_id``: the URL without its credentials (it goes into
+    every message and event), cut to ``MAX_NAME_CHARS``."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        netloc, sep, tail = rest.partition("/")
+        url = f"{scheme}://{netloc.rpartition('@')[2]}{sep}{tail}"
+    return url[:MAX_NAME_CHARS]
 
 
 def _hint(source: str) -> str:

@@ -26,17 +26,31 @@ Results never depend on how frames were grouped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from modules.base import Module, ModuleConfig, ModuleError
+from modules.base import (
+    MAX_CLASSES,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_THREADS,
+    MAX_WAIT_S,
+    NOT_A_PATH,
+    ClassIds,
+    Module,
+    ModuleConfig,
+    ModuleError,
+    Side,
+)
 from modules.detectors import Backend, make_backend
 from schemas.message import Message
 
-_NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
+_NONE = np.empty((0, 6), np.float32)
+CropSide = Annotated[int, Field(ge=1, le=1024)]
+MAX_HEADER_CHARS = 4096  # one triton header's value (an access token)  # no rows: a frame skipped by interval
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -78,7 +92,7 @@ class DetectorConfig(ModuleConfig):
         "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
         "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
     model: str | None = Field(
-        None, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
+        None, max_length=MAX_PATH_CHARS, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
         "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
         "See modules/detectors/onnx.py for the input/output layouts a model must have.",
         json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
@@ -93,7 +107,7 @@ class DetectorConfig(ModuleConfig):
     score_threshold: float = Field(
         0.4, ge=0.0, le=1.0, description="keep detections scoring at least this (the bundled "
         "model: 0.4 finds nearly every person on vtest; 0.3 lets rocks in)")
-    classes: list[int] | None = Field(
+    classes: ClassIds | None = Field(
         [0], description="keep only these class ids (COCO-80: 0 person, 2 car, 7 truck); null keeps all")
     nms_iou: float | None = Field(
         0.5, gt=0.0, le=1.0, description="class-wise non-maximum suppression: drop a box overlapping "
@@ -102,23 +116,25 @@ class DetectorConfig(ModuleConfig):
         0.8, gt=0.0, le=1.0, description="also drop a box whose area lies inside a better box of its "
         "class by more than this fraction (CenterNet's duplicates are often half-body boxes inside "
         "the full one: IoU ~0.49, so IoU NMS alone keeps them); null: off")
-    threads: int = Field(2, ge=1, le=64, description="CPU threads of onnxruntime / OpenCV HOG")
-    input_size: tuple[int, int] | None = Field(
+    threads: int = Field(2, ge=1, le=MAX_THREADS, description="CPU threads of onnxruntime / OpenCV HOG")
+    input_size: tuple[Side, Side] | None = Field(
         None, description="model input [width, height]; null: read from the model (needed only "
         "for models with a dynamic size)")
     input_scale: float = Field(
-        1.0, gt=0.0, description="multiply 0-255 RGB pixels by this before inference "
+        1.0, gt=0.0, le=1000.0, description="multiply 0-255 RGB pixels by this before inference "
         "(1.0 for the bundled model; 0.00392157 = 1/255 for models trained on 0-1)")
-    input_name: str | None = Field(None, description="onnx/triton: model input to feed (null: the only one)")
-    output_name: str | None = Field(None, description="onnx/triton: output with the [K, 6] rows (null: the only/first one)")
-    class_names: list[str] | None = Field(
-        None, description="names of class ids for fields['labels'] (null: COCO-80)")
+    input_name: str | None = Field(None, max_length=MAX_NAME_CHARS,
+                                   description="onnx/triton: model input to feed (null: the only one)")
+    output_name: str | None = Field(None, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                                    description="onnx/triton: output with the [K, 6] rows (null: the only/first one)")
+    class_names: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, max_length=MAX_CLASSES, description="names of class ids for fields['labels'] (null: COCO-80)")
     forward_frame: bool = Field(True, description="pass the input frame on as arrays['frame']")
     crops: bool = Field(False, description="add arrays['crops'] and fields['crop_index'] (for reid)")
-    crop_classes: list[int] = Field([0], description="classes whose detections are cropped")
-    crop_size: tuple[int, int] = Field((128, 256), description="crop [width, height] in pixels")
+    crop_classes: ClassIds = Field([0], description="classes whose detections are cropped")
+    crop_size: tuple[CropSide, CropSide] = Field((128, 256), description="crop [width, height] in pixels")
     max_crops: int = Field(16, ge=1, le=256, description="most crops per frame (best scores first)")
-    max_frame_size: tuple[int, int] = Field(
+    max_frame_size: tuple[Side, Side] = Field(
         (1920, 1080), description="largest input frame [width, height]; only sizes the output "
         "buffer when crops is on (frames beyond it do not fit)")
     max_batch: int = Field(
@@ -127,10 +143,13 @@ class DetectorConfig(ModuleConfig):
     hog_scale: float = Field(
         1.0, gt=0.0, le=4.0, description="opencv-hog: resize frames by this first (0.5: ~4x "
         "faster, misses people under ~250 px; 1.5: finds people down to ~85 px, slower)")
-    url: str = Field("localhost:8000", description="triton: server host:port (HTTP 8000, gRPC 8001 by default)")
+    url: str = Field("localhost:8000", max_length=MAX_PATH_CHARS, json_schema_extra={"edgeva_path": "server"},
+                     description="triton: server host:port (HTTP 8000, gRPC 8001 by default); the agent's "
+                     "--url-host must allow the host")
     protocol: Literal["http", "grpc"] = Field("http", description="triton: protocol of url")
-    model_name: str | None = Field(None, description="triton: served model name (required)")
-    model_version: str = Field("", description="triton: model version ('' = the server's default)")
+    model_name: str | None = Field(None, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                                   description="triton: served model name (required)")
+    model_version: str = Field("", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH, description="triton: model version ('' = the server's default)")
     shared_memory: Literal["auto", "none", "system", "cuda"] = Field(
         "auto", description="triton: how the input tensor reaches the server: system (POSIX shm, "
         "server on this host), cuda (CUDA IPC, discrete GPUs; not on Jetson), none (in the "
@@ -138,10 +157,10 @@ class DetectorConfig(ModuleConfig):
     binary: bool | None = Field(
         None, description="triton over HTTP: binary tensors (null: when the server supports them; "
         "MLServer does not)")
-    cuda_device: int = Field(0, ge=0, description="triton with shared_memory cuda: GPU index")
-    timeout_s: float = Field(5.0, gt=0.0, description="triton: connection and request timeout in seconds")
-    headers: dict[str, str] = Field(
-        {}, description="triton: headers sent with every request, e.g. the access token of a server "
+    cuda_device: int = Field(0, ge=0, le=64, description="triton with shared_memory cuda: GPU index")
+    timeout_s: float = Field(5.0, gt=0.0, le=MAX_WAIT_S, description="triton: connection and request timeout in seconds")
+    headers: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[str, Field(max_length=MAX_HEADER_CHARS)]] = Field(
+        {}, max_length=16, description="triton: headers sent with every request, e.g. the access token of a server "
         "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "
         "{triton-access-token: SECRET}; over gRPC the key is triton-grpc-protocol-triton-access-token)")
 

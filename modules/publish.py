@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from modules.base import Module, ModuleConfig
+from modules.base import MAX_NAME_CHARS, Module, ModuleConfig
 from schemas.message import Message
 
 
@@ -16,11 +16,11 @@ class PublishConfig(ModuleConfig):
     ``source``, ``latency_ms`` (end-to-end, from decode) and every field of the message."""
 
     type: Literal["publish"] = "publish"
-    fields: list[str] | None = Field(
-        default=None, description="message fields to include (None: all of them)"
+    fields: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = Field(
+        default=None, max_length=64, description="message fields to include (None: all of them)"
     )
     max_rate: float = Field(
-        default=0.0, ge=0, description="events per second at most (0: every message); the agent also caps each app's event rate"
+        default=0.0, ge=0, le=1000, description="events per second at most (0: every message); the agent also caps each app's event rate"
     )
     hops: bool = Field(
         default=False, description="add 'hops': [module, t_in_ns, t_out_ns] per module the frame went "

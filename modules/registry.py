@@ -9,6 +9,7 @@ import logging
 from importlib.metadata import entry_points
 
 from modules.base import Module
+from schemas.bounds import unbounded_fields
 
 log = logging.getLogger("edgeva.registry")
 GROUP = "edgeva.modules"
@@ -50,6 +51,11 @@ def load_registry() -> dict[str, type[Module]]:
             log.warning("module type %r (%s) declares type %r: ignored", name, ref, declared)
             continue
         reg[name] = cls
+        if name not in BUILTIN:  # the built-in types are held to it by tests/test_bounds.py
+            loose = unbounded_fields(cls.config_class)
+            if loose:
+                log.warning("module type %r (%s) leaves %d args unbounded, e.g. %s (edgeva check lists them)",
+                            name, ref, len(loose), loose[0])
     return reg
 
 

@@ -11,9 +11,21 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modules.base import Module, ModuleConfig, ModuleContext, ModuleError
+from modules.base import (
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_SIDE,
+    MAX_THREADS,
+    NOT_A_PATH,
+    ClassIds,
+    Module,
+    ModuleConfig,
+    ModuleContext,
+    ModuleError,
+)
 from modules.decoder import resolve_path
 from modules.embedders import CROP_H, CROP_W, CombinedEmbedder, Embedder, fit_crop
+from modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
 from schemas.message import Message
 
 #: Default ``threshold`` per backend: the cosine similarity above which a crop is reported as
@@ -27,6 +39,10 @@ DEFAULT_THRESHOLD: dict[str, float] = {"combined": 0.68, "onnx": 0.76, "hsv": 0.
 #: 0.55 at weight 0, 0.45 from 0.3 up); 0.3 keeps some shape information for scenes where
 #: colour alone is ambiguous (uniforms, night), where the histogram was not tuned.
 DEFAULT_CNN_WEIGHT = 0.3
+#: Most templates in a gallery: each is decoded and embedded on every gallery change.
+MAX_GALLERY = 64
+#: Longest ``image`` string: a path, or ``base64:`` and the base64 of at most MAX_IMAGE_BYTES.
+MAX_IMAGE_CHARS = len("base64:") + (MAX_IMAGE_BYTES + 2) // 3 * 4
 
 
 class Template(BaseModel):
@@ -34,8 +50,10 @@ class Template(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, description="Reported as 'template' in matches and events.")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      description="Reported as 'template' in matches and events.")
     image: str = Field(
+        max_length=MAX_IMAGE_CHARS,
         json_schema_extra={"edgeva_path": "read"},  # the agent confines it (agent/paths.py)
         description=(
             "A crop of the person, head to feet, tightly boxed (like a detector box): a PNG or "
@@ -46,13 +64,26 @@ class Template(BaseModel):
     @field_validator("image")
     @classmethod
     def _readable(cls, v: str) -> str:
+        # The size in the image's header is checked here, before any module decodes it: an
+        # image bomb (a tiny file claiming 6000 x 6000 pixels) is refused with the deploy.
         if v.startswith("base64:"):
             try:
-                base64.b64decode(v[len("base64:") :], validate=True)
+                data = base64.b64decode(v[len("base64:") :], validate=True)
             except (binascii.Error, ValueError) as e:
                 raise ValueError(f"template image is not valid base64: {e}") from e
         elif not resolve_path(v).is_file():
             raise ValueError(f"template image not found: {resolve_path(v)}")
+        else:
+            try:
+                data = read_image_file(resolve_path(v))
+            except OSError as e:
+                raise ValueError(f"template image cannot be read: {e.strerror or e}") from e
+            except ImageRefused as e:
+                raise ValueError(f"template image refused: {e}") from e
+        try:
+            check_image(data)
+        except ImageRefused as e:
+            raise ValueError(f"template image refused: {e}") from e
         return v
 
 
@@ -61,12 +92,17 @@ class TritonOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field("localhost:8000", description="host:port (8000 HTTP, 8001 gRPC for Triton).")
+    url: str = Field("localhost:8000", max_length=MAX_PATH_CHARS, json_schema_extra={"edgeva_path": "server"},
+                     description="host:port (8000 HTTP, 8001 gRPC for Triton); the agent's --url-host "
+                     "must allow the host.")
     protocol: Literal["http", "grpc"] = "http"
-    model_name: str = Field("osnet_x1_0", description="Model name in the server's repository.")
-    model_version: str = Field("", description="Empty: the server's default version.")
-    input_name: str = Field("input", description="Input tensor, [N, 3, 256, 128] FP32 (NCHW).")
-    output_name: str = Field("output", description="Output tensor, [N, D] FP32 features.")
+    model_name: str = Field("osnet_x1_0", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                            description="Model name in the server's repository.")
+    model_version: str = Field("", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                               description="Empty: the server's default version.")
+    input_name: str = Field("input", max_length=MAX_NAME_CHARS, description="Input tensor, [N, 3, 256, 128] FP32 (NCHW).")
+    output_name: str = Field("output", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                             description="Output tensor, [N, D] FP32 features.")
     binary: bool = Field(True, description="HTTP binary tensors; False for MLServer.")
 
 
@@ -75,7 +111,7 @@ class ReidConfig(ModuleConfig):
 
     type: Literal["reid"] = "reid"
     gallery: list[Template] = Field(
-        min_length=1, description="People to look for: [{name, image}, ...].",
+        min_length=1, max_length=MAX_GALLERY, description="People to look for: [{name, image}, ...].",
         examples=[[{"name": "person-1", "image": "asset:demo_person.png"}]],
     )
     backend: Literal["onnx", "hsv", "combined", "triton"] = Field(
@@ -89,6 +125,8 @@ class ReidConfig(ModuleConfig):
     )
     model: str = Field(
         "asset:mobilenetv2_reid.onnx",
+        max_length=MAX_PATH_CHARS,
+        json_schema_extra={"edgeva_path": "read"},  # the agent confines it (agent/paths.py)
         description="onnx, combined: ONNX file (or asset:<name>) taking [N,3,256,128] ImageNet-normalised RGB.",
     )
     threshold: float | None = Field(
@@ -107,17 +145,18 @@ class ReidConfig(ModuleConfig):
         le=1.0,
         description="combined: share of the CNN in the similarity; the HSV histogram gets 1 - cnn_weight.",
     )
-    classes: list[int] | None = Field(
+    classes: ClassIds | None = Field(
         [0], description="Only boxes of these class ids are compared ([0]: COCO persons); null: all."
     )
     min_height: int = Field(
-        24, ge=1, description="Boxes lower than this (pixels) are skipped: too few pixels to tell."
+        24, ge=1, le=MAX_SIDE, description="Boxes lower than this (pixels) are skipped: too few pixels to tell."
     )
-    threads: int = Field(2, ge=1, description="onnx, combined: onnxruntime intra-op threads.")
-    max_batch: int = Field(16, ge=1, description="Crops per inference call (input buffer size).")
+    threads: int = Field(2, ge=1, le=MAX_THREADS, description="onnx, combined: onnxruntime intra-op threads.")
+    max_batch: int = Field(16, ge=1, le=256, description="Crops per inference call (input buffer size).")
     embed_every: int = Field(
         10,
         ge=1,
+        le=10000,
         description=(
             "With tracks upstream (a tracker): embed a track when it is new and again every "
             "embed_every frames, reusing its last embedding in between (a person's appearance "
@@ -211,10 +250,9 @@ class Reid(Module[ReidConfig]):
         Templates are decoded and embedded before anything is swapped, so a bad gallery in an
         update raises and leaves the running one in place."""
         embedder = self._combine(c)
-        images = [_load_image(t) for t in c.gallery]
-        crops = np.empty((len(images), CROP_H, CROP_W, 3), np.uint8)
-        for img, out in zip(images, crops, strict=True):
-            fit_crop(img, out)
+        crops = np.empty((len(c.gallery), CROP_H, CROP_W, 3), np.uint8)
+        for t, out in zip(c.gallery, crops, strict=True):
+            fit_crop(_load_image(t), out)  # one decoded image at a time
         gallery = embedder.embed(crops).copy()  # the embedder reuses its output buffer
         # Warm the batch shapes of a typical frame (first runs of a shape are slow) now rather
         # than on the first frames of the stream.
@@ -379,15 +417,20 @@ class Reid(Module[ReidConfig]):
 def _load_image(t: Template) -> np.ndarray:
     """Decode a template's image (file or base64), or raise ModuleError naming it."""
     if t.image.startswith("base64:"):
-        data = np.frombuffer(base64.b64decode(t.image[len("base64:") :]), np.uint8)
+        raw = base64.b64decode(t.image[len("base64:") :])
         where = "base64 data"
     else:
         path = resolve_path(t.image)
         try:
-            data = np.fromfile(path, np.uint8)
-        except OSError as e:
+            raw = read_image_file(path)
+        except (OSError, ImageRefused) as e:
             raise ModuleError(f"reid: template {t.name!r}: cannot read {path}: {e}") from e
         where = str(path)
+    try:  # again here: the file may have changed since the deploy was checked
+        check_image(raw)
+    except ImageRefused as e:
+        raise ModuleError(f"reid: template {t.name!r}: {where} refused: {e}") from e
+    data = np.frombuffer(raw, np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ModuleError(f"reid: template {t.name!r}: {where} is not a PNG/JPEG image")

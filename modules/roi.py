@@ -9,25 +9,24 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from modules.base import Module, ModuleConfig
+from modules.base import MAX_POLYGONS, ClassIds, Module, ModuleConfig, Point, Polygon, RegionName
 from schemas.message import Message
-
-Point = tuple[float, float]
 
 
 class RoiConfig(ModuleConfig):
     """Arguments of the ``roi`` module."""
 
     type: Literal["roi"] = "roi"
-    polygons: dict[str, list[Point]] = Field(
+    polygons: dict[RegionName, Polygon] = Field(
         ...,
+        max_length=MAX_POLYGONS,
         description=(
             "Named regions in pixel coordinates of the frame: {name: [[x, y], ...]} with at least "
             "3 points each, in order around the region (closed implicitly)."
         ),
         examples=[{"door": [[0, 0], [320, 0], [320, 240], [0, 240]]}],
     )
-    classes: list[int] | None = Field(
+    classes: ClassIds | None = Field(
         None, description="Monitor only these class ids (e.g. [0] for COCO persons); null: all."
     )
     anchor: Literal["bottom_center", "center"] = Field(
@@ -40,6 +39,7 @@ class RoiConfig(ModuleConfig):
     min_dwell_s: float = Field(
         0.0,
         ge=0.0,
+        le=86400.0,
         description=(
             "A track counts as entered (event sent, total incremented) only once it has been "
             "inside this long; shorter visits (boxes grazing the edge) are ignored."
@@ -48,6 +48,7 @@ class RoiConfig(ModuleConfig):
     exit_timeout_s: float = Field(
         1.0,
         ge=0.0,
+        le=3600.0,
         description=(
             "A track inside a region that stops appearing in the input is declared gone (exit) "
             "after this long; shorter gaps (missed detections) do not split a visit."

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from modules.base import Module, ModuleConfig, ModuleContext, ModuleError
+from modules.base import ClassIds, Module, ModuleConfig, ModuleContext, ModuleError
 from schemas.message import Message
 
 # Which knobs each algorithm reads; setting another one explicitly is refused (a no-op knob in
@@ -46,6 +46,7 @@ class TrackerConfig(ModuleConfig):
     max_lost: int = Field(
         3,
         ge=0,
+        le=10000,
         description=(
             "Frames a track survives without a matching detection before its id is dropped. "
             "Raise it to bridge missed detections; lower it if ids leak onto other objects."
@@ -64,6 +65,7 @@ class TrackerConfig(ModuleConfig):
     centroid_distance_threshold: float = Field(
         30.0,
         gt=0.0,
+        le=1e5,
         description=(
             "centroid_kf: maximum distance in pixels between a track's predicted centroid and a "
             "detection's centroid to match. Scale it with resolution and object speed."
@@ -72,14 +74,16 @@ class TrackerConfig(ModuleConfig):
     process_noise_scale: float = Field(
         1.0,
         gt=0.0,
+        le=1e6,
         description="centroid_kf, sort: Kalman process noise (higher follows turns faster).",
     )
     measurement_noise_scale: float = Field(
         1.0,
         gt=0.0,
+        le=1e6,
         description="centroid_kf, sort: Kalman measurement noise (higher smooths jitter more).",
     )
-    classes: list[int] | None = Field(
+    classes: ClassIds | None = Field(
         None, description="Track only detections of these class ids; null tracks every class."
     )
     min_score: float = Field(

@@ -17,6 +17,12 @@ operator would meet one round trip at a time:
 5. with the fleet's retained states: devices that are unknown or offline (``unknown_device``)
    and devices without a data plane (``setup_failed``), as the receiving agent sees them.
 
+Warnings (not errors: the agent accepts such a deploy) name every arg of a module type used
+that the type leaves unbounded (``schemas.bounds``: a number without a maximum, a string or
+list without a maximum length, a path-like string not marked). The built-in types have none
+(``tests/test_bounds.py``); a third-party type that has some lets a tenant take more of the
+device than its limits say, so the operator who installed it is told here.
+
 What needs the device itself (another app of the same name, a module failing in ``setup``)
 is not checked. ``registry`` maps a type name to its config class or Module class; ``schemas``
 never imports the modules itself.
@@ -30,6 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.bounds import unbounded_fields
 from schemas.deployment import (
     Deployment,
     ModuleSpec,
@@ -62,19 +69,23 @@ class CheckResult:
 
     deployment: Deployment | None = None
     errors: list[EdgevaError] = field(default_factory=list)
+    #: ``{"path", "message"}``: args the module types used leave unbounded (see the module doc).
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON for tools: ``{"ok", "app", "modules", "errors": [{"code", "message", "path"}]}``."""
+        """JSON for tools: ``{"ok", "app", "modules", "errors": [{"code", "message", "path"}],
+        "warnings": [{"path", "message"}]}``."""
         dep = self.deployment
         return {
             "ok": self.ok,
             "app": dep.app if dep is not None else None,
             "modules": len(dep.modules) if dep is not None else None,
             "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
         }
 
 
@@ -154,6 +165,21 @@ def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]
         errors.append(EdgevaError(CYCLE, "cycle: " + " -> ".join(names),
                                   format_path(("modules", src, "outputs", real))))
     return errors
+
+
+def _bounds_warnings(dep: Deployment, registry: Mapping[str, Any], broken: set[str]) -> list[dict[str, str]]:
+    """Each unbounded arg of each module type used, at its first module of that type."""
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for name, spec in dep.modules.items():
+        if name in broken or spec.type not in registry or spec.type in seen:
+            continue
+        seen.add(spec.type)
+        for f in unbounded_fields(_config_class(registry[spec.type])):
+            out.append({"path": format_path(("modules", name, "args")) + "." + f.path,
+                        "message": f"module type {spec.type!r} leaves this arg unbounded ({f.problem}): a tenant "
+                                   "could take more of the device with it than its limits allow"})
+    return out
 
 
 def _fleet_errors(dep: Deployment, local: str | None, fleet: Mapping[str, DeviceState]) -> list[EdgevaError]:
@@ -240,6 +266,7 @@ def check_deployment(
     else:
         result.deployment, broken = dep, set()
     result.errors += _graph_errors(dep, registry, broken)
+    result.warnings = _bounds_warnings(dep, registry, broken)
     if fleet is not None:
         result.errors += _fleet_errors(dep, local_device, fleet)
     if not result.errors:

@@ -20,7 +20,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from schemas.deployment import Deployment, Name, RequestId, parse_deployment
+from schemas.deployment import (
+    ARGS_CHECKED,
+    MAX_ARGS,
+    Args,
+    Deployment,
+    Name,
+    RequestId,
+    parse_deployment,
+)
 from schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error, shown
 from schemas.jsonio import loads_strict
 from schemas.topics import VERBS, Verb
@@ -61,7 +69,8 @@ class UpdateCommand(AppCommand):
     """Change a running module's args in place; ``args`` is merged over its current args."""
 
     module: Name = Field(description="module name as declared in the app's deployment")
-    args: dict[str, Any] = Field(description="args to change; the others keep their value")
+    args: Args = Field(max_length=MAX_ARGS, json_schema_extra=ARGS_CHECKED,
+                       description="args to change; the others keep their value")
 
 
 class StatusCommand(_Command):

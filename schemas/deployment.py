@@ -37,6 +37,13 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 Policy = Literal["block", "drop_oldest"]
+#: Most modules one app may declare, and most args one module may be given (bounds by
+#: construction: ``schemas.bounds``; the built-in types have at most 40 args).
+MAX_MODULES_PER_APP = 256
+MAX_ARGS = 128
+#: A module's args: names, then values that the module type's own config checks (and bounds).
+Args = dict[Annotated[str, StringConstraints(max_length=64)], Any]
+ARGS_CHECKED = {"edgeva_checked_by": "the module type's config (schemas.graph.check_args)"}
 #: Top-level key editors read to find a file's JSON Schema; not part of the deployment.
 SCHEMA_KEY = "$schema"
 
@@ -46,12 +53,14 @@ class ModuleSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(description="module type, as registered under the edgeva.modules entry point")
-    args: dict[str, Any] = Field(
-        default_factory=dict, description="the type's config (its `type` field excepted)"
+    type: str = Field(max_length=128, description="module type, as registered under the edgeva.modules entry point")
+    args: Args = Field(
+        default_factory=dict, max_length=MAX_ARGS, json_schema_extra=ARGS_CHECKED,
+        description="the type's config (its `type` field excepted)",
     )
-    outputs: list[str] = Field(
-        default_factory=list, description="names of the modules of this app that get its output"
+    outputs: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_MODULES_PER_APP, json_schema_extra={"edgeva_not_path": "module names"},
+        description="names of the modules of this app that get its output",
     )
     device: Name | None = Field(
         default=None, description="device that runs it; null = the device receiving the deploy"
@@ -97,7 +106,7 @@ class Deployment(BaseModel):
 
     request_id: RequestId | None = Field(default=None, description="echoed in the reply")
     app: Name = Field(description="application name, unique per tenant and device")
-    modules: Annotated[dict[Name, ModuleSpec], Field(min_length=1)] = Field(
+    modules: Annotated[dict[Name, ModuleSpec], Field(min_length=1, max_length=MAX_MODULES_PER_APP)] = Field(
         description="module name (unique in the app) -> spec"
     )
     part_of: PartOf | None = Field(

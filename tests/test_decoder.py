@@ -261,20 +261,32 @@ def test_camera_config_and_missing_device() -> None:
 
 
 # -- network streams ---------------------------------------------------------------------------
-def test_unreachable_url_is_refused_at_setup() -> None:
+def test_unreachable_url_is_refused_at_setup_in_open_timeout_s() -> None:
+    """A refused connection (a closed port) fails in a millisecond; a failed first open takes
+    ``open_timeout_s`` all the same (issue 20 hole 14), so that a tenant cannot tell a closed
+    port from a silent host by how fast its deploy is refused."""
     t = time.monotonic()
     with pytest.raises(ModuleError, match="cannot open 'rtsp://127.0.0.1:9/none'"):
-        make(source="rtsp://127.0.0.1:9/none")
-    assert time.monotonic() - t < 4.0  # one refused attempt: well under open_timeout_s (5 s)
+        make(source="rtsp://127.0.0.1:9/none", open_timeout_s=1.0)
+    assert 1.0 <= time.monotonic() - t < 4.0
 
 
 def test_fail_fast_s_retries_the_first_open_before_refusing() -> None:
     t = time.monotonic()
     with pytest.raises(ModuleError, match="cannot open"):
-        make(source="rtsp://127.0.0.1:9/none", fail_fast_s=0.8, reconnect_s=0.2)
-    # attempts at 0, 0.2 and 0.6 s; each refused at once (the upper bound: under the 0.8 s
-    # window plus one open_timeout_s, so a machine however loaded passes)
+        make(source="rtsp://127.0.0.1:9/none", fail_fast_s=0.8, reconnect_s=0.2, open_timeout_s=0.3)
+    # attempts at 0 and 0.5 s, each taking open_timeout_s (the upper bound: under the 0.8 s
+    # window plus one open_timeout_s and slack, so a machine however loaded passes)
     assert 0.5 < time.monotonic() - t < 0.8 + 5.0
+
+
+def test_waits_are_bounded() -> None:
+    """Issue 20 hole 8: a deploy (and a restart) waits on these; each has a maximum."""
+    for arg in ("open_timeout_s", "read_timeout_s", "fail_fast_s", "reconnect_s"):
+        with pytest.raises(ValidationError, match="less than or equal"):
+            DecoderConfig(source="synthetic", **{arg: 1000})
+    with pytest.raises(ValidationError, match="at most 128"):
+        DecoderConfig(source="synthetic", source_id="s" * 60000)
 
 
 def test_ffmpeg_options_are_scoped_to_the_open() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 from pathlib import Path
 
 import cv2
@@ -33,7 +34,7 @@ import pytest
 
 from modules.base import ModuleContext, ModuleError
 from modules.embedders import CROP_H, CROP_W, fit_crop
-from modules.reid import Reid, ReidConfig
+from modules.reid import Reid, ReidConfig, Template
 from schemas.message import Message
 from tests.servers.fixtures import Server, mlserver_reid_fixture  # noqa: F401
 
@@ -151,9 +152,38 @@ def test_bad_template_is_a_clear_error(tmp_path):
         ReidConfig(gallery=[])
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    m = Reid(ReidConfig(gallery=[{"name": "junk", "image": str(junk)}], backend="hsv"), ModuleContext("r"))
-    with pytest.raises(ModuleError, match="'junk'.*not a PNG/JPEG"):
-        m.setup()
+    with pytest.raises(pydantic.ValidationError, match="not a PNG or JPEG"):
+        ReidConfig(gallery=[{"name": "junk", "image": str(junk)}], backend="hsv")
+    # A file that changes after the config was checked is refused by the module itself.
+    good = ReidConfig(gallery=[{"name": "junk", "image": TEMPLATE}], backend="hsv")
+    cfg = good.model_copy(update={"gallery": [Template.model_construct(name="junk", image=str(junk))]})
+    with pytest.raises(ModuleError, match="'junk'.*not a PNG or JPEG"):
+        Reid(cfg, ModuleContext("r")).setup()
+
+
+def test_image_bombs_are_refused_before_decoding(tmp_path):
+    """Issue 20 hole 5: a ~600-byte JPEG whose header claims 6000 x 6000 pixels was decoded
+    (108 MB each). Its header is read first now, in the config (the deploy's check) and again
+    in the module, before any pixel is allocated; so is a PNG's."""
+    from tests.test_security_modules import bomb_jpeg
+
+    bomb = bomb_jpeg()
+    assert len(bomb) < 1000
+    png = tmp_path / "big.png"
+    ok, enc = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(enc.tobytes())
+    data[16:24] = struct.pack(">II", 5000, 5000)  # IHDR width, height
+    png.write_bytes(bytes(data))
+    (tmp_path / "big.jpg").write_bytes(bomb)
+    for image in ("base64:" + base64.b64encode(bomb).decode(), str(tmp_path / "big.jpg"), str(png)):
+        with pytest.raises(pydantic.ValidationError, match=r"x 5000 pixels|x 6000 pixels"):
+            ReidConfig(gallery=[{"name": "b", "image": image}], backend="hsv")
+    good = ReidConfig(gallery=[{"name": "b", "image": TEMPLATE}], backend="hsv")
+    cfg = good.model_copy(update={"gallery": [Template.model_construct(name="b", image=str(png))]})
+    with pytest.raises(ModuleError, match="MAX_IMAGE_PIXELS"):
+        Reid(cfg, ModuleContext("r")).setup()
+    with pytest.raises(pydantic.ValidationError, match="at most 64"):
+        ReidConfig(gallery=[{"name": f"p{i}", "image": TEMPLATE} for i in range(65)], backend="hsv")
 
 
 def test_triton_needs_threshold_and_a_server():

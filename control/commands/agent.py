@@ -157,7 +157,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--url-scheme", action="append", metavar="SCHEME",
                    help="URL scheme a source may use; repeatable or comma-separated (default: rtsp,rtsps)")
     f.add_argument("--url-host", action="append", metavar="HOST",
-                   help="host a source URL may name; repeatable or comma-separated (default: any host)")
+                   help="host a source URL or an inference server URL may name: a name, an IP address or a network "
+                        "(192.168.1.0/24); repeatable or comma-separated; '*' for any host (default: none, so that "
+                        "no tenant reaches other hosts of the network through its modules)")
     lim = p.add_argument_group("per-tenant limits", "What one tenant may take of this device (docs/security.md).")
     lim.add_argument("--max-apps", type=int, default=32, metavar="N", help="apps per tenant (default: 32)")
     lim.add_argument("--max-modules", type=int, default=64, metavar="N", help="module instances per tenant (default: 64)")

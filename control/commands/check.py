@@ -117,11 +117,15 @@ def _run(args: argparse.Namespace) -> int:
         for r in reports:
             if r["ok"]:
                 print(f"{r['file']}: ok (app {r['app']}, {r['modules']} modules)")
+                for w in r.get("warnings", []):
+                    print(f"  warning at {w['path']}: {w['message']}")
                 continue
             n = len(r["errors"])
             print(f"{r['file']}: {n} error{'s' if n > 1 else ''}")
             for line in error_lines(r["errors"]):
                 print(f"  {line}")
+            for w in r.get("warnings", []):
+                print(f"  warning at {w['path']}: {w['message']}")
     return EXIT_OK if ok else EXIT_REFUSED
 
 

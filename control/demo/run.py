@@ -68,7 +68,7 @@ def run_demo(
     """Run the three-app demo for ``seconds``; returns (and writes to ``json_path``) the summary
     ``{"source_frames", "apps": {name: {"frames", "dropped", "latency_ms", "events"}}}``."""
     from agent.bridge import AgentBridge
-    from agent.paths import PathPolicy
+    from agent.paths import ANY_HOST, PathPolicy
     from control.broker import EmbeddedBroker, free_port
     from control.client import EdgevaClient
 
@@ -86,7 +86,8 @@ def run_demo(
          # the video goes straight into --out; a --source file is read where it lies
          "paths": PathPolicy.make(media_dirs=[Path.cwd(), *([Path(source).expanduser().resolve().parent]
                                                            if Path(source).expanduser().is_file() else [])],
-                                  output_dirs={"default": out_dir})},
+                                  output_dirs={"default": out_dir},
+                                  url_hosts=[ANY_HOST])},  # one user, its own --source
         broker_url, metrics_period=1.0,
     )
     bridge.start()

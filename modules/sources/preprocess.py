@@ -7,7 +7,7 @@ go straight to the output (a later transpose or normalisation reads it).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Color = Literal["bgr", "rgb", "gray"]
 Layout = Literal["hwc", "chw"]
+_Value = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 
 class Normalize(BaseModel):
@@ -23,14 +24,14 @@ class Normalize(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mean: tuple[float, ...] = Field(
-        default=(0.0,), description="per channel (in the output color order) or one value for all"
+    mean: tuple[_Value, ...] = Field(
+        default=(0.0,), max_length=3, description="per channel (in the output color order) or one value for all"
     )
-    std: tuple[float, ...] = Field(
-        default=(1.0,), description="per channel or one value for all; no zeros"
+    std: tuple[_Value, ...] = Field(
+        default=(1.0,), max_length=3, description="per channel or one value for all; no zeros"
     )
     scale: float = Field(
-        default=1 / 255, description="multiplies the 0-255 pixel first (1/255 maps it to 0-1)"
+        default=1 / 255, ge=-1e6, le=1e6, description="multiplies the 0-255 pixel first (1/255 maps it to 0-1)"
     )
 
     @model_validator(mode="after")
