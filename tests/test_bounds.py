@@ -107,3 +107,27 @@ def test_installed_example_type_is_checked_too() -> None:
     result = check_deployment(json.dumps(dep), REGISTRY)
     expected = {f"modules.b.args.{f.path}" for f in unbounded_fields(_config(REGISTRY["brightness"]))}
     assert {w["path"] for w in result.warnings} == expected
+
+
+def test_an_event_over_the_size_cap_is_refused_and_the_module_goes_on() -> None:
+    """Issue 20: a 60 KB ``source_id`` went into every event. The strings that reach events
+    from args are bounded now (``source_id`` <= 128, a live source's default is its URL without
+    credentials, cut to 128); and whatever a module builds, an event over ``MAX_EVENT_BYTES``
+    is refused in ``ctx.emit`` (from ``process``: that input is refused, the module goes on)."""
+    from modules.base import MAX_EVENT_BYTES, ModuleContext, ModuleError
+    from modules.decoder import stream_name
+    from modules.publish import Publish, PublishConfig
+    from schemas.message import Message
+
+    sent: list[dict] = []
+    pub = Publish(PublishConfig(), ModuleContext("pub", emit=sent.append))
+    pub.setup()
+    pub.process(Message(1, "cam", fields={"n": 1}))
+    with pytest.raises(ModuleError, match=f"event of 10[0-9]{{4}} bytes refused: the limit is {MAX_EVENT_BYTES}"):
+        pub.process(Message(2, "cam", fields={"big": ["x" * 98] * 1000}))
+    with pytest.raises(ModuleError, match="MAX_EVENT_BYTES"):
+        pub.process(Message(3, "s" * MAX_EVENT_BYTES, fields={"n": 3}))
+    pub.process(Message(4, "cam", fields={"n": 4}))
+    assert [e["frame_id"] for e in sent] == [1, 4]
+    assert stream_name("rtsp://admin:secret@cam-1:554/live") == "rtsp://cam-1:554/live"
+    assert len(stream_name("rtsp://cam/" + "x" * 5000)) == 128
