@@ -40,6 +40,16 @@ def test_every_command_field_is_bounded(verb: str) -> None:
     assert found == [], "\n".join(map(str, found))
 
 
+@pytest.mark.xfail(reason="issue 20: the link frame header is bounded by hand in agent/dataplane/codec.py "
+                   "(MAX_NAME, MAX_HOPS, MAX_ARRAYS...); schemas.frame.FrameHeader does not say so yet",
+                   strict=False)
+def test_the_link_frame_header_model_is_bounded() -> None:
+    from schemas.frame import FrameHeader
+
+    found = unbounded_fields(FrameHeader, "frame")
+    assert found == [], "\n".join(map(str, found))
+
+
 # -- the walker itself: it must find what it claims to --------------------------------------------
 class _Inner(BaseModel):
     image: str = Field(max_length=10)  # path-like, unmarked
