@@ -181,3 +181,60 @@ def test_a_frozen_consumer_of_one_tenant_costs_another_tenants_stream_nothing() 
                 p.kill()
         for r in [*a_rings.values(), *b_rings.values()]:
             unlink_segment(r)
+
+
+# -- the same through two real agents ------------------------------------------------------------
+
+_DEC = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}
+_BIND = ("--data-bind", "tcp://127.0.0.1:0", "--fleet-token", "test-fleet")
+
+
+def _split(name: str, src: str, dst: str) -> dict:
+    return {"app": name, "modules": {
+        "dec": {**_DEC, "device": src, "outputs": ["pub"]},
+        "pub": {"type": "publish", "args": {}, "device": dst, "policy": "block"},
+    }}
+
+
+def test_two_agents_one_tenants_frozen_module_costs_another_tenants_split_app_nothing(mosquitto, tmp_path) -> None:
+    """Issue 20's scenario: two tenants' apps span the same two devices (one link); acme's
+    module on the far device is frozen; globex's app keeps >= 90 % of its event rate."""
+    from tests.agent_harness import AgentProc, Commander, Watcher
+
+    uid = uuid.uuid4().hex[:6]
+    a, b = f"a-{uid}", f"b-{uid}"
+    w = Watcher(mosquitto.url)
+    agents = []
+    pid = None
+    try:
+        agents = [AgentProc(mosquitto.url, d, tmp_path / d, w, *_BIND) for d in (a, b)]
+        for tenant, name in (("acme", "x"), ("globex", "y")):
+            r = Commander(w, b, tenant=tenant).send("deploy", _split(name, a, b), timeout=60)
+            assert r["ok"], r
+        g_events = f"edgeva/v1/{b}/globex/events/y"
+        w.wait(g_events, lambda ms: len(ms) >= 20, timeout=60)
+        st = w.wait(f"edgeva/v1/{b}/state", lambda ms: any(
+            m["type"] == "publish" and "acme/x" in m["apps"] and m["pid"] for m in ms[-1]["modules"].values()))
+        pid = next(m["pid"] for m in st[-1]["modules"].values() if m["type"] == "publish" and "acme/x" in m["apps"])
+
+        def rate(seconds: float) -> float:
+            n0, t0 = len(w.get(g_events)), time.monotonic()
+            time.sleep(seconds)  # a measurement window, not a wait for a condition
+            return (len(w.get(g_events)) - n0) / (time.monotonic() - t0)
+
+        before = rate(4.0)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            during = rate(4.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"globex's split app: {before:.1f} events/s before, {during:.1f} while acme's module was frozen "
+              f"({during / before:.0%})")
+        assert before > 10, f"globex's app ran at {before:.1f} events/s before anything was frozen"
+        assert during >= 0.9 * before, f"globex's app went from {before:.1f} to {during:.1f} events/s"
+        ids = [e["frame_id"] for e in w.get(g_events)]
+        assert ids == list(range(ids[0], ids[0] + len(ids))), "globex's app lost or reordered frames"
+    finally:
+        for ag in agents:
+            ag.stop()
+        w.close()
