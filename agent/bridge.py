@@ -116,6 +116,13 @@ OVERSIZED_HEAD = 4096
 #: device metrics of a device at its limits; a command between MAX_COMMAND_BYTES and this
 #: still gets a ``bad_request`` reply. MQTT 3.1.1 has no such property (see docs/security.md).
 MAX_INBOUND_PACKET = 8 << 20
+#: QoS of the agent's subscriptions. 0: a QoS 1 message over MAX_INBOUND_PACKET is never sent
+#: to us but stays in mosquitto's in-flight window for us (2.0.11), and 20 of them (its
+#: ``max_inflight_messages``) stalled every later command, every tenant's. QoS 1 bought nothing:
+#: the agent connects with a clean start, so the broker resends nothing after a reconnect, and
+#: within one connection TCP delivers QoS 0 as surely (a repeat is still answered, not
+#: applied twice: agent.replies).
+SUB_QOS = 0
 MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
 TENANT_QUEUE = 256  # commands one tenant may have waiting
 TENANT_QUEUE_BYTES = 8 << 20  # bytes of payload one tenant may have waiting (8 commands of the largest size)
@@ -261,7 +268,7 @@ class AgentBridge:
             on_connect=self._on_connect,
         )
         self.client.on_message = self._on_message
-        subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()])
+        subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()], qos=SUB_QOS)
         self._publish_state()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
         threading.Thread(target=self._converge_loop, name="converge", daemon=True).start()
@@ -272,7 +279,7 @@ class AgentBridge:
 
     def _on_connect(self, client: mqtt.Client) -> None:
         # After a reconnect: subscriptions of a clean session are gone, state must be re-told.
-        client.subscribe([(t, 1) for t in (cmd_subscription(self.device), *self._fleet_subs(), *self._reply_subs)])
+        client.subscribe([(t, SUB_QOS) for t in (cmd_subscription(self.device), *self._fleet_subs(), *self._reply_subs)])
         self._state_dirty.set()
         if len(self.outbox):
             # after a broker restart every client reconnects at once: give subscribers a moment
@@ -707,7 +714,7 @@ class AgentBridge:
         sub = reply_subscription(device, tenant)
         try:
             if sub not in self._reply_subs:
-                subscribe_wait(self.client, sub)
+                subscribe_wait(self.client, sub, qos=SUB_QOS)
                 self._reply_subs.add(sub)
         except MqttError as e:
             return {"ok": False, "error": {"code": INTERNAL, "message": str(e)}}

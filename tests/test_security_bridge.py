@@ -98,9 +98,12 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
     callback (only its head waits, for the refusal's request id), a tenant's queue is bounded
     in bytes too, and under MQTT 5 the agent tells the broker the largest packet it takes
     (``MAX_INBOUND_PACKET``): bigger ones are dropped by the broker and never read. Here
-    acme's worker is busy with a slow deploy while acme sends 8 commands of 24 MiB and 48 of
-    4 MiB: the agent's peak RSS grows by less than 64 MiB, every 4 MiB one gets its
-    ``bad_request``, and globex is answered meanwhile."""
+    acme's worker is busy with a slow deploy while acme sends 24 commands of 9 MiB and 24
+    of 4 MiB: the agent's peak RSS grows by less than 64 MiB, every 4 MiB one gets its
+    ``bad_request``, and globex is answered meanwhile. (More than 20 oversized ones: sent at
+    QoS 1 to a QoS 1 subscriber, each would stay in mosquitto's in-flight window for the
+    agent, and 20 stall every later message: the agent subscribes at QoS 0.)"""
+    BIG = 24  # noqa: N806 (more than mosquitto's 20 in flight)
     obs, acme, globex = observer(broker), tenant(broker, "acme"), tenant(broker, "globex")
     device = f"big-{uuid.uuid4().hex[:6]}"
     a = agent(broker, obs, device, tmp_path)
@@ -114,7 +117,10 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
 
         def sample() -> None:
             while not done.wait(0.02):
-                peak[0] = max(peak[0], proc_status(pid)["VmRSS"])
+                try:
+                    peak[0] = max(peak[0], proc_status(pid).get("VmRSS", 0))
+                except OSError:  # the agent is gone (the test failed and stopped it)
+                    return
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -122,9 +128,9 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
         acme.client.publish(f"edgeva/v1/{device}/acme/cmd/deploy",
                             json.dumps({**app("slow", slow), "request_id": "slow1"}), qos=1).wait_for_publish(5)
         time.sleep(0.3)  # acme's worker is busy: before, everything after waited whole in its queue
-        sizes = [24 * MIB] * 8 + [4 * MIB] * 48
-        assert 4 * MIB < MAX_INBOUND_PACKET < 24 * MIB and 4 * MIB > MAX_COMMAND_BYTES
-        pad = b"a" * (24 * MIB)
+        sizes = [9 * MIB] * BIG + [4 * MIB] * 24
+        assert 4 * MIB < MAX_INBOUND_PACKET < 9 * MIB and 4 * MIB > MAX_COMMAND_BYTES
+        pad = b"a" * (9 * MIB)
         for i, size in enumerate(sizes):
             head = b'{"request_id":"big-%d","app":"x","pad":"' % i
             acme.client.publish(f"edgeva/v1/{device}/acme/cmd/stop", head + pad[: size - len(head) - 2] + b'"}',
@@ -132,7 +138,7 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
         globex_t0 = time.monotonic()
         assert Commander(globex, device, "globex").send("status", {}, timeout=10)["ok"]
         globex_s = time.monotonic() - globex_t0
-        for i in range(8, len(sizes)):  # every command that reached the agent is refused, by its id
+        for i in range(BIG, len(sizes)):  # every command that reached the agent is refused, by its id
             r = acme.wait(f"edgeva/v1/{device}/acme/reply/big-{i}", timeout=60)[0]
             assert r["ok"] is False and r["error"]["code"] == "bad_request" and "over the limit" in r["error"]["message"]
         done.set()
@@ -142,7 +148,7 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
         print(f"agent RSS before {before / MIB:.0f} MiB, peak +{growth / MIB:.1f} MiB (VmHWM {st['VmHWM'] / MIB:.0f} "
               f"MiB, now {st['VmRSS'] / MIB:.0f} MiB); globex answered in {globex_s:.2f} s")
         assert growth < 64 * MIB, f"the agent grew by {growth / MIB:.0f} MiB while acme flooded it"
-        for i in range(8):  # over MAX_INBOUND_PACKET: the broker never sent them to the agent
+        for i in range(BIG):  # over MAX_INBOUND_PACKET: the broker never sent them to the agent
             assert acme.get(f"edgeva/v1/{device}/acme/reply/big-{i}") == []
         r = acme.wait(f"edgeva/v1/{device}/acme/reply/slow1", timeout=60)[0]
         assert r["error"]["code"] == "setup_failed", r
@@ -180,7 +186,7 @@ def test_a_state_speaks_only_for_the_device_of_its_topic(broker: Broker, tmp_pat
                   "links": {cam_b: f"tcp://127.0.0.1:{port}"}}
         forger.publish(f"edgeva/v1/{evil}/state", json.dumps(forged), qos=1, retain=True).wait_for_publish(5)
         got = None
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + 4  # cam-b redialled within a second when it believed it
         while got is None and time.monotonic() < deadline:
             try:
                 got = trap.recv()
@@ -275,7 +281,7 @@ def test_one_tenants_commands_do_not_push_out_anothers_cached_reply(broker: Brok
 def test_one_tenants_events_do_not_push_out_anothers_while_the_broker_is_away(tmp_path: Path) -> None:
     """The offline event buffer was one for all tenants (2000 events): a tenant whose apps
     publish fast pushed out every other tenant's events of the outage. Now each tenant has its
-    own buffer: acme's app (300 events/s) overflows its own during a 10 s outage, globex's
+    own buffer: acme's app (400 events/s) overflows its own during a 7 s outage, globex's
     (5/s) loses none."""
     b = Mosquitto(tmp_path / "broker").start()
     w = a = None
@@ -285,7 +291,7 @@ def test_one_tenants_events_do_not_push_out_anothers_while_the_broker_is_away(tm
         w.client.on_connect = lambda c, *_: c.subscribe("edgeva/v1/#", qos=1)
         device = f"ob-{uuid.uuid4().hex[:6]}"
         a = AgentProc(b.url, device, tmp_path / "agent", w, "--event-rate", "1000")
-        fast = {"type": "decoder", "args": {"source": "synthetic", "fps": 300, "width": 32, "height": 24}}
+        fast = {"type": "decoder", "args": {"source": "synthetic", "fps": 400, "width": 32, "height": 24}}
         assert Commander(w, device, "acme").send("deploy", app("fast", fast), timeout=60)["ok"]
         slow = {"type": "decoder", "args": {"source": "synthetic", "fps": 5, "width": 32, "height": 24}}
         assert Commander(w, device, "globex").send("deploy", app("slow", slow), timeout=60)["ok"]
@@ -293,7 +299,7 @@ def test_one_tenants_events_do_not_push_out_anothers_while_the_broker_is_away(tm
         w.wait(ev_g, lambda ms: len(ms) >= 3)
         w.wait(ev_a, lambda ms: len(ms) >= 50)
         b.stop(kill=True)
-        time.sleep(10)  # acme: ~3,000 events, more than a buffer holds; globex: ~50
+        time.sleep(7)  # acme: ~2,800 events, more than a buffer holds; globex: ~50
         b.start()
         ids = []
         deadline = time.monotonic() + 30
