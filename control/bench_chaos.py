@@ -45,7 +45,14 @@ from control.bench_chaos_plan import (
     schedule,
 )
 from control.bench_chaos_rig import APP_FPS
-from control.bench_proc import become_subreaper, descendants, memory_mb, reap_orphans, shm
+from control.bench_proc import (
+    become_subreaper,
+    descendants,
+    memory_mb,
+    proc_state,
+    reap_orphans,
+    shm,
+)
 
 BUDGET_S = 10.0  # an app is back within this (plus any back-off) once a fault's cause is gone
 TAIL_S = 25.0  # no fault in the last TAIL_S: the last fault's recovery is judged there
@@ -97,7 +104,9 @@ def _exceptions(logs: dict[str, Path]) -> list[dict]:
             if "Traceback (most recent call last)" not in line:
                 continue
             j = i + 1
-            while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
+            # the exception is the first line out of the frames (a chained one: the last)
+            while j < len(lines) and (lines[j].startswith((" ", "\t", "Traceback", "During handling",
+                                                           "The above exception")) or not lines[j].strip()):
                 j += 1
             exc = lines[j].strip() if j < len(lines) else "(log ends inside a traceback)"
             found.append({"log": name, "exception": exc[:300],
@@ -108,8 +117,8 @@ def _exceptions(logs: dict[str, Path]) -> list[dict]:
 class _Injector:
     """Carries out one planned fault on the rig; returns its target and when its cause was removed."""
 
-    def __init__(self, rig: Any, rng: random.Random, hang_s: float, say: Callable[[str], None]) -> None:
-        self.rig, self.rng, self.hang_s, self.say = rig, rng, hang_s, say
+    def __init__(self, rig: Any, rng: random.Random, hang_s: float) -> None:
+        self.rig, self.rng, self.hang_s = rig, rng, hang_s
 
     def __call__(self, f: Fault, t0: float) -> dict:
         return getattr(self, f.kind)(f, t0)
@@ -140,7 +149,7 @@ class _Injector:
         t_stop = time.monotonic()
         time.sleep(f.duration)
         # The watchdog should have killed it after its hang timeout; if not, let it go on.
-        still = _proc_state(pid) == "T"
+        still = proc_state(pid) == "T"
         if still:
             os.kill(pid, signal.SIGCONT)
         return {"target": f"{dev}/{name}", "pid": pid, "cleared": t_stop + self.hang_s - t0,
@@ -172,14 +181,6 @@ class _Injector:
         time.sleep(f.duration)
         self.rig.camera.start()
         return {"target": self.rig.camera.url, "cleared": time.monotonic() - t0}
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
 
 
 def _backoff_s(modules: list, app: str, lo: float, hi: float) -> float:
@@ -235,7 +236,7 @@ def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_
         base = _sample(rig)
         say(f"  baseline: {base['processes']} processes, {base['rss_mb']} MB private, "
             f"{base['segments']} segments {base['shm_mb']} MB in /dev/shm")
-        inject = _Injector(rig, random.Random(seed), hang_s, say)
+        inject = _Injector(rig, random.Random(seed), hang_s)
         t0 = time.monotonic()
         flowing, _ = rig.recorder.snapshot()
         gaps = {app: down_gap_s([e[0] - t0 for e in evs], t_flowing - t0, 0.0) for app, evs in flowing.items()}

@@ -110,23 +110,40 @@ def recovery_s(arrivals: Sequence[float], t_fault: float, t_next: float, t_end: 
 def frames_lost(events: Sequence[tuple[float, int, float]], fault_ts: Sequence[float], fps: float,
                 gap_s: float = DOWN_GAP_S) -> tuple[int, list[int]]:
     """Frames an app did not deliver: (before the first fault, per fault). Each hole in its
-    frame ids, between two events in a row, goes to the last fault injected before the app
-    had been silent ``gap_s`` (the attribution ``recovery_s`` uses), so that a long outage's
-    frames count once, for the fault that caused it, and holes between faults (frames the app
-    dropped under load) for the fault before them. Across a source restart (ids from 0
-    again, see ``order_faults``) the hole is estimated from the source timestamps at ``fps``."""
+    frame ids (in arrival order) goes to the last fault injected before the app had been silent
+    ``gap_s`` (the attribution ``recovery_s`` uses), so that a long outage's frames count once,
+    for the fault that caused it, and holes between faults (frames dropped under load) for the
+    fault before them. A frame that arrives late (after a later one) fills its hole again.
+    Across a source restart (ids from 0 again, see ``order_faults``) the hole is estimated
+    from the source timestamps at ``fps``."""
     before, per = 0, [0] * len(fault_ts)
-    prev: tuple[float, int, float] | None = None
+    missing: dict[int, int] = {}  # frame id -> the fault its hole went to (-1: before any)
+    last: tuple[float, int, float] | None = None  # the newest frame so far
+
+    def count(i: int, n: int) -> None:
+        nonlocal before
+        if i >= 0:
+            per[i] += n
+        else:
+            before += n
+
     for ev in events:
-        if prev is not None:
-            (a0, id0, ts0), (_a1, id1, ts1) = prev, ev
-            hole = id1 - id0 - 1 if id1 > id0 else (max(0, round((ts1 - ts0) * fps) - 1) if ts1 > ts0 else 0)
-            i = bisect.bisect_right(fault_ts, a0 + gap_s) - 1
-            if i >= 0:
-                per[i] += hole
-            else:
-                before += hole
-        prev = ev
+        arrived, fid, ts = ev
+        if last is None:
+            last = ev
+            continue
+        a0, id0, ts0 = last
+        i = bisect.bisect_right(fault_ts, a0 + gap_s) - 1
+        if fid > id0:
+            count(i, fid - id0 - 1)
+            missing.update(dict.fromkeys(range(id0 + 1, fid), i))
+            last = ev
+        elif ts > ts0:  # the source started again from 0
+            count(i, max(0, round((ts - ts0) * fps) - 1))
+            missing.clear()
+            last = ev
+        elif fid in missing:  # late, not lost
+            count(missing.pop(fid), -1)
     return before, per
 
 

@@ -92,7 +92,8 @@ def become_subreaper() -> bool:
         return False
 
 
-def _state(pid: int) -> str:
+def proc_state(pid: int) -> str:
+    """The state letter of ``pid`` (R, S, T stopped, Z zombie...); "" when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
@@ -105,7 +106,7 @@ def reap_orphans(keep: set[int]) -> int:
     caller waits for itself): adopted orphans that exited. Returns how many were reaped."""
     me, n = os.getpid(), 0
     for pid, ppid in parents().items():
-        if ppid == me and pid not in keep and _state(pid) == "Z":
+        if ppid == me and pid not in keep and proc_state(pid) == "Z":
             try:
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     n += 1

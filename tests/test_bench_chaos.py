@@ -78,6 +78,14 @@ def test_frames_lost_and_order_across_a_source_restart():
     assert frames_lost(evs, [1.0], 10.0) == (0, [24])
     assert frames_lost(evs, [0.2], 10.0) == (0, [24])  # the only fault: everything after it
     assert frames_lost(evs, [], 10.0) == (24, [])  # no fault: lost under load alone
+    # a backlog that arrives after the first live frame (a broker outage): nothing lost
+    late = [(0.0, 0, 100.0), (0.1, 1, 100.1), (9.0, 9, 100.9), (9.1, 2, 100.2), *[
+        (9.2 + k * 0.01, 3 + k, 100.3 + k * 0.1) for k in range(6)], (9.3, 10, 101.0)]
+    assert frames_lost(late, [5.0], 10.0) == (0, [0])
+    assert [o["frame_id"] for o in order_faults(late)] == [2]
+    # frames 2-8 missing (the silence began at 0.1 s, before the fault), 2 came late, then
+    # again: a duplicate fills nothing
+    assert frames_lost([*late[:3], (9.1, 2, 100.2), (9.15, 2, 100.2)], [5.0], 10.0) == (6, [0])
     assert order_faults(evs) == []  # a restarted source counting from 0 is not a reorder
     dup = [*evs, (5.0, 2, 104.1)]
     assert order_faults(dup) == [{"t": 5.0, "frame_id": 2, "after": 2, "kind": "duplicate"}]
@@ -91,6 +99,18 @@ def test_reconnect_wait_bounds_a_camera_return():
     assert reconnect_wait_s(10.0, 1.0, 30.0) == 8.0
     assert reconnect_wait_s(20.0, 1.0, 30.0) == 16.0
     assert reconnect_wait_s(200.0, 1.0, 30.0) == 30.0
+
+
+def test_tracebacks_found_in_logs(tmp_path):
+    from control.bench_chaos import _exceptions
+
+    log = tmp_path / "agent.log"
+    log.write_text("INFO started\nWARNING module x crashed (exit code -9); restart 1\n"
+                   "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\n    g()\n"
+                   "IndexError: index 9 is out of bounds\nINFO fine\n")
+    (tmp_path / "quiet.log").write_text("INFO nothing wrong\n")
+    found = _exceptions({"agent": log, "quiet": tmp_path / "quiet.log", "gone": tmp_path / "missing.log"})
+    assert found == [{"log": "agent", "exception": "IndexError: index 9 is out of bounds", "allowed": False}]
 
 
 @pytest.mark.slow
