@@ -37,9 +37,11 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 Policy = Literal["block", "drop_oldest"]
-#: Most modules one app may declare, and most args one module may be given (bounds by
-#: construction: ``schemas.bounds``; the built-in types have at most 40 args).
-MAX_MODULES_PER_APP = 256
+#: Most modules one app may declare (and outputs one module may list), and most args one
+#: module may be given (bounds by construction: ``schemas.bounds``; the built-in types have at
+#: most 40 args). A ceiling on what one command can hold, above what a 1 MiB command fits with
+#: real names; what a tenant may run is the agent's --max-modules, counted per declared module.
+MAX_MODULES_PER_APP = 16384
 MAX_ARGS = 128
 #: A module's args: names, then values that the module type's own config checks (and bounds).
 Args = dict[Annotated[str, StringConstraints(max_length=64)], Any]
