@@ -183,6 +183,46 @@ def test_a_frozen_consumer_of_one_tenant_costs_another_tenants_stream_nothing() 
             unlink_segment(r)
 
 
+
+def test_pause_holds_only_that_stream_and_resume_or_reconnect_releases_it() -> None:
+    """Flow control at the link itself: the receiver's PAUSE holds one ``block`` stream's
+    sender (``LinkTimeout`` saying so) while another stream goes on; a paused ``drop_oldest``
+    stream drops new messages (counted); RESUME releases; a PAUSE for a stream the sender does
+    not have changes nothing."""
+    from agent.dataplane.link import LinkTimeout
+
+    rx = Link.listen("tcp://127.0.0.1:0", name="rx")
+    tx = Link.dial(rx.address, name="tx")
+    got: list[str] = []
+    try:
+        for s in ("held", "free", "live"):
+            rx.on(s, lambda r: got.append(r.stream))
+        tx.open_stream("held", "block")
+        tx.open_stream("live", "drop_oldest")
+        assert tx.wait_connected(10)
+        for s in ("held", "live", "nobody"):
+            rx.pause_peer(s, True)
+        deadline = time.monotonic() + 5
+        while tx.stats()["paused_by_peer"] != ["held", "live"]:
+            assert time.monotonic() < deadline, tx.stats()
+            time.sleep(0.01)
+        msg = Message(1, "cam", arrays={"frame": _frame(1)})
+        with pytest.raises(LinkTimeout, match="paused by the peer"):
+            tx.send("held", msg, timeout=0.3)
+        tx.send("live", msg)
+        tx.send("free", msg, timeout=2)
+        assert tx.stats()["dropped_by_stream"]["live"] == 1
+        rx.pause_peer("held", False)
+        tx.send("held", msg, timeout=5)  # released by RESUME
+        deadline = time.monotonic() + 5
+        while sorted(got) != ["free", "held"]:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.01)
+        assert tx.stats()["paused_by_peer"] == ["live"]
+    finally:
+        tx.close()
+        rx.close()
+
 # -- the same through two real agents ------------------------------------------------------------
 
 _DEC = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}

@@ -39,8 +39,9 @@ only its producer); a paused ``drop_oldest`` stream drops new messages (counted)
 forgotten when the peer reconnects or restarts.
 
 Receiving: ``recv`` (one consumer for all streams) or ``on(stream, handler)`` (a dispatch thread
-calls each stream's handler; handlers must not wait: see flow control). A ``Received`` message's arrays are read-only numpy views over the
-nng message buffer: no copy. Lifetime: the buffer is owned by a cffi object that the views
+calls each stream's handler; handlers must not wait: see flow control). A link that only sends
+runs the dispatch thread too, to hear flow control. A ``Received`` message's arrays are
+read-only numpy views over the nng message buffer: no copy. Lifetime: the buffer is owned by a cffi object that the views
 reference, so it is freed when the last view (and the ``Lease``) is gone; a stray view can never
 read freed memory. ``Lease.release()`` drops the link's own reference: call it (or drop the
 ``Received``) as soon as the arrays are consumed, so that nng memory does not pile up.
@@ -213,7 +214,7 @@ class _Stream:
     """Send-side state of one stream (touched by its one sending thread and under the lock)."""
 
     __slots__ = ("name", "policy", "depth", "env", "queued", "dropped", "scratch", "cscratch",
-                 "writer", "pp", "paused")
+                 "writer", "pp", "paused", "ctrl")
 
     def __init__(self, name: str, policy: Policy, depth: int, epoch: int, flags: int = 0) -> None:
         raw = name.encode()
@@ -230,6 +231,7 @@ class _Stream:
         self.name, self.policy, self.depth, self.env = name, policy, depth, bytes(env)
         self.queued = self.dropped = 0
         self.paused = False  # the peer asked us to hold this stream
+        self.ctrl = bool(flags)  # a flow-control sender (pause_peer), not a data stream
         self.scratch = bytearray()
         self.cscratch = None  # cffi view of scratch, made once per buffer
         self.writer: FrameWriter | None = None
@@ -650,15 +652,14 @@ class Link:
         module docstring). Never waits: called from a receive handler. Of several requests
         for one stream still queued, only the newest is sent."""
         flag = FLAG_PAUSE if pause else FLAG_RESUME
-        if self._closing:
-            return
-        st = self._ctrl.get((stream, flag))
-        if st is None:
-            st = self._ctrl[(stream, flag)] = _Stream(stream, "drop_oldest", 1, self._epoch, flag)
-            other = self._ctrl.get((stream, flag ^ _CTRL))
-            if other is None:
-                self._ctrl[(stream, flag ^ _CTRL)] = _Stream(stream, "drop_oldest", 1, self._epoch, flag ^ _CTRL)
         with self._lock:
+            if self._closing:
+                return
+            st = self._ctrl.get((stream, flag))
+            if st is None:  # made once per stream received (bounded by the handlers)
+                for f in (FLAG_PAUSE, FLAG_RESUME):
+                    self._ctrl[(stream, f)] = _Stream(stream, "drop_oldest", 1, self._epoch, f)
+                st = self._ctrl[(stream, flag)]
             if st.queued:
                 return  # the same request is still queued
             # The opposite request still queued is stale: this one supersedes it.
@@ -737,7 +738,7 @@ class Link:
                             break
                     except LinkError:
                         return  # closed under us
-                    if st.policy == "drop_oldest" and st.queued:
+                    if st.policy == "drop_oldest" and st.queued and not st.ctrl:
                         # A newer message of this live stream is waiting: this one is stale.
                         with self._lock:
                             st.dropped += 1
