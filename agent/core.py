@@ -40,7 +40,7 @@ from agent.limits import TenantLimits, mib
 from agent.paths import PathPolicy
 from agent.peers import Peers
 from agent.store import DesiredState
-from agent.supervisor import Instance, Supervisor
+from agent.supervisor import Instance, RestartPolicy, Supervisor
 from modules.registry import load_registry
 from schemas import runner as R
 from schemas.commands import (
@@ -145,6 +145,7 @@ class AgentCore:
         link_slot_bytes: int = 8 << 20,
         paths: PathPolicy | None = None,
         limits: TenantLimits | None = None,
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix or device
@@ -171,7 +172,7 @@ class AgentCore:
         swept = sweep_segments(self.prefix)
         if swept:
             log.info("swept %d shared-memory segments left by a previous run", len(swept))
-        self.sup = Supervisor(self._on_event, self._on_metrics, self._on_change)
+        self.sup = Supervisor(self._on_event, self._on_metrics, self._on_change, restart=restart)
 
     # -- commands ------------------------------------------------------------------------------
     def _graph(self, tenant: str, dep: Deployment, known_devices: set[str] | None = None) -> ValidatedGraph:
@@ -811,6 +812,9 @@ class AgentCore:
                 name: ModuleState(
                     type=inst.spec.type, apps=sorted(self.apps[a].key for a in self.users.get(name, ()) if a in self.apps),
                     pid=inst.pid, status=inst.status if inst.status != "ended" else "stopped", restarts=inst.restarts,
+                    error=inst.error[:600] if inst.error and inst.status != "running" else None,
+                    backoff_s=inst.backoff_s if inst.status == "backoff" else None,
+                    next_attempt_ts=inst.next_attempt_ts,
                 )
                 for name, inst in self.sup.instances.items()
             }
@@ -847,6 +851,7 @@ class AgentCore:
                 frames_in=m.frames_in if m else 0, frames_out=m.frames_out if m else 0,
                 proc_ms=_last_proc(inst),
                 occupancy=occ, dropped={**drops, **relay_drops.get(name, {})}, restarts=inst.restarts,
+                status=inst.status, next_attempt_ts=inst.next_attempt_ts,
                 counters=m.counters if m else {},
             )
         return out

@@ -94,12 +94,20 @@ class ModuleError(RuntimeError):
     and the module is restarted."""
 
 
+class Restart(Exception):  # noqa: N818 - a request, not an error
+    """Raised from ``pace``/``produce``/``process``: start this module again now, from
+    ``setup`` (for instance a source that came back in a mode that changes its output's size).
+    The agent restarts it at once, without counting it as a crash; its consumers re-attach."""
+
+
 @dataclass
 class ModuleContext:
     """What the runtime gives a module: who it is, and where its side outputs go.
 
     ``emit(event)`` sends a JSON-able dict to the application's events topic (the agent
-    rate-limits it); ``log`` is a logger named after the module instance.
+    rate-limits it); ``log`` is a logger named after the module instance. ``unattended``:
+    no operator is waiting on this start (the agent restoring its apps at boot, or restarting
+    the module after a failure): a source should wait for its input rather than fail setup.
     """
 
     name: str
@@ -107,6 +115,7 @@ class ModuleContext:
     device: str = "local"
     emit: Callable[[dict], None] = lambda event: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("edgeva.module"))
+    unattended: bool = False
 
     def __post_init__(self) -> None:
         # Every event goes through the size check, whoever wrote the module: an event is

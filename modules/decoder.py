@@ -50,6 +50,8 @@ _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\
 #: ``produce`` (in bounded reconnect steps) until its frames come back.
 _NO_FRAME = base.NO_FRAME
 _STEP_S = 0.5  # longest a reconnect wait blocks the caller (plus one open attempt)
+WAIT_POLL_S = 3.0  # a source awaited since the start is tried this often
+_PLACEHOLDER = (640, 360)  # output size while waiting for a source of unknown size
 # Fields whose change the running decoder applies in place; any other change reopens the source.
 _LIVE_UPDATE = {"fps", "max_frames"}
 #: Longest one open attempt of a network stream may take (``open_timeout_s``).
@@ -144,6 +146,13 @@ class DecoderConfig(ModuleConfig):
         description="live sources: how long setup keeps retrying the first open before refusing the deployment "
         "(0: one attempt, so a wrong URL or missing camera is refused at once)",
     )
+    wait_for_source: bool = Field(
+        default=False,
+        description="live sources: when the source cannot be opened at deploy, start anyway and wait for it "
+        "(reporting waiting_for_source) instead of refusing the deployment. The agent always waits when "
+        "nobody is there to see a refusal: restoring apps at boot (a box that boots before its cameras) "
+        "or restarting the module after a failure.",
+    )
     fourcc: str | None = Field(
         default=None,
         pattern=r"^[A-Z0-9 ]{4}$",
@@ -225,6 +234,8 @@ class Decoder(Module[DecoderConfig]):
         self._cap: cv2.VideoCapture | None = None
         self._live: LiveCapture | None = None
         self._pending = False  # live: a frame is grabbed and waits for produce
+        self._waiting = False  # live: started without its source, waiting for it
+        self._announce = False  # live: say waiting_for_source at the first pace
         if c.source == "synthetic":
             native, self._rate = (c.width or 640, c.height or 360), 10.0
             self._pattern = Pattern(*native)
@@ -241,12 +252,15 @@ class Decoder(Module[DecoderConfig]):
                 opened = self._live.open(c.fail_fast_s)
             finally:
                 self._setting_up = False
-            if not opened:
+            if opened:
+                native, self._rate = (
+                    frame_size(self._live.cap),
+                    self._live.cap.get(cv2.CAP_PROP_FPS) or 25.0,
+                )
+            elif c.wait_for_source or self.ctx.unattended:
+                native, self._rate = self._wait_for_source()
+            else:
                 raise ModuleError(f"decoder: cannot open {c.source!r}: {_hint(c.source)}")
-            native, self._rate = (
-                frame_size(self._live.cap),
-                self._live.cap.get(cv2.CAP_PROP_FPS) or 25.0,
-            )
         else:
             self._cap = cv2.VideoCapture(os.fspath(resolve_path(c.source)))
             if not self._cap.isOpened():
@@ -273,6 +287,35 @@ class Decoder(Module[DecoderConfig]):
         )
         if c.live:  # synthetic emulating a camera: consumers drop rather than back-pressure
             self.live = True
+
+    def _wait_for_source(self) -> tuple[tuple[int, int], float]:
+        """Start without the source: poll it every few seconds (not the usual back-off up to
+        ``reconnect_max_s``: a camera back after a power cut should deliver at once). Until it
+        answers, the output has the size asked for (``width``/``height``) or a placeholder; a
+        source that then answers in another size restarts the module to size its ring."""
+        c, live = self.config, self._live
+        assert live is not None
+        self._waiting = True
+        live.reconnect_max_s = min(live.reconnect_max_s, WAIT_POLL_S)
+        live.mark_down()
+        self.ctx.log.warning("decoder: %r does not answer; waiting for it (polled every %.0f s at most)",
+                             stream_name(c.source), live.reconnect_max_s)
+        self._announce = True  # once the app is up: events of a module in setup reach no app yet
+        return (c.width or _PLACEHOLDER[0], c.height or _PLACEHOLDER[1]), 25.0
+
+    def _source_back(self) -> None:
+        """The awaited source answered: deliver, or restart to fit an output of its size."""
+        c, live = self.config, self._live
+        assert live is not None
+        self._waiting = False
+        live.reconnect_max_s = max(live.reconnect_s, c.reconnect_max_s)
+        self.ctx.emit({"event": "source_back", "module": self.ctx.name, "source": stream_name(c.source)})
+        if not (c.width and c.height):
+            raise base.Restart(f"{c.source!r} answered: starting again to size the output for it")
+
+    def metrics(self) -> dict[str, float]:
+        """``waiting_for_source``: 1 while a live source has not answered since the start."""
+        return {"waiting_for_source": 1.0} if self._waiting else {}
 
     def _open_live(self) -> cv2.VideoCapture | None:
         c = self.config
@@ -328,8 +371,14 @@ class Decoder(Module[DecoderConfig]):
         # Grab (cheap, no color conversion) every frame the source sends, so nothing queues in
         # the socket or FFmpeg; keep the last one grabbed once it is due at the `fps` rate.
         live = self._live
+        if self._announce:
+            self._announce = False
+            self.ctx.emit({"event": "waiting_for_source", "module": self.ctx.name,
+                           "source": stream_name(self.config.source)})
         if not live.connected:
-            if self.config.reconnect and live.reconnect(_STEP_S):
+            if (self.config.reconnect or self._waiting) and live.reconnect(_STEP_S):
+                if self._waiting:
+                    self._source_back()
                 native = frame_size(live.cap)
                 if native != self._native and native[0] > 0:
                     self._set_native(native)  # the camera came back in another mode: resize it
@@ -353,7 +402,7 @@ class Decoder(Module[DecoderConfig]):
         pre, keep = self._pre, self._pre.active and c.keep_original
         bgr = alloc("frame", (self._h, self._w, 3), np.uint8) if self._bgr is None else self._bgr
         while not self._decode(bgr):
-            if self._live is None or not (c.reconnect or self._live.connected):
+            if self._live is None or not (c.reconnect or self._waiting or self._live.connected):
                 return None
             if _NO_FRAME is not None:
                 return _NO_FRAME

@@ -24,12 +24,21 @@ def _csv(values: list[str] | None) -> list[str] | None:
     return None if values is None else [v.strip() for x in values for v in x.split(",") if v.strip()]
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds > 0")
+    return v
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.bridge import AgentBridge
     from agent.limits import TenantLimits
     from agent.mqtt import MqttError, MqttOptions
     from agent.paths import PathPolicy
     from agent.store import default_state_dir
+    from agent.supervisor import RestartPolicy
 
     password = args.password
     if args.password_file:
@@ -83,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
                  url_schemes=_csv(args.url_scheme), url_hosts=_csv(args.url_host)),
              "limits": TenantLimits(max_apps=args.max_apps, max_modules=args.max_modules,
                                     max_slot_bytes=int(args.max_slot_mb * (1 << 20)),
-                                    max_shm_bytes=int(args.max_shm_mb * (1 << 20)))},
+                                    max_shm_bytes=int(args.max_shm_mb * (1 << 20))),
+             "restart": RestartPolicy(first_s=args.restart_backoff_first, cap_s=args.restart_backoff_cap)},
             args.broker, options, metrics_period=args.metrics_interval, event_rate=args.event_rate, peers=peers,
             part_timeout=args.part_timeout, link_timeout=args.link_timeout, restore_first=True,
             fleet_token=_fleet_token(args),
@@ -167,6 +177,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="largest output message of a tenant's module: frame and crops (default: 64)")
     lim.add_argument("--max-shm-mb", type=float, default=2048.0, metavar="MB",
                      help="shared memory all of a tenant's rings may take (default: 2048)")
+    r = p.add_argument_group(
+        "restarts", "A module that dies is restarted at once a few times, then with exponential back-off, "
+        "forever (its state says backoff, the last error and the next attempt); an operator's stop stops it.")
+    r.add_argument("--restart-backoff-first", type=_positive, default=1.0, metavar="S",
+                   help="first back-off wait, doubled at each failure (default: 1)")
+    r.add_argument("--restart-backoff-cap", type=_positive, default=300.0, metavar="S",
+                   help="longest back-off wait (default: 300, as Kubernetes)")
     g = p.add_argument_group(
         "links to other agents (apps spanning devices)",
         "Without --data-bind the agent has no data plane and refuses apps that span devices. Of two "
