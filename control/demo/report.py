@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modules.base import MAX_THREADS
+
 
 def remedy(kind: str, args: dict) -> str:
     """The args that would make a module of type ``kind`` (running with ``args``) cheaper."""
@@ -15,8 +17,9 @@ def remedy(kind: str, args: dict) -> str:
         k = args.get("interval", 1)
         tips.append(f"interval: {k + 1} (inference on one frame in {k + 1}, the tracker predicts "
                     f"between; --interval {k + 1})")
-        if args.get("threads", 2) < (os.cpu_count() or 1):
-            tips.append(f"threads: {os.cpu_count()}")
+        most = min(os.cpu_count() or 1, MAX_THREADS)  # a module's threads are capped (docs/security.md)
+        if args.get("threads", 2) < most:
+            tips.append(f"threads: {most}")
         return "detector " + ", ".join(tips)
     if kind == "reid":
         n = args.get("embed_every", 10)
