@@ -129,13 +129,17 @@ class Commander:
 class AgentProcess:
     """``edgeva agent`` as a child process; the constructor returns once the agent's retained
     state says online (``AssertionError`` with the end of its log otherwise). Its output goes
-    to ``state_dir/agent.log``. ``extra``: more ``edgeva agent`` arguments. ``metrics_port``:
-    serve Prometheus metrics there (0: a free port), at ``.metrics_url``."""
+    to ``state_dir/agent.log``. ``extra``: more ``edgeva agent`` arguments; unless they hold a
+    ``--url-host``, modules may reach 127.0.0.1 (a test's RTSP or inference server; an agent
+    reaches no host by default). ``metrics_port``: serve Prometheus metrics there (0: a free
+    port), at ``.metrics_url``."""
 
     def __init__(self, url: str, device: str, state_dir: Path, watcher: Watcher, *extra: str,
                  metrics_interval: float = 0.5, metrics_port: int | None = None, cwd: Path | None = None,
                  timeout: float = 30.0) -> None:
         self.device, self.url, self.state_dir = device, url, state_dir
+        if "--url-host" not in extra:
+            extra = (*extra, "--url-host", "127.0.0.1")
         if metrics_port == 0:
             from control.broker import free_port
 

@@ -15,11 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class AgentProc(AgentProcess):
-    """``control.testing.AgentProcess`` started in the repository root. Source URLs may name
-    127.0.0.1 (tests' RTSP servers) unless ``extra`` lists its own ``--url-host``."""
+    """``control.testing.AgentProcess`` started in the repository root."""
 
     def __init__(self, url: str, device: str, state_dir: Path, watcher: Watcher, *extra: str, **kw) -> None:
         kw.setdefault("cwd", ROOT)
-        if "--url-host" not in extra:
-            extra = (*extra, "--url-host", "127.0.0.1")
         super().__init__(url, device, state_dir, watcher, *extra, **kw)
