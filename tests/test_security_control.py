@@ -127,10 +127,15 @@ def test_response_topic_cannot_reach_another_tenant(fleet: Fleet) -> None:
     r = globex.wait(inbox, timeout=15)[0]
     assert r["ok"] is True and r["result"]["apps"] == {}, r  # g1 was not deployed
     # Echoed input is quoted and bounded.
-    long_type = "ALARM " + "x" * 5000
+    long_type = "ALARM " + "x" * 120  # under the type's length bound (128): looked up, unknown
     r = fleet.cmd("globex").send("deploy", {"app": "z", "modules": {"m": {"type": long_type}}})
     assert r["error"]["code"] == "unknown_type"
     assert len(r["error"]["message"]) <= 600 and "'ALARM xx" in r["error"]["message"], r
+    assert long_type not in r["error"]["message"], r  # quoted, cut to 64 characters
+    huge = "ALARM " + "x" * 5000  # over it: refused by the schema, still quoted and bounded
+    r = fleet.cmd("globex").send("deploy", {"app": "z", "modules": {"m": {"type": huge}}})
+    assert r["error"]["code"] == "bad_request" and len(r["error"]["message"]) <= 600, r
+    assert "x" * 200 not in json.dumps(r), r
     time.sleep(1.0)
     assert acme.get(victim) == [], acme.get(victim)
     assert "ALARM" not in everything_received(acme)
