@@ -17,7 +17,13 @@ and checks:
 - ``frame_ids_in_order``: within an app, no frame id reordered or duplicated;
 - ``shm_back_to_baseline`` / ``processes_back_to_baseline`` / ``rss_back_to_baseline``: at the
   end, as before the first fault (segments and bytes, process count, private memory within
-  ``RSS_SLACK``).
+  ``RSS_SLACK``), sampled once every app flows again (waiting up to ``END_WAIT_S``).
+
+An app is down when it has been silent for 3x its longest silence while it flowed before the
+faults (at least 2 s; ``down_gap_s``); its recovery from a fault is the end of the last such
+silence that began before the next fault. Everything is kept under the folder ``logs`` names:
+the agents' and the broker's logs, every event (``events.json``), every module state change
+(``modules.json``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ TAIL_S = 25.0  # no fault in the last TAIL_S: the last fault's recovery is judge
 RSS_SLACK = 0.10  # private memory at the end within 10 % of the baseline
 WARMUP_TIMEOUT_S = 240.0
 SETTLE_S = 10.0
+END_WAIT_S = 90.0  # at the end, at most this long for apps still down before the last sample
 # Tracebacks that an injected fault explains (none so far: a fault must not make any).
 ALLOWED: list[re.Pattern] = []
 
@@ -252,6 +259,9 @@ def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_
             say(f"           target {got.get('target')}" + (f" ({got['note']})" if "note" in got else ""))
         _sleep_until(t0 + minutes * 60)
         _say_recovery(faults, rig, t0, gaps, say)
+        waited = _wait_flowing(rig, gaps)
+        if waited:
+            say(f"  waited {waited:.1f} s more for every app to flow before the last sample")
         t_end = time.monotonic() - t0
         end = _sample(rig)
         events, modules = rig.recorder.snapshot()
@@ -301,6 +311,21 @@ def _warm_up(rig: Any, say: Callable[[str], None]) -> float:
     return now
 
 
+def _wait_flowing(rig: Any, gaps: dict[str, float]) -> float:
+    """Wait (up to END_WAIT_S) until every app had an event within its down gap: resources are
+    compared with the baseline once the apps are back, not while an agent still restores them
+    (the recovery check judges how long that took). Returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < END_WAIT_S:
+        events, _ = rig.recorder.snapshot()
+        now = time.monotonic()
+        if all(evs and now - evs[-1][0] <= gaps.get(app, DOWN_GAP_S) for app, evs in events.items()):
+            break
+        time.sleep(0.5)
+    waited = time.monotonic() - start
+    return round(waited, 1) if waited > 0.6 else 0.0
+
+
 def _say_recovery(faults: list[dict], rig: Any, t0: float, gaps: dict[str, float],
                   say: Callable[[str], None]) -> None:
     """One line on the fault before this moment: each app's recovery so far."""
@@ -329,7 +354,8 @@ def _result(minutes: float, seed: int, busy: int, nice: int, faults: list[dict],
     }
     return {
         "minutes": minutes, "seed": seed, "busy": {"processes": busy, "nice": nice},
-        "down_gap_s": DOWN_GAP_S, "budget_s": BUDGET_S, "run_s": round(t_end, 1),
+        "down_gap_floor_s": DOWN_GAP_S, "budget_s": BUDGET_S, "run_s": round(t_end, 1),
+        "end_wait_s": round(t_end - minutes * 60, 1),
         "faults": faults,
         "checks": checks,
         "apps": {app: {"events": sum(1 for e in evs if e[0] >= t0), "order_faults": order[app][:20]}
