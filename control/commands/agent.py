@@ -172,7 +172,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "no tenant reaches other hosts of the network through its modules)")
     lim = p.add_argument_group("per-tenant limits", "What one tenant may take of this device (docs/security.md).")
     lim.add_argument("--max-apps", type=int, default=32, metavar="N", help="apps per tenant (default: 32)")
-    lim.add_argument("--max-modules", type=int, default=64, metavar="N", help="module instances per tenant (default: 64)")
+    lim.add_argument("--max-modules", type=int, default=64, metavar="N", help="module instances per tenant, and modules one app may declare (default: 64)")
     lim.add_argument("--max-slot-mb", type=float, default=64.0, metavar="MB",
                      help="largest output message of a tenant's module: frame and crops (default: 64)")
     lim.add_argument("--max-shm-mb", type=float, default=2048.0, metavar="MB",
