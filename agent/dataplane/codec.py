@@ -11,8 +11,8 @@ a slot) before it knows the header. Decoding returns numpy views over the buffer
 
 Every size a buffer claims is bounded before anything is allocated for it: the header's bytes
 (``MAX_HEADER_BYTES``), each list, map, string in it (``MAX_CONTAINER_LEN``, ``MAX_STR_BYTES``),
-the counts of arrays and hops, name lengths, and each array's shape against the region's bytes
-and the region against the buffer's length.
+the counts of arrays and hops, name lengths (all in ``schemas.frame``), and each array's shape
+against the region's bytes and the region against the buffer's length.
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ import struct
 import msgpack
 import numpy as np
 
+from schemas.frame import (  # the header's bounds: see schemas.frame
+    MAX_ARRAYS,
+    MAX_CONTAINER_LEN,
+    MAX_HEADER_BYTES,
+    MAX_HOPS,
+    MAX_NAME,
+    MAX_NDIM,
+    MAX_STR_BYTES,
+)
 from schemas.message import Message
 
 MAGIC = b"EVA1"
@@ -49,17 +58,6 @@ class HeaderTooLarge(MessageTooLarge):
     buffer size would take it."""
 
 
-# Bounds of a header, checked before anything of it is allocated (a header comes from another
-# device or another tenant's module). Unpacking costs up to ~80 B of Python objects per header
-# byte (a byte ``0x90`` is one empty list), so the byte bound is what bounds memory: a 14 MiB
-# header once cost 1.1 GB and 3 s of a link's receive thread; 256 KiB costs at most ~20 MB and
-# a few ms. The encoder refuses what the decoder would, so a module learns it at the source.
-MAX_HEADER_BYTES = 256 << 10  # msgpack header: ~3000 tracks with their boxes and labels fit
-MAX_CONTAINER_LEN = 65536  # items of one list or map in a header (checked before it is made)
-MAX_STR_BYTES = MAX_HEADER_BYTES  # one str or bin value in a header (implied by the byte bound)
-MAX_ARRAYS = 64  # named arrays in one message
-MAX_HOPS = 64  # modules a message went through
-MAX_NAME = 200  # characters of the source, an array name, a hop's module name, a field key
 
 
 def _align(n: int) -> int:
@@ -193,7 +191,6 @@ def encode(msg: Message) -> bytes:
     return bytes(buf[:n])
 
 
-MAX_NDIM = 8  # frames are 3-d, batches of crops 4-d; more is a lie, not an image
 _HEADER_KEYS = frozenset(("frame_id", "source", "ts_ns", "hops", "fields", "arrays"))
 _WIRE_BY_STR = {dt.str: dt for dt in _WIRE_DTYPES}
 
