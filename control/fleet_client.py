@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from agent import mqtt as m
 from schemas.state import DeviceState
-from schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic
+from schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, device_topic
 
 
 class FleetClient:
@@ -51,10 +51,13 @@ class FleetClient:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         if len(parts) == 4:
+            about = device_topic(msg.topic)
             try:
                 st = DeviceState.model_validate_json(msg.payload)
             except ValidationError:
                 return  # not ours to judge: a stray retained message
+            if about is None or about[0] != st.device:
+                return  # a device speaks only for itself (the ACL decides who writes its topic)
             with self._cond:
                 self._states[st.device] = st
                 self._cond.notify_all()
