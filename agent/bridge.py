@@ -19,7 +19,8 @@ for its links to be up, ``link_timeout``) and lets its own sources go. It replie
 then; if a part fails or does not answer within ``part_timeout``, every part started is
 removed again and the reply carries the part's error, its path prefixed with
 ``devices.<device>.``. ``stop``/``remove``/``start`` of the app on the coordinator reach every
-online part; ``update`` is applied where the module runs and the new graph then sent to every
+online part; ``update`` is applied where the module runs (on a part: by a deploy of the new
+graph with the fleet token, ``_adopt_part``) and the new graph then sent to every
 online part (``_update``); a part that receives an ``update`` forwards it to its coordinator
 and relays the reply (``_forward``, off the command worker: the coordinator's phases need it).
 A restarted part asks its coordinator whether the app still exists, and for its current graph
