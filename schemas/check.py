@@ -57,7 +57,7 @@ from schemas.errors import (
     describe,
     format_path,
 )
-from schemas.graph import _config_class, _find_cycle, validate_graph
+from schemas.graph import _config_class, _find_cycle, unfed_module, validate_graph
 from schemas.jsonio import duplicate_error, duplicate_keys, loads_object
 from schemas.state import DeviceState
 
@@ -145,16 +145,23 @@ def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]
         if name not in broken and spec.type in registry:
             errors += _args_errors(name, spec, _config_class(registry[spec.type]))[1]
     good_outputs: dict[str, list[str]] = {}
+    upstream: dict[str, list[str]] = {name: [] for name in mods}
     for name, spec in mods.items():
         good_outputs[name] = []
+        seen: set[str] = set()  # not the list so far: linear in the outputs (issue 20 hole 15)
         for i, out in enumerate(spec.outputs):
             path = format_path(("modules", name, "outputs", i))
             if out not in mods:
                 errors.append(EdgevaError(UNKNOWN_OUTPUT, f"no module named {out!r} in app {dep.app!r}", path))
-            elif out in spec.outputs[:i]:
+            elif out in seen:
                 errors.append(EdgevaError(DUPLICATE_NAME, f"{out!r} is listed twice", path))
             else:
+                seen.add(out)
                 good_outputs[name].append(out)
+                upstream[out].append(name)
+    unfed = unfed_module(dep, registry, upstream)
+    if unfed is not None:
+        errors.append(unfed)
     # a cycle among the edges that do name modules (the agent looks only once all of them do)
     pruned = dep.model_construct(**{**dict(dep), "modules": {
         n: s.model_construct(**{**dict(s), "outputs": good_outputs[n]}) for n, s in mods.items()}})

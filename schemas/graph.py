@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from schemas.deployment import Deployment, ModuleSpec
 from schemas.errors import (
     BAD_ARGS,
+    BAD_REQUEST,
     CYCLE,
     DUPLICATE_NAME,
     UNKNOWN_DEVICE,
@@ -188,6 +189,18 @@ def _topological(dep: Deployment, upstream: dict[str, list[str]]) -> list[str]:
     return order
 
 
+def unfed_module(dep: Deployment, registry: Mapping[str, Any], upstream: Mapping[str, list[str]]) -> EdgevaError | None:
+    """The error for the first module that needs input and gets none (no module lists it in its
+    outputs), else None. Such a module would wait forever, or crash at every restart."""
+    for name, spec in dep.modules.items():
+        entry = registry.get(spec.type)
+        if not upstream.get(name) and getattr(entry, "is_source", True) is False:
+            return EdgevaError(BAD_REQUEST, f"module {shown(name)} ({spec.type}) takes input, and no module "
+                               "lists it in its outputs: feed it from a decoder (or another module)",
+                               _path(name))
+    return None
+
+
 def validate_graph(
     dep: Deployment,
     registry: Mapping[str, type[ModuleConfig] | Any],
@@ -224,6 +237,9 @@ def validate_graph(
     if cycle:
         names, src, idx = cycle
         raise EdgevaError(CYCLE, "cycle: " + " -> ".join(names), _path(src, "outputs", idx))
+    unfed = unfed_module(dep, registry, upstream)
+    if unfed is not None:
+        raise unfed
     devices = {name: spec.device or local_device for name, spec in mods.items()}
     if known_devices is not None:
         allowed = set(known_devices) | {local_device}

@@ -263,3 +263,24 @@ def test_random_back_edge_gives_cycle(case, data):
     edges_at = {format_path(("modules", a, "outputs", k)): (a, b)
                 for a, spec in mods.items() for k, b in enumerate(spec["outputs"])}
     assert set(edges_at[path]) <= set(loop)  # the error points at an edge of the loop
+
+
+def test_a_module_that_takes_input_and_gets_none_is_refused() -> None:
+    """A non-source module nobody feeds would wait forever (or crash at every restart, now that
+    restarts never give up): refused with its path, by the agent's check and `edgeva check`."""
+    from modules.registry import load_registry
+    from schemas.check import check_deployment
+
+    reg = load_registry()
+    lone = Deployment.model_validate({"app": "x", "modules": {
+        "dec": {"type": "decoder", "args": {"source": "synthetic"}, "outputs": ["pub"]},
+        "pub": {"type": "publish", "args": {}},
+        "trk": {"type": "tracker", "args": {}}}})
+    with pytest.raises(EdgevaError) as e:
+        validate_graph(lone, reg, None, "d")
+    assert (e.value.code, e.value.path) == ("bad_request", "modules.trk") and "takes input" in e.value.message
+    report = check_deployment(lone.model_dump(exclude_none=True), registry=reg)
+    assert [(x.code, x.path) for x in report.errors] == [("bad_request", "modules.trk")]
+    fed = lone.model_copy(update={"modules": {**lone.modules, "pub": lone.modules["pub"].model_copy(
+        update={"outputs": ["trk"]})}})
+    assert validate_graph(fed, reg, None, "d").order[-1] == "trk"
