@@ -859,8 +859,12 @@ class AgentCore:
     def _app_dropped(self, app: App, mods: dict[str, ModuleMetrics]) -> int:
         mine = set(app.modules.values())
         links = {f"link:{k[1]}" for k in app.relays if k[0] == "out"}
-        return sum(n for inst in mine for who, n in mods.get(inst, ModuleMetrics(type="")).dropped.items()
-                   if who in mine or who in links)
+        # frames a link-fed ring of the app could not take (a peer ignoring its pause)
+        with self.lock:
+            fed = [r.obj for k, r in self.relays.items() if k[0] == "in" and k in app.relays]
+        lost_in = sum(getattr(obj, "dropped", 0) for obj in fed)
+        return lost_in + sum(n for inst in mine for who, n in mods.get(inst, ModuleMetrics(type="")).dropped.items()
+                             if who in mine or who in links)
 
     def tenant_metrics(self, tenant: str, peek: bool = False, mods: dict | None = None) -> TenantMetrics:
         mods = self.module_metrics() if mods is None else mods

@@ -40,9 +40,6 @@ def test_every_command_field_is_bounded(verb: str) -> None:
     assert found == [], "\n".join(map(str, found))
 
 
-@pytest.mark.xfail(reason="issue 20: the link frame header is bounded by hand in agent/dataplane/codec.py "
-                   "(MAX_NAME, MAX_HOPS, MAX_ARRAYS...); schemas.frame.FrameHeader does not say so yet",
-                   strict=False)
 def test_the_link_frame_header_model_is_bounded() -> None:
     from schemas.frame import FrameHeader
 
