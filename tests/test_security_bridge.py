@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pynng
 import pytest
 
-from agent.bridge import MAX_COMMAND_BYTES, MAX_INBOUND_PACKET
+from agent.bridge import MAX_COMMAND_BYTES, MAX_INBOUND_PACKET, TENANT_QUEUE_BYTES
 from control.broker import free_port
 from control.mosquitto import Mosquitto
 from tests.agent_harness import AgentProc, Commander, Watcher
@@ -100,10 +100,12 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
     (``MAX_INBOUND_PACKET``): bigger ones are dropped by the broker and never read. Here
     acme's worker is busy with a slow deploy while acme sends 24 commands of 9 MiB and 24
     of 4 MiB: the agent's peak RSS grows by less than 64 MiB, every 4 MiB one gets its
-    ``bad_request``, and globex is answered meanwhile. (More than 20 oversized ones: sent at
+    ``bad_request``, and globex is answered meanwhile; of 24 commands of just under 1 MiB, no
+    more than 8 MiB wait, the others are dropped. (More than 20 oversized ones: sent at
     QoS 1 to a QoS 1 subscriber, each would stay in mosquitto's in-flight window for the
     agent, and 20 stall every later message: the agent subscribes at QoS 0.)"""
     BIG = 24  # noqa: N806 (more than mosquitto's 20 in flight)
+    MIDS = 24  # noqa: N806 (3 times what a tenant's queue holds in bytes)
     obs, acme, globex = observer(broker), tenant(broker, "acme"), tenant(broker, "globex")
     device = f"big-{uuid.uuid4().hex[:6]}"
     a = agent(broker, obs, device, tmp_path)
@@ -124,7 +126,7 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        slow = {"type": "decoder", "args": {"source": "rtsp://127.0.0.1:9/none", "fail_fast_s": 4, "reconnect_s": 0.2}}
+        slow = {"type": "decoder", "args": {"source": "rtsp://127.0.0.1:9/none", "fail_fast_s": 8, "reconnect_s": 0.2}}
         acme.client.publish(f"edgeva/v1/{device}/acme/cmd/deploy",
                             json.dumps({**app("slow", slow), "request_id": "slow1"}), qos=1).wait_for_publish(5)
         time.sleep(0.3)  # acme's worker is busy: before, everything after waited whole in its queue
@@ -135,6 +137,13 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
             head = b'{"request_id":"big-%d","app":"x","pad":"' % i
             acme.client.publish(f"edgeva/v1/{device}/acme/cmd/stop", head + pad[: size - len(head) - 2] + b'"}',
                                 qos=1).wait_for_publish(30)
+        # Commands of an allowed size wait whole, but no more than TENANT_QUEUE_BYTES of them.
+        mid = MAX_COMMAND_BYTES - 64
+        for i in range(MIDS):
+            head = b'{"request_id":"mid-%d","app":"x","pad":"' % i
+            acme.client.publish(f"edgeva/v1/{device}/acme/cmd/stop", head + pad[: mid - len(head) - 2] + b'"}',
+                                qos=1).wait_for_publish(30)
+        busy = acme.get(f"edgeva/v1/{device}/acme/reply/slow1") == []
         globex_t0 = time.monotonic()
         assert Commander(globex, device, "globex").send("status", {}, timeout=10)["ok"]
         globex_s = time.monotonic() - globex_t0
@@ -153,6 +162,9 @@ def test_oversized_commands_are_sized_before_they_are_queued(broker: Broker, tmp
         r = acme.wait(f"edgeva/v1/{device}/acme/reply/slow1", timeout=60)[0]
         assert r["error"]["code"] == "setup_failed", r
         assert Commander(acme, device, "acme").send("status", {})["ok"]  # acme's commands go on
+        answered = sum(1 for i in range(MIDS) if acme.get(f"edgeva/v1/{device}/acme/reply/mid-{i}"))
+        assert busy, "acme's slow deploy ended before its flood was sent: its queue never filled"
+        assert 0 < answered <= TENANT_QUEUE_BYTES // mid, f"{answered} commands of 1 MiB waited in acme's queue"
     finally:
         a.stop()
         for w in (obs, acme, globex):
