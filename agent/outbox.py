@@ -8,6 +8,11 @@ oldest go first, counted as ``dropped``) and sends them at QoS 1, in order, when
 is back. One buffer for all tenants once let one tenant's busy apps push every other tenant's
 events out; now a tenant can only push out its own. Past the device-wide ``total_bytes``, the
 tenant holding the most bytes loses its oldest.
+
+Order holds across the flush: paho sends QoS 1 messages only a window at a time (20 in flight),
+while a QoS 0 publish goes out at once, so an event published right after the flush overtook
+the backlog (bench chaos saw frame 421 arrive before 344..420). Until a tenant's last flushed
+message is acknowledged, its new messages go at QoS 1 too, behind the backlog.
 """
 
 from __future__ import annotations
@@ -36,15 +41,23 @@ class Outbox:
         self.dropped = 0  # buffered messages pushed out by newer ones (or too big to keep)
         self.dropped_by_tenant: dict[str, int] = {}
         self.flushed = 0
+        self._draining: dict[str, mqtt.MQTTMessageInfo] = {}  # tenant -> its last QoS 1 still in paho's hands
 
     def publish(self, client: mqtt.Client, tenant: str, topic: str, payload: bytes | str, qos: int = 0) -> None:
         """Publish now if connected (and nothing older of this tenant still waits), else keep it
         in ``tenant``'s buffer."""
         size = len(payload)
         with self._lock:
-            if (tenant not in self._q and client.is_connected()
-                    and client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS):
-                return
+            last = self._draining.get(tenant)
+            if last is not None and last.is_published():
+                del self._draining[tenant]
+                last = None
+            if tenant not in self._q and client.is_connected():
+                info = client.publish(topic, payload, qos=1 if last is not None else qos)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    if last is not None:  # still behind the flushed backlog: stay in line
+                        self._draining[tenant] = info
+                    return
             if size > self.tenant_bytes:
                 self._count_drop(tenant)
                 return
@@ -66,8 +79,10 @@ class Outbox:
             for tenant in list(self._q):
                 while tenant in self._q and client.is_connected():
                     topic, payload = self._q[tenant][0]
-                    if client.publish(topic, payload, qos=1).rc != mqtt.MQTT_ERR_SUCCESS:
+                    info = client.publish(topic, payload, qos=1)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         break
+                    self._draining[tenant] = info
                     self._pop(tenant)
                     sent += 1
             self.flushed += sent

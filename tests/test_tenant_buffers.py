@@ -16,16 +16,28 @@ class _Offline:
         return False
 
 
+class _Info:
+    """paho's MQTTMessageInfo as the outbox uses it: ``rc``, and ``is_published()`` once the
+    broker acknowledged it (a test sets ``acked``)."""
+
+    def __init__(self, owner: _Online) -> None:
+        self.rc, self.owner = 0, owner
+
+    def is_published(self) -> bool:
+        return self.owner.acked
+
+
 class _Online:
     def __init__(self) -> None:
         self.sent: list[tuple[str, object, int]] = []
+        self.acked = False
 
     def is_connected(self) -> bool:
         return True
 
     def publish(self, topic: str, payload: object, qos: int = 0):
         self.sent.append((topic, payload, qos))
-        return type("Info", (), {"rc": 0})()
+        return _Info(self)
 
 
 def test_reply_cache_a_tenant_pushes_out_only_its_own() -> None:
@@ -79,3 +91,20 @@ def test_device_topic_names_the_device_of_states_and_metrics_only() -> None:
     for other in ("edgeva/v1/cam-a/acme/metrics", "edgeva/v1/cam a/state", "edgeva/v2/cam-a/state",
                   "edgeva/v1/cam-a/cmd", "edgeva/v1/+/state"):
         assert device_topic(other) is None, other
+
+
+def test_outbox_new_events_queue_behind_the_flushed_backlog_until_it_is_acknowledged() -> None:
+    """paho sends QoS 1 a window at a time and QoS 0 at once: an event published at QoS 0 right
+    after a flush overtook the backlog (bench chaos: frame 421 before 344..420). Until the last
+    flushed message is acknowledged, new events of that tenant go at QoS 1, in line."""
+    o = Outbox()
+    for i in range(3):
+        o.publish(_Offline(), "acme", f"a/{i}", "x")
+    on = _Online()
+    o.flush(on)
+    o.publish(on, "acme", "a/3", "x")  # backlog still in flight
+    o.publish(on, "globex", "g/0", "x")  # another tenant had no backlog
+    on.acked = True
+    o.publish(on, "acme", "a/4", "x")  # the backlog is acknowledged: live again
+    assert on.sent == [("a/0", "x", 1), ("a/1", "x", 1), ("a/2", "x", 1), ("a/3", "x", 1),
+                       ("g/0", "x", 0), ("a/4", "x", 0)]
