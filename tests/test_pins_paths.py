@@ -70,3 +70,60 @@ def test_a_tenant_reads_no_output_of_a_tenant_whose_name_extends_its_own(tree: P
     msg = _refused(policy, "acme", "read", str(tree / "out" / "acme2" / "clip.mp4"))
     assert "reads only its own outputs" in msg
     _refused(policy, "acme2", "read", str(tree / "out" / "acme" / "clip.mp4"))
+
+
+# -- hosts a module may reach (killing the survivors of `make mutants` on agent/paths.py) ----------
+def test_no_host_is_reachable_until_the_operator_lists_one(tmp_path: Path) -> None:
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    assert not policy.host_allowed("10.0.0.5")
+    msg = _refused(policy, "acme", "source", "rtsp://10.0.0.5/cam")
+    assert "connects to no host until its operator lists them" in msg
+    assert "connects to no host" in _refused(policy, "acme", "server", "10.0.0.5:8001")
+
+
+def test_listed_hosts_names_networks_and_any(tmp_path: Path) -> None:
+    policy = PathPolicy.make(media_dirs=[tmp_path], url_hosts=["cam.local", "10.1.0.0/16", "192.168.1.7"])
+    for host in ("cam.local", "10.1.2.3", "192.168.1.7"):
+        assert policy.host_allowed(host), host
+        policy.check("acme", "source", f"rtsp://{host}:554/x", "w")
+        policy.check("acme", "server", f"{host}:8001", "w")
+        policy.check("acme", "server", f"grpc://{host}:8001/v2", "w")
+    for host in ("cam.local.evil", "10.2.0.1", "192.168.1.8", "not-an-ip"):
+        assert not policy.host_allowed(host), host
+        msg = _refused(policy, "acme", "source", f"rtsp://{host}/x")
+        assert "is not one this device may connect to" in msg
+        _refused(policy, "acme", "server", f"{host}:8001")
+    assert "URL scheme 'http' is not allowed" in _refused(policy, "acme", "source", "http://cam.local/x")
+    anyhost = PathPolicy.make(media_dirs=[tmp_path], url_hosts=["*"])
+    assert anyhost.host_allowed("anything.example") and anyhost.host_allowed("8.8.8.8")
+
+
+def test_a_types_default_server_is_not_the_tenants_choice(tmp_path: Path) -> None:
+    from modules.registry import load_registry
+
+    registry = load_registry()
+    policy = PathPolicy.make(media_dirs=[tmp_path])  # no host listed
+    args = {"backend": "triton", "model_name": "m"}
+    policy.check_args("acme", "detector", args, registry, "modules.det.args")  # default url: not checked
+    with pytest.raises(EdgevaError, match="connects to no host") as e:
+        policy.check_args("acme", "detector", {**args, "url": "10.9.9.9:8001"}, registry, "modules.det.args")
+    assert e.value.path == "modules.det.args.url"
+
+
+def test_default_media_is_the_working_directory_never_the_root(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert PathPolicy.make().media_dirs == (tmp_path.resolve(),)
+    monkeypatch.chdir("/")
+    assert PathPolicy.make().media_dirs == ()
+    _refused(PathPolicy.make(), "acme", "read", "/etc/hostname")
+
+
+def test_an_output_dir_is_made_private_even_if_it_existed_open(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "acme").mkdir(parents=True, mode=0o755)
+    (out / "acme").chmod(0o755)
+    policy = PathPolicy.make(media_dirs=[tmp_path], output_root=out)
+    policy.check("acme", "output", str(out / "acme" / "v.mp4"), "w")
+    assert (out / "acme").stat().st_mode & 0o777 == 0o700
+    policy.check("globex", "output", str(out / "globex" / "v.mp4"), "w")  # made here
+    assert (out / "globex").stat().st_mode & 0o777 == 0o700

@@ -110,13 +110,31 @@ def equivalent_by_rule(m: Mutant, rules: list[tuple[re.Pattern, str, str]]) -> s
     return None
 
 
+def _in_annotation(tree, pos: tuple[int, int]) -> bool:
+    """Whether ``pos`` lies in a type annotation (a parameter's, a return's, a variable's)."""
+    node = tree.get_leaf_for_position(pos)
+    while node is not None and node.parent is not None:
+        parent = node.parent
+        if parent.type in ("param", "funcdef") and getattr(parent, "annotation", None) is node:
+            return True
+        if parent.type == "annassign" and parent.children[1] is node:
+            return True
+        if parent.type == "tfpdef" and parent.children[-1] is node:  # a parameter with a default
+            return True
+        node = parent
+    return False
+
+
 def enumerate_mutants(root: Path, fc: FileConf, settings: dict) -> list[Mutant]:
     """Every mutant of fc.path under root that the operator list and skip rules keep."""
+    import parso
     from cosmic_ray.commands.init import _all_work_items
 
     keep = re.compile(settings["operators"])
     skips = [re.compile(s) for s in settings.get("skip_lines", [])]
-    lines = (root / fc.path).read_text().splitlines()
+    source = (root / fc.path).read_text()
+    lines = source.splitlines()
+    tree = parso.parse(source) if settings.get("skip_annotations") else None
     out: list[Mutant] = []
     seen: dict[str, int] = {}
     for item in _all_work_items([root / fc.path], {}):
@@ -128,6 +146,8 @@ def enumerate_mutants(root: Path, fc: FileConf, settings: dict) -> list[Mutant]:
             continue
         text = lines[m.start_pos[0] - 1].strip()
         if any(s.search(text) for s in skips):
+            continue
+        if tree is not None and _in_annotation(tree, m.start_pos):
             continue
         base = f"{fc.path}|{fn}|{m.operator_name.removeprefix('core/')}|{text}"
         n = seen.get(base, 0)
@@ -395,15 +415,26 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['file']:34} {r['total']:7} {r['killed']:6} {r['survived']:4} {r['open']:4} "
               f"{r['equivalent']:5} {r['skipped'] + r['error']:6} {r['rate']:5.1f}%")
+    if len(rows) > 1:
+        k = sum(r["killed"] for r in rows)
+        live = sum(r["survived"] + r["open"] for r in rows)
+        print(f"{'all':34} {sum(r['total'] for r in rows):7} {k:6} {sum(r['survived'] for r in rows):4} "
+              f"{sum(r['open'] for r in rows):4} {sum(r['equivalent'] for r in rows):5} "
+              f"{sum(r['skipped'] + r['error'] for r in rows):6} {100.0 * k / max(1, k + live):5.1f}%")
 
 
 def report() -> int:
     """Add up the last results of every file (out/mutants/*.json)."""
     rows, new = [], []
     known, rules = load_known(), load_rules()
+    settings, files = load_map()
     for p in sorted(OUT.glob("*.json")):
         data = json.loads(p.read_text())
-        ms = [Mutant(**m) for m in data["mutants"]]
+        if data["file"] not in files:
+            continue
+        # mutants the map no longer makes (a skip rule added since the run) are left out
+        current = {m.key for m in enumerate_mutants(ROOT, files[data["file"]], settings)}
+        ms = [Mutant(**m) for m in data["mutants"] if m["key"] in current]
         for m in ms:  # a survivor since listed is reported as listed
             if m.outcome == "survived" and m.key in known:
                 m.outcome = known[m.key][0]
