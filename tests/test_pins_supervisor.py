@@ -97,3 +97,54 @@ def test_crashes_older_than_the_window_are_forgotten() -> None:
         assert len(rec.backoffs()) == 1 and inst.restarts == 3
     finally:
         sup.close()
+
+
+def test_restart_defaults_are_the_documented_ones() -> None:
+    # docs/protocol.md: 5 restarts at once in 60 s, then 1 s doubling to 300 s, reset after 120 s
+    p = RestartPolicy()
+    assert (p.fast, p.window_s, p.first_s, p.cap_s, p.reset_s) == (5, 60.0, 1.0, 300.0, 120.0)
+    assert [p.delay(n) for n in (0, 1, 8, 9, 41)] == [1.0, 2.0, 256.0, 300.0, 300.0]
+
+
+def test_a_setup_failure_at_deploy_is_refused_with_its_reason_and_not_restarted(tmp_path) -> None:
+    rec = _Record()
+    sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change,
+                     restart=RestartPolicy(fast=3, first_s=0.2, cap_s=0.2))
+    try:
+        spec = _spec("decbad").model_copy(update={"config": {
+            "type": "decoder", "source": str(tmp_path / "missing.mp4")}})
+        with pytest.raises(RuntimeError) as e:
+            sup.start(spec, timeout=30)
+        inst = sup.instances["decbad"]
+        assert inst.status == "failed" and "missing.mp4" in str(e.value), (inst.status, str(e.value))
+        time.sleep(0.5)  # the supervisor's loop looks again: nothing restarts it
+        assert inst.status == "failed" and inst.restarts == 0 and not rec.backoffs()
+    finally:
+        sup.close()
+
+
+def test_stop_ends_the_module_and_nothing_restarts_it() -> None:
+    rec = _Record()
+    sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change, restart=RestartPolicy(first_s=0.2, cap_s=0.2))
+    try:
+        inst = sup.start(_spec("decstop"))
+        pid = inst.pid
+        sup.stop("decstop", timeout=5)
+        assert inst.status == "stopped" and not inst.proc.is_alive() and "decstop" not in sup.instances
+        time.sleep(0.6)  # longer than a back-off: no restart of a stopped module
+        assert inst.pid == pid and inst.restarts == 0 and inst.status == "stopped"
+        sup.stop("decstop")  # stopping twice: nothing to do
+    finally:
+        sup.close()
+
+
+def test_update_reaches_the_running_module_and_says_whether_it_applied() -> None:
+    sup = Supervisor(lambda *_: None, lambda *_: None, lambda *_: None)
+    try:
+        inst = sup.start(_spec("decupd"))
+        # a decoder takes a new frame rate in place (live); the module answered, not a timeout
+        res = sup.update("decupd", {"type": "decoder", "source": "synthetic", "fps": 7, "width": 32, "height": 24})
+        assert res == R.UpdatedMsg(applied=True, message=""), res
+        assert inst.status == "running" and inst.restarts == 0 and inst.update_result is res
+    finally:
+        sup.close()
