@@ -127,3 +127,30 @@ def test_an_output_dir_is_made_private_even_if_it_existed_open(tmp_path: Path) -
     assert (out / "acme").stat().st_mode & 0o777 == 0o700
     policy.check("globex", "output", str(out / "globex" / "v.mp4"), "w")  # made here
     assert (out / "globex").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_default_path_of_a_type_is_checked_like_a_given_one(tmp_path: Path) -> None:
+    from pydantic import BaseModel, Field
+
+    class Cfg(BaseModel):
+        model: str = Field("/etc/hostname", json_schema_extra={"edgeva_path": "read"})
+        needed: str = Field(json_schema_extra={"edgeva_path": "read"})
+
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    ok = str(tmp_path / "m.onnx")
+    with pytest.raises(EdgevaError) as e:  # the type's default lies outside the media dirs
+        policy.check_args("acme", "t", {"needed": ok}, {"t": Cfg}, "modules.m.args")
+    assert e.value.path == "modules.m.args.model"
+    policy.check_args("acme", "t", {"needed": ok, "model": ok}, {"t": Cfg}, "modules.m.args")
+    policy.check_args("acme", "t", {"model": ok}, {"t": Cfg}, "modules.m.args")  # missing: the schema's job
+
+
+def test_networks_may_be_written_with_host_bits_and_the_policy_is_frozen(tmp_path: Path) -> None:
+    import dataclasses
+
+    policy = PathPolicy.make(media_dirs=[tmp_path], url_hosts=["192.168.1.7/24"])
+    assert policy.host_allowed("192.168.1.200") and not policy.host_allowed("192.168.2.1")
+    with pytest.raises(ValueError, match="--url-host 'x/y': not a network"):
+        PathPolicy.make(url_hosts=["x/y"])
+    with pytest.raises(dataclasses.FrozenInstanceError):  # shared by the agent's threads
+        policy.url_hosts = frozenset({"*"})  # type: ignore[misc]
