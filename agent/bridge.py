@@ -818,13 +818,13 @@ class AgentBridge:
         again once it is online. Each retry runs on its tenant's command worker, in order with
         that tenant's commands, so it never races an operator's update of the same app."""
         while not self._stop.wait(CONVERGE_EVERY_S):
-            if not self._restored.is_set():
-                continue
             online = self.fleet.online()
+            ready = self._restored.is_open  # per tenant: one tenant's slow restore holds up no other's
             with self._workers_lock:
                 work = [((t, a), d, self._converge_part) for (t, a), ds in self._unconverged.items()
-                        for d in sorted(ds & online)]
-                work += [((t, a), c, self._confirm_part) for (t, a), c in self._unconfirmed.items() if c in online]
+                        if ready(t) for d in sorted(ds & online)]
+                work += [((t, a), c, self._confirm_part) for (t, a), c in self._unconfirmed.items()
+                         if c in online and ready(t)]
             for (tenant, name), device, fn in work:
                 key = (tenant, name, device)
                 with self._workers_lock:
