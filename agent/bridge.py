@@ -50,6 +50,7 @@ from paho.mqtt.properties import Properties
 
 from agent.core import AgentCore, App, remote_devices
 from agent.dataplane.quietlog import QuietLog
+from agent.fit import fit_metrics, fit_state
 from agent.fleet import FleetView, pipeline_hops
 from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
 from agent.outbox import Outbox
@@ -937,7 +938,7 @@ class AgentBridge:
     def _publish_state(self) -> None:
         self._state_dirty.clear()
         state = self.core.device_state(self.data_addr)
-        self.client.publish(state_topic(self.device), state.model_dump_json(), qos=1, retain=True)
+        self.client.publish(state_topic(self.device), fit_state(state), qos=1, retain=True)
 
     def _tick(self) -> None:
         while not self._stop.wait(self.metrics_period):
@@ -953,7 +954,7 @@ class AgentBridge:
         dm = self.core.device_metrics(mods)
         dm.events_waiting, dm.events_dropped_offline = len(self.outbox), self.outbox.dropped
         self.fleet.put_metrics(self.device, dm)
-        self.client.publish(device_metrics_topic(self.device), dm.model_dump_json(), qos=0)
+        self.client.publish(device_metrics_topic(self.device), fit_metrics(dm), qos=0)
         per_tenant = {}
         for tenant in self.core.tenants():
             m = per_tenant[tenant] = self.core.tenant_metrics(tenant, mods=mods)

@@ -140,5 +140,8 @@ class DeviceMetrics(BaseModel):
     modules: dict[str, ModuleMetrics] = Field(default_factory=dict)
     links: dict[str, LinkMetrics] = Field(default_factory=dict, description="peer device -> link")
     events_waiting: int = Field(default=0, ge=0, description="events kept while the broker was away, not yet sent")
+    truncated: bool = Field(
+        default=False, description="too big for one MQTT message (many tenants): per-module figures left out; "
+        "each tenant's metrics topic has its modules")
     events_dropped_offline: int = Field(
         default=0, ge=0, description="events lost because the broker was away longer than the outbox holds")

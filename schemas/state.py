@@ -76,3 +76,6 @@ class DeviceState(BaseModel):
         default_factory=dict, description="instance name -> state"
     )
     version: str | None = Field(default=None, description="edgeva version of the agent")
+    truncated: bool = Field(
+        default=False, description="too big for one MQTT message (many tenants): modules, then apps, were left "
+        "out; each tenant's status says everything")
