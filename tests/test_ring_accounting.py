@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 
 import pytest
@@ -143,3 +144,101 @@ def test_a_waiting_consumer_is_handed_the_message_and_counts_it_once(prod, polic
         _pub(prod, 1)
         assert c.get(timeout=0).frame_id == 1 and c.consumed == 2 and c.pending == 0
         assert c.get(timeout=0) is None and c.consumed == 2
+
+
+def test_stats_report_each_consumer_under_its_own_index(prod) -> None:
+    with RingConsumer.attach(prod.name, policy="block") as a, \
+            RingConsumer.attach(prod.name, policy="drop_oldest", depth=1) as b, \
+            RingConsumer.attach(prod.name, policy="drop_oldest", depth=3) as c:
+        assert (a.index, b.index, c.index) == (0, 1, 2)
+        _pub(prod, 4)
+        assert b.get(timeout=0).frame_id == 3
+        assert [c.get(timeout=0).frame_id for _ in range(2)] == [1, 2]
+        st = ring_stats(prod.name)
+        got = {s.index: (s.pid, s.policy, s.pending, s.consumed, s.dropped) for s in st.consumers}
+        assert got == {
+            0: (os.getpid(), "block", 4, 0, 0),
+            1: (os.getpid(), "drop_oldest", 0, 1, 3),
+            2: (os.getpid(), "drop_oldest", 1, 2, 1),
+        }
+        for cons in (a, b, c):
+            assert (cons.pending, cons.consumed, cons.dropped) == got[cons.index][2:]
+        # frames 0..3 pinned by a (pending), b holds 3, c holds 2: two slots free
+        assert st.published == 4 and st.free_slots == NSLOTS - 4
+        b.close()  # detaching index 1 leaves 0 and 2 as they were
+        assert {s.index for s in ring_stats(prod.name).consumers} == {0, 2}
+        _pub(prod, 1)
+        assert (a.pending, c.pending, c.dropped) == (5, 2, 1)
+
+
+BIG = 70_000  # over SMALL_MESSAGE: published through reserve/commit, written outside the lock
+
+
+def test_big_messages_go_through_reserve_and_commit_slot_by_slot() -> None:
+    import numpy as np
+
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, BIG + 4096, nslots=3) as prod, \
+            RingConsumer.attach(name, policy="block", slot_size=BIG + 4096) as c, \
+            RingConsumer.attach(name, policy="block") as d:
+        for i in range(3):
+            prod.publish(Message(i, arrays={"a": np.full(BIG, i + 1, np.uint8)}), timeout=0)
+        assert ring_stats(name).free_slots == 0
+        for i in range(3):
+            m = c.get(timeout=0)
+            assert m.frame_id == i and int(m.arrays["a"][0]) == i + 1 and m.arrays["a"].size == BIG
+        c.release()
+        assert ring_stats(name).free_slots == 0  # d still has all three pending
+        assert [d.get(timeout=0).frame_id for _ in range(3)] == [0, 1, 2]
+        d.release()
+        assert ring_stats(name).free_slots == 3
+        w = prod.reserve(timeout=0)  # reserved: not free, not visible
+        assert ring_stats(name).free_slots == 2 and c.get(timeout=0) is None
+        prod.abort()
+        assert ring_stats(name).free_slots == 3
+        w = prod.reserve(timeout=0)
+        w.alloc("a", (4,))[:] = 9
+        assert prod.commit(w, Message(7)) == 3
+        m = d.get(timeout=0)
+        assert m.frame_id == 7 and m.arrays["a"].tolist() == [9, 9, 9, 9]
+
+
+def test_a_consumer_may_name_the_slot_size_the_producer_asked_for(prod) -> None:
+    # slots are rounded up to 64 B: 4096 stays, 4000 asked is 4032 made
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 4000) as p2:
+        RingConsumer.attach(name, slot_size=4000).close()
+        RingConsumer.attach(name, slot_size=4032).close()
+        assert p2.slot_size == 4032
+    RingConsumer.attach(prod.name, slot_size=4096).close()
+
+
+def _attach_and_wait(name: str, ready) -> None:
+    RingConsumer.attach(name, policy="block")
+    ready.set()
+    time.sleep(60)  # until SIGKILLed
+
+
+def test_the_producer_reaps_a_dead_consumer_by_its_own_entry(prod) -> None:
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("spawn")
+    with RingConsumer.attach(prod.name, policy="drop_oldest", depth=2) as live:
+        ready = ctx.Event()
+        child = ctx.Process(target=_attach_and_wait, args=(prod.name, ready))
+        child.start()
+        try:
+            assert ready.wait(30)
+            assert {s.index: s.pid for s in ring_stats(prod.name).consumers} == {0: os.getpid(), 1: child.pid}
+            assert prod.reap_dead() == 0  # both alive
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+            assert prod.reap_dead() == 1
+            assert [s.index for s in ring_stats(prod.name).consumers] == [live.index]
+            _pub(prod, NSLOTS + 2)  # nothing pinned by the dead one
+            assert live.pending == 2 and live.dropped == NSLOTS
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join(10)
