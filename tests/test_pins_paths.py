@@ -154,3 +154,68 @@ def test_networks_may_be_written_with_host_bits_and_the_policy_is_frozen(tmp_pat
         PathPolicy.make(url_hosts=["x/y"])
     with pytest.raises(dataclasses.FrozenInstanceError):  # shared by the agent's threads
         policy.url_hosts = frozenset({"*"})  # type: ignore[misc]
+
+
+def test_sources_that_are_never_files_and_the_messages_of_an_empty_policy(tmp_path: Path, monkeypatch) -> None:
+    policy = PathPolicy.make(media_dirs=[tmp_path], url_hosts=["cam.local"])
+    for ok in ("synthetic", "0", "/dev/video2", "asset:vtest.mp4"):
+        policy.check("acme", "source", ok, "w")
+    # hosts listed, no network: another host is "not one this device may connect to"
+    assert "is not one this device may connect to" in _refused(policy, "acme", "source", "rtsp://cam2.local/x")
+    # a URL whose host cannot be parsed reaches no host (and is no crash)
+    assert "is not one" in _refused(policy, "acme", "source", "rtsp://[::1/x")
+    no_schemes = PathPolicy.make(media_dirs=[tmp_path], url_schemes=[], url_hosts=["*"])
+    assert "(allowed: none;" in _refused(no_schemes, "acme", "source", "rtsp://cam.local/x")
+    monkeypatch.chdir("/")
+    assert "(none are configured;" in _refused(PathPolicy.make(), "acme", "read", "/etc/hostname")
+
+
+def test_a_server_default_does_not_stop_the_check_of_the_args_after_it(tmp_path: Path) -> None:
+    from pydantic import BaseModel, Field
+
+    class Cfg(BaseModel):
+        url: str = Field("localhost:1", json_schema_extra={"edgeva_path": "server"})
+        model: str = Field("asset:m", json_schema_extra={"edgeva_path": "read"})
+
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    with pytest.raises(EdgevaError) as e:
+        policy.check_args("acme", "t", {"model": "/etc/hostname"}, {"t": Cfg}, "modules.m.args")
+    assert e.value.path == "modules.m.args.model"
+
+
+def test_a_deployment_is_checked_past_modules_of_other_devices_and_unknown_types(tmp_path: Path) -> None:
+    from modules.registry import load_registry
+    from schemas.deployment import parse_deployment
+
+    dep = parse_deployment({"app": "a", "modules": {
+        "a_remote": {"type": "decoder", "device": "other", "args": {"source": "/etc/hostname"}, "outputs": ["c_local"]},
+        "b_unknown": {"type": "nosuch", "args": {}},
+        "c_local": {"type": "decoder", "args": {"source": "/etc/hostname"}},
+    }})
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    with pytest.raises(EdgevaError) as e:
+        policy.check_deployment("acme", dep, load_registry(), "here")
+    assert e.value.path == "modules.c_local.args.source"
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root: a directory owned by another user")
+def test_an_output_dir_of_another_owner_is_not_changed(tmp_path: Path) -> None:
+    import os
+    import pwd
+
+    out = tmp_path / "out"
+    theirs = out / "acme"
+    theirs.mkdir(parents=True)
+    theirs.chmod(0o755)
+    os.chown(theirs, pwd.getpwnam("nobody").pw_uid, -1)
+    PathPolicy.make(media_dirs=[tmp_path], output_root=out).check("acme", "output", str(theirs / "v.mp4"), "w")
+    assert theirs.stat().st_mode & 0o777 == 0o755  # not ours to change
+
+
+@pytest.mark.parametrize("mode", [0o701, 0o640, 0o750, 0o707])
+def test_an_output_dir_with_any_group_or_other_bit_is_made_private(tmp_path: Path, mode: int) -> None:
+    out = tmp_path / "out"
+    (out / "acme").mkdir(parents=True)
+    (out / "acme").chmod(mode)
+    PathPolicy.make(media_dirs=[tmp_path], output_root=out).check("acme", "output", str(out / "acme" / "v"), "w")
+    assert (out / "acme").stat().st_mode & 0o777 == 0o700

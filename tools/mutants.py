@@ -198,6 +198,7 @@ def serve(work: Path) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         t0 = time.monotonic()
+        shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         pid = os.fork()
         if pid == 0:  # the child: a new session, so that a timeout kills what it started too
             os.setsid()
@@ -229,6 +230,15 @@ def serve(work: Path) -> None:
             pass
         if outcome == "timeout":
             os.waitpid(pid, 0)
+        # Segments a killed run left behind: the tests name theirs after their process (the
+        # child); a mutant that broke the ring's cleanup must not fill /dev/shm.
+        if shm_before or os.path.isdir("/dev/shm"):
+            for name in set(os.listdir("/dev/shm")) - shm_before:
+                if str(pid) in name:
+                    try:
+                        os.unlink(os.path.join("/dev/shm", name))
+                    except OSError:
+                        pass
         text = out_path.read_text(errors="replace") if out_path.exists() else ""
         if outcome == "killed":
             note = next((ln.strip() for ln in text.splitlines() if ln.startswith("E ")), "")
@@ -423,8 +433,23 @@ def print_table(rows: list[dict]) -> None:
               f"{sum(r['skipped'] + r['error'] for r in rows):6} {100.0 * k / max(1, k + live):5.1f}%")
 
 
-def report() -> int:
-    """Add up the last results of every file (out/mutants/*.json)."""
+def record_open(survivors: list[Mutant]) -> None:
+    """Append survivors to equivalents.toml as [[open]]: not yet killed, to be triaged."""
+    if not survivors:
+        return
+    lines = ["", f"# --- open survivors recorded {time.strftime('%Y-%m-%d %H:%M')} (tools/mutants.py --record-open) ---"]
+    for m in survivors:
+        change = " / ".join(ln.strip() for ln in m.diff.splitlines() if ln.startswith("+"))[:200]
+        lines += ["[[open]]", f"key = {json.dumps(m.key)}",
+                  f"reason = {json.dumps('not yet killed (open): ' + change)}"]
+    with open(CONF / "equivalents.toml", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"recorded {len(survivors)} open survivors in tools/mutants/equivalents.toml")
+
+
+def report(record: bool = False) -> int:
+    """Add up the last results of every file (out/mutants/*.json); with ``record``, list the
+    new survivors as open in equivalents.toml."""
     rows, new = [], []
     known, rules = load_known(), load_rules()
     settings, files = load_map()
@@ -445,6 +470,9 @@ def report() -> int:
     print_table(rows)
     for m in new:
         print(f"NEW SURVIVOR {m.key}\n    {m.diff}")
+    if record:
+        record_open(new)
+        return 0
     return 1 if new else 0
 
 
@@ -457,6 +485,8 @@ def main() -> int:
     ap.add_argument("--jobs", "-j", type=int, default=1, help="mutants tested at once (private copies)")
     ap.add_argument("--budget-s", type=float, default=0, help="start no mutant after this many seconds")
     ap.add_argument("--report", action="store_true", help="print the stored results, run nothing")
+    ap.add_argument("--record-open", action="store_true",
+                    help="with --report: list its new survivors as open (not yet killed) in equivalents.toml")
     ap.add_argument("--list", action="store_true", help="print the files' mutants and keys, run nothing")
     ap.add_argument("--mark", action="store_true", help="write HEAD into tools/mutants/checked.toml")
     ap.add_argument("--serve", metavar="COPY", help=argparse.SUPPRESS)  # internal: a test server
@@ -466,7 +496,7 @@ def main() -> int:
         return 0
     settings, files = load_map()
     if a.report:
-        return report()
+        return report(record=a.record_open)
     if a.mark:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -496,6 +526,7 @@ def main() -> int:
         print("mutants: nothing to mutate")
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the copies are removed
     known = load_known()
     deadline = time.monotonic() + (a.budget_s or 1e9)
     tmp = Path(tempfile.mkdtemp(prefix="edgeva-mutants-"))
