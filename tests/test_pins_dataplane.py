@@ -9,7 +9,15 @@ import msgpack
 import numpy as np
 import pytest
 
-from agent.dataplane.codec import ARRAYS_OFFSET, MAGIC, PREFIX, CodecError, decode, encode
+from agent.dataplane.codec import (
+    ARRAYS_OFFSET,
+    MAGIC,
+    PREFIX,
+    CodecError,
+    decode,
+    encode,
+    encoded_size,
+)
 from schemas.message import Message
 
 
@@ -46,3 +54,55 @@ def test_negative_size_after_a_real_array_cannot_read_the_header(cache: dict | N
     if cache is not None:
         with pytest.raises(CodecError):
             decode(frame, cache=cache)
+
+
+# -- the codec's contract, fast (kills `make mutants` survivors of agent/dataplane/codec.py) --------
+def _two_arrays(w, k: int) -> None:
+    w.alloc("a", (10,))[:] = k
+    w.alloc("b", (3,), np.uint16)[:] = 1000 + k
+
+
+def test_a_reused_writer_lays_out_the_same_arrays_at_the_same_places() -> None:
+    from agent.dataplane.codec import FrameWriter
+
+    buf = bytearray(4096)
+    w = FrameWriter(memoryview(buf))
+    cache: dict = {}
+    for k in range(3):  # the second and third frames reuse the writer's cached views
+        w.reset()
+        _two_arrays(w, k)
+        n = w.finish(Message(k, "cam"))
+        for c in (None, cache):  # and a ring slot's decode cache
+            m = decode(memoryview(buf)[:n], cache=c)
+            assert m.arrays["a"].tolist() == [k] * 10 and m.arrays["b"].tolist() == [1000 + k] * 3
+        hdr = msgpack.unpackb(bytes(buf[ARRAYS_OFFSET + 128:n]))
+        assert [d[3] for d in hdr["arrays"]] == [0, 64]  # b aligned after a's 10 bytes
+
+
+def test_an_array_fits_exactly_or_is_refused() -> None:
+    from agent.dataplane.codec import FrameWriter, MessageTooLarge
+
+    w = FrameWriter(memoryview(bytearray(ARRAYS_OFFSET + 128)))
+    assert w.alloc("a", (128,)).size == 128  # to the last byte
+    with pytest.raises(MessageTooLarge, match="'b' \\(1 B\\) does not fit"):
+        w.alloc("b", (1,))
+
+
+def test_encoded_size_bounds_many_arrays_hops_and_fields() -> None:
+    arrays = {f"a{i}": np.full(i + 1, i, np.uint8) for i in range(40)}
+    hops = [[f"m{i}", i, i + 1] for i in range(60)]
+    fields = {"text": "x" * 3000, "n": list(range(50))}
+    msg = Message(1, "cam", 2, hops, fields, arrays)
+    data = encode(msg)
+    assert len(data) <= encoded_size(msg)
+    m = decode(data)
+    assert m.hops == hops and m.fields == fields
+    assert all(m.arrays[k].tolist() == v.tolist() for k, v in arrays.items())
+
+
+def test_a_short_or_long_buffer_says_which() -> None:
+    data = encode(Message(1, "cam", arrays={"a": np.ones(8, np.uint8)}))
+    with pytest.raises(CodecError, match="^truncated message"):
+        decode(data[:-1])
+    with pytest.raises(CodecError, match="^trailing bytes after the message"):
+        decode(data + b"\0")
