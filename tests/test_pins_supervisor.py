@@ -148,3 +148,25 @@ def test_update_reaches_the_running_module_and_says_whether_it_applied() -> None
         assert inst.status == "running" and inst.restarts == 0 and inst.update_result is res
     finally:
         sup.close()
+
+
+def test_a_module_stuck_in_a_call_is_killed_restarted_and_said_where() -> None:
+    rec = _Record()
+    sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change, restart=RestartPolicy(first_s=0.2, cap_s=0.2))
+    try:
+        spec = _spec("dechang").model_copy(update={"hang_timeout": 1.0,
+                                                   "config": {**_spec("x").config, "fps": 20}})
+        inst = sup.start(spec)
+        sup.send(inst, R.GoMsg())
+        time.sleep(1.5)  # past its first calls (they get a longer grace)
+        pid = inst.pid
+        os.kill(pid, signal.SIGSTOP)
+        _until(lambda: inst.status == "running" and inst.pid not in (None, pid), 20,
+               lambda: f"{inst.status} {inst.error} {rec.statuses}")
+        with rec.lock:
+            hung = [e for e in rec.events if e.get("event") == "module_hung"]
+        assert len(hung) == 1 and hung[0]["restarted"] is True and hung[0]["module"] == "dechang", hung
+        assert hung[0]["stuck_s"] >= 1.0 and hung[0]["deadline_s"] == 1.0
+        assert inst.restarts == 1 and inst.hung is None  # cleared by the restart
+    finally:
+        sup.close()
