@@ -25,10 +25,13 @@ class _Record:
         self.lock = threading.Lock()
         self.events: list[dict] = []
         self.statuses: list[str] = []
+        self.waits: list[tuple[float, float]] = []  # per back-off: (monotonic, wall) time left
 
     def on_event(self, inst: Instance, event: dict) -> None:
         with self.lock:
             self.events.append(event)
+            if event.get("event") == "module_backoff":
+                self.waits.append((inst.next_attempt - time.monotonic(), event["next_attempt_ts"] - time.time()))
 
     def on_change(self, inst: Instance) -> None:
         with self.lock:
@@ -79,6 +82,9 @@ def test_exactly_fast_immediate_restarts_then_back_off(fast: int) -> None:
         assert time.monotonic() - t_kill >= policy.first_s
         (ev,) = rec.backoffs()
         assert ev["restarts"] == fast and ev["backoff_s"] == policy.first_s and "crashed" in ev["error"]
+        # the next attempt lies first_s ahead, on both clocks, when the back-off is announced
+        (left_mono, left_wall), = rec.waits
+        assert policy.first_s - 0.1 < left_mono <= policy.first_s and policy.first_s - 0.1 < left_wall <= policy.first_s
         assert inst.restarts == fast + 1 and inst.backoffs == 1
     finally:
         sup.close()
