@@ -86,6 +86,9 @@ def test_exactly_fast_immediate_restarts_then_back_off(fast: int) -> None:
         (left_mono, left_wall), = rec.waits
         assert policy.first_s - 0.1 < left_mono <= policy.first_s and policy.first_s - 0.1 < left_wall <= policy.first_s
         assert inst.restarts == fast + 1 and inst.backoffs == 1
+        # running again for less than reset_s forgets nothing: the next crash waits too
+        went = _kill_and_wait_running(inst, rec)
+        assert "backoff" in went and inst.backoffs == 2 and len(rec.backoffs()) == 2, went
     finally:
         sup.close()
 
