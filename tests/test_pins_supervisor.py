@@ -179,3 +179,18 @@ def test_a_module_stuck_in_a_call_is_killed_restarted_and_said_where() -> None:
         assert inst.restarts == 1 and inst.hung is None  # cleared by the restart
     finally:
         sup.close()
+
+
+def test_a_setup_failure_while_restoring_backs_off_instead_of_failing(tmp_path) -> None:
+    rec = _Record()
+    sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change,
+                     restart=RestartPolicy(fast=3, first_s=5.0, cap_s=5.0))
+    try:
+        spec = _spec("decboot").model_copy(update={"config": {
+            "type": "decoder", "source": str(tmp_path / "missing.mp4")}})
+        inst = sup.start(spec, timeout=30, retry_setup=True)  # returns: retried later, not raised
+        assert inst.status == "backoff" and "missing.mp4" in (inst.error or ""), (inst.status, inst.error)
+        (ev,) = rec.backoffs()
+        assert ev["backoff_s"] == 5.0 and "failed in setup" in ev["error"]
+    finally:
+        sup.close()
