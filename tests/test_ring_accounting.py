@@ -14,7 +14,14 @@ import uuid
 
 import pytest
 
-from agent.dataplane.ring import C_WAITING, RingConsumer, RingFull, RingProducer, ring_stats
+from agent.dataplane.ring import (
+    C_WAITING,
+    RingConsumer,
+    RingError,
+    RingFull,
+    RingProducer,
+    ring_stats,
+)
 from agent.dataplane.segment import segment_name
 from schemas.message import Message
 
@@ -242,3 +249,118 @@ def test_the_producer_reaps_a_dead_consumer_by_its_own_entry(prod) -> None:
             if child.is_alive():
                 child.kill()
             child.join(10)
+
+
+# -- edges of the bookkeeping (kills `make mutants` survivors of agent/dataplane/ring.py) ----------
+def test_reserve_and_abort_mark_the_slot_they_took(prod) -> None:
+    with RingConsumer.attach(prod.name, policy="block") as c:
+        _pub(prod, 1)  # slot 0 pinned by c's pending message
+        w = prod.reserve(timeout=0)  # slot 1
+        assert ring_stats(prod.name).free_slots == NSLOTS - 2
+        with pytest.raises(RingError, match="reserve\\(\\) twice"):
+            prod.reserve(timeout=0)
+        prod.abort()
+        assert ring_stats(prod.name).free_slots == NSLOTS - 1
+        w = prod.reserve(timeout=0)
+        prod.commit(w, Message(1))
+        assert [c.get(timeout=0).frame_id for _ in range(2)] == [0, 1]
+    w = prod.reserve(timeout=0)  # slot 0 this time: reserving twice is still refused
+    with pytest.raises(RingError, match="reserve\\(\\) twice"):
+        prod.reserve(timeout=0)
+    prod.abort()
+
+
+def test_closing_a_consumer_that_holds_slot_0_frees_it(prod) -> None:
+    c = RingConsumer.attach(prod.name, policy="block")
+    _pub(prod, 2)
+    assert c.get(timeout=0).frame_id == 0  # holds slot 0, frame 1 pending
+    c.close()
+    assert ring_stats(prod.name).free_slots == NSLOTS and ring_stats(prod.name).consumers == []
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_end_of_stream_wakes_a_waiting_consumer_at_once(index: int) -> None:
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    prod = RingProducer.create(name, 4096, nslots=4)
+    other = RingConsumer.attach(name) if index else None
+    with RingConsumer.attach(name, policy="drop_oldest") as c:
+        assert c.index == index
+        got: list = []
+        t = threading.Thread(target=lambda: got.append((c.get(timeout=20), time.monotonic())))
+        t.start()
+        for _ in range(500):
+            if prod._w[c._b + C_WAITING]:
+                break
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        prod.close()
+        t.join(20)
+        assert got and got[0][0] is None and c.eof and got[0][1] - t0 < 5.0, "not woken by the close"
+    if other is not None:
+        other.close()
+
+
+def test_get_with_a_timeout_returns_after_it(prod) -> None:
+    with RingConsumer.attach(prod.name) as c:
+        t0 = time.monotonic()
+        assert c.get(timeout=0.3) is None
+        assert 0.25 <= time.monotonic() - t0 < 3.0
+
+
+def test_the_smallest_ring_and_the_deepest_consumer() -> None:
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 128, nslots=2, max_consumers=1) as p:
+        assert p.slot_size == 128
+        with pytest.raises(RingError, match="depth must be 1..1"):
+            RingConsumer.attach(name, policy="drop_oldest", depth=2)
+        with RingConsumer.attach(name, policy="drop_oldest", depth=1) as c:
+            with pytest.raises(RingError, match="all 1 consumer entries in use"):
+                RingConsumer.attach(name)
+            _pub(p, 3)
+            assert c.pending == 1 and c.dropped == 2
+
+
+def test_a_message_filling_its_slot_to_the_last_byte_is_read() -> None:
+    from agent.dataplane.codec import encode
+
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 4096, nslots=2) as p, RingConsumer.attach(name) as c:
+        pad = next(k for k in range(4096) if len(encode(Message(1, fields={"pad": "x" * k}))) == 4096)
+        p.publish(Message(1, fields={"pad": "x" * pad}), timeout=0)
+        m = c.get(timeout=0)
+        assert m.frame_id == 1 and len(m.fields["pad"]) == pad
+
+
+def test_a_segment_shorter_than_its_header_says_is_refused(prod) -> None:
+    import mmap
+
+    from agent.dataplane.ring import MAGIC, VERSION, producer_pid
+    from agent.dataplane.segment import create_segment
+
+    with pytest.raises(RingError, match="its header says"):
+        os.truncate(f"/dev/shm/{prod.name}", os.path.getsize(f"/dev/shm/{prod.name}") - mmap.PAGESIZE)
+        RingConsumer.attach(prod.name)
+    for size, words in ((64, [MAGIC, VERSION, 2, 128, 1, os.getpid()]), (128, [MAGIC, VERSION, 2, 128, 1, os.getpid()])):
+        seg = create_segment(segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8]), size)
+        try:
+            w = seg.buf.cast("q")
+            for i, v in enumerate(words):
+                w[i] = v
+            del w
+            name = seg.name.lstrip("/")
+            with pytest.raises(RingError, match="not an edgeva ring" if size < 128 else "its header says"):
+                RingConsumer.attach(name)
+            if size < 128:
+                assert producer_pid(name) == 0  # too short to hold a pid
+        finally:
+            seg.close()
+            seg.unlink()
+
+
+def test_a_corrupt_hand_off_slot_is_an_error_not_a_read_out_of_the_ring(prod) -> None:
+    from agent.dataplane.ring import C_HELD
+
+    with RingConsumer.attach(prod.name) as c:
+        prod._w[c._b + C_HELD] = NSLOTS  # one past the last slot, as a stray write would leave it
+        with pytest.raises(RingError, match="slot table corrupt"):
+            c.get(timeout=0)
