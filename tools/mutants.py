@@ -329,9 +329,28 @@ def changed_files(base: str, files: dict[str, FileConf]) -> tuple[list[str], set
     return [f for f in files if f in names or f in tests_changed], tests_changed
 
 
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _last_kills(path: str) -> dict[str, Mutant]:
+    """The killed mutants of the last stored run of ``path`` if the file has not changed since
+    (a run stored without a hash counts as of the same file)."""
+    p = OUT / (path.replace("/", "__") + ".json")
+    if not p.exists():
+        return {}
+    data = json.loads(p.read_text())
+    if data.get("sha", _sha(ROOT / path)) != _sha(ROOT / path):
+        return {}
+    return {m["key"]: Mutant(**m) for m in data["mutants"] if m["outcome"] in ("killed", "timeout")}
+
+
 def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], deadline: float,
-             base: str | None) -> list[Mutant]:
-    """Run every mutant of one file, changed lines first; stop starting new ones at deadline."""
+             base: str | None, resurvey: bool = False) -> list[Mutant]:
+    """Run every mutant of one file, changed lines first; stop starting new ones at deadline.
+    ``resurvey``: keep the last run's kills (tests only grow) and run the rest again."""
     mtimes = {fc.path: (workers[0].work / fc.path).stat().st_mtime_ns}
     mutants = enumerate_mutants(ROOT, fc, settings)
     t0 = time.monotonic()
@@ -350,11 +369,16 @@ def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], d
             m.changed = m.line in cl
         mutants.sort(key=lambda m: not m.changed)
     todo = []
+    kept = _last_kills(fc.path) if resurvey else {}
     for m in mutants:
         if m.key in known:
             m.outcome, m.note = known[m.key]
+        elif m.key in kept:
+            m.outcome, m.note, m.diff, m.seconds = "killed", "(last run) " + kept[m.key].note, kept[m.key].diff, 0.0
         else:
             todo.append(m)
+    if kept:
+        print(f"   resurvey: {len(mutants) - len(todo)} kept from the last run, {len(todo)} to run", flush=True)
     lock = threading.Lock()
     tests = fc.tests
     done, t_start = [0], time.monotonic()
@@ -484,6 +508,8 @@ def main() -> int:
                     help="only files changed since BASE (default: the marker in checked.toml)")
     ap.add_argument("--jobs", "-j", type=int, default=1, help="mutants tested at once (private copies)")
     ap.add_argument("--budget-s", type=float, default=0, help="start no mutant after this many seconds")
+    ap.add_argument("--resurvey", action="store_true",
+                    help="keep the last run's killed mutants of an unchanged file, run the others again")
     ap.add_argument("--report", action="store_true", help="print the stored results, run nothing")
     ap.add_argument("--record-open", action="store_true",
                     help="with --report: list its new survivors as open (not yet killed) in equivalents.toml")
@@ -541,7 +567,7 @@ def main() -> int:
         for f in chosen:
             t0 = time.monotonic()
             print(f"== {f}: tests {' '.join(files[f].tests)}", flush=True)
-            ms = run_file(files[f], settings, known, workers, deadline, base)
+            ms = run_file(files[f], settings, known, workers, deadline, base, a.resurvey)
             row = summary(f, ms)
             row["seconds"] = round(time.monotonic() - t0)
             rows.append(row)
@@ -555,7 +581,7 @@ def main() -> int:
                 else:
                     untriaged.append(m)
             (OUT / (f.replace("/", "__") + ".json")).write_text(json.dumps(
-                {"file": f, "summary": row, "mutants": [asdict(m) for m in ms]}, indent=1))
+                {"file": f, "sha": _sha(ROOT / f), "summary": row, "mutants": [asdict(m) for m in ms]}, indent=1))
             print(f"   {row}", flush=True)
     finally:
         for s in workers:
