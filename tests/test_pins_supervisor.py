@@ -19,6 +19,11 @@ from schemas import runner as R
 
 pytestmark = pytest.mark.slow  # a few module starts: ~1 s each on a loaded machine
 
+# A restart takes ~1 s (3 s on a loaded 2-core machine): waits well past that, short enough that a
+# broken supervisor fails fast (tools/mutants.py runs these per mutant).
+RESTART_WAIT_S = 12.0
+READY_S = 15.0
+
 
 class _Record:
     def __init__(self) -> None:
@@ -59,7 +64,7 @@ def _kill_and_wait_running(inst: Instance, rec: _Record) -> list[str]:
     """SIGKILL the module, wait for its replacement to run; the statuses it went through."""
     pid, n = inst.pid, len(rec.statuses)
     os.kill(pid, signal.SIGKILL)
-    _until(lambda: inst.status == "running" and inst.pid not in (None, pid), 30,
+    _until(lambda: inst.status == "running" and inst.pid not in (None, pid), RESTART_WAIT_S,
            lambda: f"{inst.status} {inst.error} {rec.statuses[n:]}")
     with rec.lock:
         return rec.statuses[n:]
@@ -71,7 +76,7 @@ def test_exactly_fast_immediate_restarts_then_back_off(fast: int) -> None:
     policy = RestartPolicy(fast=fast, window_s=120.0, first_s=0.4, cap_s=0.4, reset_s=600.0)
     sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change, restart=policy)
     try:
-        inst = sup.start(_spec(f"dec{fast}"))
+        inst = sup.start(_spec(f"dec{fast}"), timeout=READY_S)
         for k in range(1, fast + 1):
             went = _kill_and_wait_running(inst, rec)
             assert "backoff" not in went and not rec.backoffs(), f"crash {k} of {fast} backed off: {went}"
@@ -98,7 +103,7 @@ def test_crashes_older_than_the_window_are_forgotten() -> None:
     policy = RestartPolicy(fast=1, window_s=1.5, first_s=0.4, cap_s=0.4, reset_s=600.0)
     sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change, restart=policy)
     try:
-        inst = sup.start(_spec("decw"))
+        inst = sup.start(_spec("decw"), timeout=READY_S)
         assert "backoff" not in _kill_and_wait_running(inst, rec)
         time.sleep(policy.window_s + 0.2)  # that restart leaves the window
         assert "backoff" not in _kill_and_wait_running(inst, rec), "a crash outside the window counted"
@@ -123,7 +128,7 @@ def test_a_setup_failure_at_deploy_is_refused_with_its_reason_and_not_restarted(
         spec = _spec("decbad").model_copy(update={"config": {
             "type": "decoder", "source": str(tmp_path / "missing.mp4")}})
         with pytest.raises(RuntimeError) as e:
-            sup.start(spec, timeout=30)
+            sup.start(spec, timeout=READY_S)
         inst = sup.instances["decbad"]
         assert inst.status == "failed" and "missing.mp4" in str(e.value), (inst.status, str(e.value))
         time.sleep(0.5)  # the supervisor's loop looks again: nothing restarts it
@@ -136,7 +141,7 @@ def test_stop_ends_the_module_and_nothing_restarts_it() -> None:
     rec = _Record()
     sup = Supervisor(rec.on_event, lambda *_: None, rec.on_change, restart=RestartPolicy(first_s=0.2, cap_s=0.2))
     try:
-        inst = sup.start(_spec("decstop"))
+        inst = sup.start(_spec("decstop"), timeout=READY_S)
         pid = inst.pid
         sup.stop("decstop", timeout=5)
         assert inst.status == "stopped" and not inst.proc.is_alive() and "decstop" not in sup.instances
@@ -150,7 +155,7 @@ def test_stop_ends_the_module_and_nothing_restarts_it() -> None:
 def test_update_reaches_the_running_module_and_says_whether_it_applied() -> None:
     sup = Supervisor(lambda *_: None, lambda *_: None, lambda *_: None)
     try:
-        inst = sup.start(_spec("decupd"))
+        inst = sup.start(_spec("decupd"), timeout=READY_S)
         # a decoder takes a new frame rate in place (live); the module answered, not a timeout
         res = sup.update("decupd", {"type": "decoder", "source": "synthetic", "fps": 7, "width": 32, "height": 24})
         assert res == R.UpdatedMsg(applied=True, message=""), res
@@ -165,12 +170,12 @@ def test_a_module_stuck_in_a_call_is_killed_restarted_and_said_where() -> None:
     try:
         spec = _spec("dechang").model_copy(update={"hang_timeout": 1.0,
                                                    "config": {**_spec("x").config, "fps": 20}})
-        inst = sup.start(spec)
+        inst = sup.start(spec, timeout=READY_S)
         sup.send(inst, R.GoMsg())
         time.sleep(1.5)  # past its first calls (they get a longer grace)
         pid = inst.pid
         os.kill(pid, signal.SIGSTOP)
-        _until(lambda: inst.status == "running" and inst.pid not in (None, pid), 20,
+        _until(lambda: inst.status == "running" and inst.pid not in (None, pid), RESTART_WAIT_S,
                lambda: f"{inst.status} {inst.error} {rec.statuses}")
         with rec.lock:
             hung = [e for e in rec.events if e.get("event") == "module_hung"]
@@ -188,7 +193,7 @@ def test_a_setup_failure_while_restoring_backs_off_instead_of_failing(tmp_path) 
     try:
         spec = _spec("decboot").model_copy(update={"config": {
             "type": "decoder", "source": str(tmp_path / "missing.mp4")}})
-        inst = sup.start(spec, timeout=30, retry_setup=True)  # returns: retried later, not raised
+        inst = sup.start(spec, timeout=READY_S, retry_setup=True)  # returns: retried later, not raised
         assert inst.status == "backoff" and "missing.mp4" in (inst.error or ""), (inst.status, inst.error)
         (ev,) = rec.backoffs()
         assert ev["backoff_s"] == 5.0 and "failed in setup" in ev["error"]
