@@ -91,7 +91,11 @@ def test_exactly_fast_immediate_restarts_then_back_off(fast: int) -> None:
         (left_mono, left_wall), = rec.waits
         assert policy.first_s - 0.1 < left_mono <= policy.first_s and policy.first_s - 0.1 < left_wall <= policy.first_s
         assert inst.restarts == fast + 1 and inst.backoffs == 1
-        # running again for less than reset_s forgets nothing: the next crash waits too
+        with rec.lock:  # recovered once: after the back-off, not after the immediate restarts
+            assert [e["event"] for e in rec.events].count("module_recovered") == 1, rec.events
+        # running again for less than reset_s forgets nothing: the next crash waits too (after a
+        # few supervisor ticks, which is when a reset would happen)
+        time.sleep(0.6)
         went = _kill_and_wait_running(inst, rec)
         assert "backoff" in went and inst.backoffs == 2 and len(rec.backoffs()) == 2, went
     finally:
