@@ -16,6 +16,7 @@ import pytest
 
 from agent.dataplane.ring import (
     C_WAITING,
+    H_PWAIT,
     RingConsumer,
     RingError,
     RingFull,
@@ -364,3 +365,78 @@ def test_a_corrupt_hand_off_slot_is_an_error_not_a_read_out_of_the_ring(prod) ->
         prod._w[c._b + C_HELD] = NSLOTS  # one past the last slot, as a stray write would leave it
         with pytest.raises(RingError, match="slot table corrupt"):
             c.get(timeout=0)
+
+
+@pytest.mark.parametrize("how", ["get", "release", "close"])
+def test_a_blocked_producer_is_woken_as_soon_as_a_slot_frees(how: str) -> None:
+    # The producer's own wait polls every second for dead consumers: a wake-up must come well
+    # before that from the consumer that freed the slot.
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 4096, nslots=2) as p:
+        c = RingConsumer.attach(name, policy="block")
+        _pub(p, 2)
+        assert c.get(timeout=0).frame_id == 0  # holds slot 0, frame 1 pending: ring full
+        done: list[float] = []
+        t = threading.Thread(target=lambda: (p.publish(Message(2), timeout=10), done.append(time.monotonic())))
+        t.start()
+        for _ in range(500):  # until the producer waits (its flag is set under the lock)
+            if p._w[H_PWAIT]:
+                break
+            time.sleep(0.01)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        if how == "get":
+            assert c.get(timeout=0).frame_id == 1  # releases slot 0
+        elif how == "release":
+            c.release()
+        else:
+            c.close()
+        t.join(10)
+        assert done and done[0] - t0 < 0.5, f"woken after {done[0] - t0 if done else None} s"
+        if how != "close":
+            c.close()
+
+
+def test_a_forged_wake_up_neither_ends_a_get_early_nor_makes_it_spin(prod) -> None:
+    import socket
+
+    from agent.dataplane.ring import C_TOKEN, _sock_addr
+
+    with RingConsumer.attach(prod.name) as c:
+        addr = _sock_addr(prod.name, f"c{c.index}", prod._w[c._b + C_TOKEN])
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        threading.Timer(0.2, lambda: s.sendto(b"look", addr)).start()
+        t0, cpu0 = time.monotonic(), time.process_time()
+        assert c.get(timeout=0.8) is None
+        assert time.monotonic() - t0 >= 0.75, "a note with nothing behind it ended the wait"
+        # the note was drained: the next wait sleeps instead of finding it again and again
+        cpu0 = time.process_time()
+        assert c.get(timeout=0.5) is None
+        assert time.process_time() - cpu0 < 0.2
+        s.close()
+
+
+def test_closing_the_producer_removes_the_ring_once(prod) -> None:
+    path = f"/dev/shm/{prod.name}"
+    assert os.path.exists(path)
+    prod.close()
+    assert not os.path.exists(path)
+    prod.close()  # twice: nothing more happens
+
+
+def test_a_consumer_closed_while_its_arrays_live_closes_only_its_own_descriptor() -> None:
+    import gc
+
+    import numpy as np
+
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 8192) as p:
+        c = RingConsumer.attach(name)
+        p.publish(Message(1, arrays={"a": np.arange(16, dtype=np.uint8)}), timeout=0)
+        view = c.get(timeout=0).arrays["a"]
+        c.close()  # the view still maps the segment: unmapped later
+        assert view.tolist() == list(range(16))
+        del view, c
+        gc.collect()
+        os.fstat(1)  # stdout is still open (a stray close(1) would end it)
+        os.fstat(2)
