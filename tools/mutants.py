@@ -37,6 +37,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+STOP = threading.Event()  # SIGTERM/SIGINT: start no more mutants, store what was run
 CONF = ROOT / "tools" / "mutants"
 OUT = ROOT / "out" / "mutants"
 MARKER = CONF / "checked.toml"
@@ -388,7 +389,7 @@ def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], d
         work = server.work
         while True:
             with lock:
-                if not todo or time.monotonic() > deadline:
+                if not todo or time.monotonic() > deadline or STOP.is_set():
                     return
                 m = todo.pop(0)
             t0 = time.monotonic()
@@ -425,7 +426,7 @@ def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], d
         t.join()
     for m in todo:
         m.outcome = "skipped"
-        m.note = "time budget spent"
+        m.note = "stopped" if STOP.is_set() else "time budget spent"
     return mutants
 
 
@@ -552,7 +553,9 @@ def main() -> int:
         print("mutants: nothing to mutate")
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the copies are removed
+    # A stop finishes the mutants under test, stores the results and removes the copies.
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+    signal.signal(signal.SIGINT, lambda *_: STOP.set())
     known = load_known()
     deadline = time.monotonic() + (a.budget_s or 1e9)
     tmp = Path(tempfile.mkdtemp(prefix="edgeva-mutants-"))
@@ -565,6 +568,8 @@ def main() -> int:
             copy_tree(w)
             workers.append(Server(w))
         for f in chosen:
+            if STOP.is_set():
+                break
             t0 = time.monotonic()
             print(f"== {f}: tests {' '.join(files[f].tests)}", flush=True)
             ms = run_file(files[f], settings, known, workers, deadline, base, a.resurvey)
