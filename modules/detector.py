@@ -37,7 +37,6 @@ from modules.base import (
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     MAX_THREADS,
-    MAX_WAIT_S,
     NOT_A_PATH,
     ClassIds,
     Module,
@@ -82,6 +81,10 @@ def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
     better = np.tri(len(r), k=-1, dtype=bool)  # i < j: i scores at least as high
     same = r[:, 5][:, None] == r[:, 5][None]
     return ~((inside > frac) & better & same).any(axis=1)
+
+
+#: Longest a triton request may take (a model loading on a CPU server): ``timeout_s``.
+MAX_REQUEST_S = 300.0
 
 
 class DetectorConfig(ModuleConfig):
@@ -158,7 +161,9 @@ class DetectorConfig(ModuleConfig):
         None, description="triton over HTTP: binary tensors (null: when the server supports them; "
         "MLServer does not)")
     cuda_device: int = Field(0, ge=0, le=64, description="triton with shared_memory cuda: GPU index")
-    timeout_s: float = Field(5.0, gt=0.0, le=MAX_WAIT_S, description="triton: connection and request timeout in seconds")
+    timeout_s: float = Field(5.0, gt=0.0, le=MAX_REQUEST_S,
+                             description="triton: connection and request timeout in seconds (a cold server's first "
+                             "inference may take minutes)")
     headers: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[str, Field(max_length=MAX_HEADER_CHARS)]] = Field(
         {}, max_length=16, description="triton: headers sent with every request, e.g. the access token of a server "
         "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "

@@ -239,7 +239,7 @@ def _split(name: str, src: str, dst: str) -> dict:
 def test_two_agents_one_tenants_frozen_module_costs_another_tenants_split_app_nothing(mosquitto, tmp_path) -> None:
     """Issue 20's scenario: two tenants' apps span the same two devices (one link); acme's
     module on the far device is frozen; globex's app keeps >= 90 % of its event rate."""
-    from tests.agent_harness import AgentProc, Commander, Watcher
+    from tests.agent_harness import AgentProc, Commander, Watcher, module_pid, rates_around_a_freeze
 
     uid = uuid.uuid4().hex[:6]
     a, b = f"a-{uid}", f"b-{uid}"
@@ -253,21 +253,8 @@ def test_two_agents_one_tenants_frozen_module_costs_another_tenants_split_app_no
             assert r["ok"], r
         g_events = f"edgeva/v1/{b}/globex/events/y"
         w.wait(g_events, lambda ms: len(ms) >= 20, timeout=60)
-        st = w.wait(f"edgeva/v1/{b}/state", lambda ms: any(
-            m["type"] == "publish" and "acme/x" in m["apps"] and m["pid"] for m in ms[-1]["modules"].values()))
-        pid = next(m["pid"] for m in st[-1]["modules"].values() if m["type"] == "publish" and "acme/x" in m["apps"])
-
-        def rate(seconds: float) -> float:
-            n0, t0 = len(w.get(g_events)), time.monotonic()
-            time.sleep(seconds)  # a measurement window, not a wait for a condition
-            return (len(w.get(g_events)) - n0) / (time.monotonic() - t0)
-
-        before = rate(4.0)
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            during = rate(4.0)
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        pid = module_pid(w, b, "publish", "acme/x")
+        before, during = rates_around_a_freeze(w, g_events, pid)
         print(f"globex's split app: {before:.1f} events/s before, {during:.1f} while acme's module was frozen "
               f"({during / before:.0%})")
         assert before > 10, f"globex's app ran at {before:.1f} events/s before anything was frozen"

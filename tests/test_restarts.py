@@ -9,6 +9,9 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -36,20 +39,30 @@ def _mod(state: dict | None, name: str) -> dict:
     return (state or {}).get("modules", {}).get(name, {})
 
 
-def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mqtt_broker, tmp_path):
+@contextmanager
+def _phoenix(broker, root: Path, first_s: float, cap_s: float) -> Iterator[tuple[Watcher, Commander, str, str, int]]:
+    """An agent with the given back-off running APP: (watcher, commander, device, the
+    decoder's instance name, its pid); stopped afterwards."""
     device = f"rs-{uuid.uuid4().hex[:6]}"
-    w = Watcher(mqtt_broker.url)
-    agent = AgentProc(mqtt_broker.url, device, tmp_path / "agent", w,
-                      "--restart-backoff-first", str(FIRST_S), "--restart-backoff-cap", str(CAP_S))
+    w = Watcher(broker.url)
+    agent = AgentProc(broker.url, device, root / "agent", w,
+                      "--restart-backoff-first", str(first_s), "--restart-backoff-cap", str(cap_s))
     try:
         cmd = Commander(w, device)
         r = cmd.send("deploy", APP)
         assert r["ok"], r
-        name = r["result"]["modules"]["dec"]["instance"]
+        dec = r["result"]["modules"]["dec"]
+        yield w, cmd, device, dec["instance"], dec["pid"]
+    finally:
+        agent.stop()
+        w.close()
+
+
+def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mqtt_broker, tmp_path):
+    with _phoenix(mqtt_broker, tmp_path, FIRST_S, CAP_S) as (w, cmd, device, name, pid):
         state_t = f"edgeva/v1/{device}/state"
         ev_t = f"edgeva/v1/{device}/default/events/phoenix"
         backoff_seen: list[dict] = []
-        pid = r["result"]["modules"]["dec"]["pid"]
         for i in range(KILLS):
             os.kill(pid, signal.SIGKILL)
             states = w.wait(state_t, lambda ms, old=pid: _mod(ms[-1], name).get("status") == "running"
@@ -74,24 +87,12 @@ def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mqtt_
         n = len(w.get(ev_t))
         w.wait(ev_t, lambda ms: sum(1 for e in ms[n:] if "frame_id" in e) >= 5, timeout=20)
         assert cmd.send("status", {})["result"]["apps"]["phoenix"]["status"] == "running"
-    finally:
-        agent.stop()
-        w.close()
 
 
 def test_stop_ends_a_back_off(mqtt_broker, tmp_path):
     """An operator's stop still stops a module waiting in back-off: it is not started again."""
-    device = f"rs-{uuid.uuid4().hex[:6]}"
-    w = Watcher(mqtt_broker.url)
-    agent = AgentProc(mqtt_broker.url, device, tmp_path / "agent", w,
-                      "--restart-backoff-first", "3", "--restart-backoff-cap", "3")
-    try:
-        cmd = Commander(w, device)
-        r = cmd.send("deploy", APP)
-        assert r["ok"], r
-        name = r["result"]["modules"]["dec"]["instance"]
+    with _phoenix(mqtt_broker, tmp_path, 3, 3) as (w, cmd, device, name, pid):
         state_t = f"edgeva/v1/{device}/state"
-        pid = r["result"]["modules"]["dec"]["pid"]
         for _ in range(6):  # the 6th crash within a minute waits 3 s
             os.kill(pid, signal.SIGKILL)
 
@@ -107,9 +108,6 @@ def test_stop_ends_a_back_off(mqtt_broker, tmp_path):
         time.sleep(4)  # past the back-off: nothing may have started it again
         assert name not in w.get(state_t)[-1].get("modules", {})
         assert cmd.send("status", {})["result"]["apps"]["phoenix"]["status"] == "stopped"
-    finally:
-        agent.stop()
-        w.close()
 
 
 def test_box_boots_before_its_camera(mosquitto, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.agent_harness import AgentProc, Commander, Watcher
+from tests.agent_harness import AgentProc, Commander, Watcher, module_pid, rates_around_a_freeze
 from tests.brokers import Broker
 
 pytestmark = pytest.mark.slow
@@ -313,8 +313,6 @@ def test_a_stuck_consumer_costs_another_tenants_app_nothing(fleet: Fleet) -> Non
     """A tenant's module that stops reading (SIGSTOP: stuck, not dead) on a camera another
     tenant watches too: the other tenant's app keeps its frame rate and drops nothing; the
     stuck app's drops are its own."""
-    import os
-    import signal
 
     acme, globex = fleet.cmd("acme"), fleet.cmd("globex")
     stuck = app("a-stuck")
@@ -324,21 +322,8 @@ def test_a_stuck_consumer_costs_another_tenants_app_nothing(fleet: Fleet) -> Non
     dev, gw = fleet.device, fleet.tenants["globex"]
     g_events = f"edgeva/v1/{dev}/globex/events/g-live"
     gw.wait(g_events, lambda ms: len(ms) >= 10, timeout=30)
-    st = fleet.observer.wait(f"edgeva/v1/{dev}/state", lambda ms: any(
-        m["type"] == "publish" and "acme/a-stuck" in m["apps"] and m["pid"] for m in ms[-1]["modules"].values()))
-    pid = next(m["pid"] for m in st[-1]["modules"].values() if m["type"] == "publish" and "acme/a-stuck" in m["apps"])
-
-    def rate(seconds: float) -> float:
-        n0, t0 = len(gw.get(g_events)), time.monotonic()
-        time.sleep(seconds)  # a measurement window, not a wait for a condition
-        return (len(gw.get(g_events)) - n0) / (time.monotonic() - t0)
-
-    before = rate(4.0)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        during = rate(4.0)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    pid = module_pid(fleet.observer, dev, "publish", "acme/a-stuck")
+    before, during = rates_around_a_freeze(gw, g_events, pid)
     assert during >= 0.8 * before and during > 5, f"globex's app went from {before:.1f} to {during:.1f} events/s"
 
     def metrics(tenant: str, name: str) -> dict:

@@ -713,11 +713,21 @@ class Link:
         _check(rc)
         return False
 
+    def _next_sendable(self) -> int | None:
+        """Index of the oldest queued message whose stream the peer has not paused (call with
+        ``_lock``): what a paused stream had queued stays here until the peer resumes it,
+        instead of filling the peer's backlog (a ``block`` stream's backlog overflowing lost
+        frames under load)."""
+        for i, q in enumerate(self._queue):
+            if q.stream.ctrl or not q.stream.paused:
+                return i
+        return None
+
     def _send_loop(self) -> None:
         idle_checks = 0.0
         while True:
             with self._lock:
-                while not self._queue and not self._closed:
+                while (i := self._next_sendable()) is None and not self._closed:
                     if self._closing:
                         self._space.notify_all()
                     self._work.wait(1.0)
@@ -726,7 +736,8 @@ class Link:
                         self._check_auth()
                 if self._closed:
                     return
-                out = self._queue.popleft()
+                out = self._queue[i]
+                del self._queue[i]
                 st = out.stream
                 st.queued -= 1
                 self._inflight = True
@@ -828,6 +839,7 @@ class Link:
                 self.pauses_received += st.paused
                 with self._lock:
                     self._space.notify_all()
+                    self._work.notify()  # held messages of a resumed stream may go
             return False
         self.messages_received += 1
         self._net.add((now - sent) / 1e6)

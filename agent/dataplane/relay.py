@@ -25,8 +25,14 @@ __all__ = ["LinkToRing", "RingToLink"]
 
 log = logging.getLogger("edgeva.relay")
 
-BACKLOG_MAX = 32  # messages a link->ring relay keeps while its ring is full (the peer is paused)
-BACKLOG_SLOTS = 4  # ... and at most this many ring slots' worth of bytes
+# A pause reaches the sender one trip late, and what it already handed to TCP still arrives:
+# on loopback under load a whole 1.4 MB stream was in the socket buffers before the first
+# pause was read, and a backlog of 4 slots dropped frames of a lossless stream. So the backlog
+# holds what the socket buffers can (Linux: a few MB each way), and the sender keeps what it
+# still has queued for a paused stream.
+BACKLOG_MAX = 256  # messages a link->ring relay keeps while its ring is full (the peer is paused)
+BACKLOG_SLOTS = 4  # ... and at most this many ring slots' worth of bytes, or BACKLOG_BYTES if more
+BACKLOG_BYTES = 16 << 20
 
 
 class RingToLink:
@@ -124,7 +130,7 @@ class LinkToRing:
     included), never waits here. While a slot is free it copies the message straight from the
     nng buffer into the slot (the one copy) and the header is re-packed. When ``block``
     consumers of the ring hold every slot, the message is kept in this stream's backlog (at
-    most ``BACKLOG_MAX`` messages and ``BACKLOG_SLOTS`` slots' worth of bytes), the peer is
+    most ``BACKLOG_MAX`` messages and ``BACKLOG_SLOTS`` slots' worth of bytes or ``BACKLOG_BYTES``), the peer is
     told to pause this stream (``Link.pause_peer``), and this relay's own thread moves the
     backlog into the ring as slots free up, then tells the peer to resume. So a stuck consumer
     holds back only its own stream: its sender waits (lossless, backpressure reaches its
@@ -155,7 +161,7 @@ class LinkToRing:
         self._cv = threading.Condition()
         self._backlog: deque[tuple[str, Message, int]] = deque()  # (stream, message, bytes)
         self._backlog_bytes = 0
-        self._backlog_cap = BACKLOG_SLOTS * self.producer.slot_size
+        self._backlog_cap = max(BACKLOG_SLOTS * self.producer.slot_size, BACKLOG_BYTES)
         self._busy = False  # the relay's thread owns the producer (a message between backlog and ring)
         self._paused: set[str] = set()  # stream names the peer was asked to pause
         self._thread = threading.Thread(target=self._drain, name=f"link->ring {stream}", daemon=True)
@@ -188,8 +194,11 @@ class LinkToRing:
                 self._backlog_bytes += n
                 self.backlogged += 1
                 self._cv.notify()
-            self._paused.add(r.stream)
-        self.link.pause_peer(r.stream, True)
+            if r.stream not in self._paused:
+                self._paused.add(r.stream)
+                # Under the lock, as the drain's resume: a pause sent after the drain emptied the
+                # backlog and resumed would leave the sender paused for good (seen under load).
+                self._tell_peer(r.stream, True)
 
     def _write(self, w, msg: Message) -> None:
         """Copy ``msg`` into the reserved slot and publish it (by whichever thread owns the
@@ -243,16 +252,19 @@ class LinkToRing:
                     self._backlog.popleft()
                     self._backlog_bytes -= n
                     self._busy = False
-                    resume: list[str] = []
                     if not self._backlog and not self._closing:
-                        resume = sorted(self._paused)
+                        for name in sorted(self._paused):
+                            self._tell_peer(name, False)
                         self._paused.clear()
                 del msg, w  # the nng buffer goes now, not when the next message comes
-            for name in resume:
-                try:
-                    self.link.pause_peer(name, False)
-                except LinkClosed:
-                    pass
+
+    def _tell_peer(self, stream: str, pause: bool) -> None:
+        """Pause or resume ``stream`` at the sender; called with ``_cv`` held, so that pauses and
+        resumes reach the link in the order the backlog saw them (``pause_peer`` never waits)."""
+        try:
+            self.link.pause_peer(stream, pause)
+        except LinkClosed:
+            pass
 
     def add_stream(self, stream: str) -> None:
         """Also publish what arrives on ``stream`` (the sender is about to be renamed to it:
