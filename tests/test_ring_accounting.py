@@ -16,6 +16,7 @@ import pytest
 
 from agent.dataplane.ring import (
     C_WAITING,
+    C_WORDS,
     H_PWAIT,
     RingConsumer,
     RingError,
@@ -438,5 +439,74 @@ def test_a_consumer_closed_while_its_arrays_live_closes_only_its_own_descriptor(
         assert view.tolist() == list(range(16))
         del view, c
         gc.collect()
-        os.fstat(1)  # stdout is still open (a stray close(1) would end it)
+        os.fstat(0)  # stdin, stdout, stderr still open (a stray close(0 or 1) would end them)
+        os.fstat(1)
         os.fstat(2)
+
+
+def test_bad_sizes_and_misuse_are_refused_and_leave_the_ring_usable(prod) -> None:
+    import numpy as np
+
+    from agent.dataplane.codec import MessageTooLarge
+    from agent.dataplane.ring import producer_pid
+
+    for kw in ({"nslots": 1}, {"slot_size": 127}, {"max_consumers": 0}):
+        args = {"slot_size": 4096, "nslots": 4, "max_consumers": 4, **kw}
+        with pytest.raises(RingError, match="need nslots >= 2, slot_size >= 128, max_consumers >= 1"):
+            RingProducer.create(segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8]), **args)
+    assert producer_pid(segment_name(f"acct{os.getpid()}", "nosuchring")) is None
+    with pytest.raises(RingError, match="commit\\(\\) without a matching reserve"):
+        prod.commit(prod._writers[0], Message(0))
+    with RingConsumer.attach(prod.name) as c:
+        # a big array that does not fit (the reserve path) and a header that does not fit
+        with pytest.raises(MessageTooLarge):
+            prod.publish(Message(0, arrays={"a": np.zeros(70_000, np.uint8)}), timeout=0)
+        w = prod.reserve(timeout=0)
+        with pytest.raises(MessageTooLarge):
+            prod.commit(w, Message(0, fields={"pad": "x" * 5000}))
+        assert ring_stats(prod.name).free_slots == NSLOTS  # both slots given back
+        _pub(prod, 1)
+        assert c.get(timeout=0).frame_id == 0 and prod.published == 1
+
+
+def _wait_in_get(name: str, ready) -> None:
+    c = RingConsumer.attach(name)
+    ready.set()
+    c.get(timeout=60)
+
+
+def test_a_consumer_killed_while_it_waits_costs_the_producer_nothing(prod) -> None:
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_wait_in_get, args=(prod.name, ready))
+    child.start()
+    try:
+        assert ready.wait(30)
+        for _ in range(500):  # until it sleeps in get
+            if any(prod._w[prod._co + c * C_WORDS + C_WAITING] for c in range(4)):
+                break
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        _pub(prod, 1)  # its wake-up socket is gone: the note is dropped, not raised
+        assert prod.reap_dead() == 1 and ring_stats(prod.name).consumers == []
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(10)
+
+
+def test_a_ring_made_with_the_defaults_takes_16_consumers() -> None:
+    name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
+    with RingProducer.create(name, 4096) as p:  # the runner's output rings use these defaults
+        cons = [RingConsumer.attach(name) for _ in range(16)]
+        try:
+            with pytest.raises(RingError, match="all 16 consumer entries in use"):
+                RingConsumer.attach(name)
+            assert ring_stats(name).nslots == 8 and p.max_consumers == 16
+        finally:
+            for c in cons:
+                c.close()
