@@ -88,6 +88,14 @@ def test_an_array_fits_exactly_or_is_refused() -> None:
         w.alloc("b", (1,))
 
 
+def test_encoded_size_bounds_big_arrays() -> None:
+    # the bound is exact for the arrays: each one's bytes, aligned, must be counted
+    msg = Message(1, "cam", arrays={f"a{i}": np.full(5000 + i, i, np.uint8) for i in range(3)})
+    data = encode(msg)
+    assert len(data) <= encoded_size(msg) < len(data) + 1024
+    assert [decode(data).arrays[f"a{i}"].size for i in range(3)] == [5000, 5001, 5002]
+
+
 def test_encoded_size_bounds_many_arrays_hops_and_fields() -> None:
     arrays = {f"a{i}": np.full(i + 1, i, np.uint8) for i in range(40)}
     hops = [[f"m{i}", i, i + 1] for i in range(60)]
