@@ -114,3 +114,54 @@ def test_a_short_or_long_buffer_says_which() -> None:
         decode(data[:-1])
     with pytest.raises(CodecError, match="^trailing bytes after the message"):
         decode(data + b"\0")
+
+
+def test_every_header_bound_admits_its_limit_and_refuses_one_more() -> None:
+    from agent.dataplane.codec import MAX_ARRAYS, MAX_HOPS, MAX_NAME, MAX_NDIM
+
+    at = "n" * MAX_NAME
+    ok = Message(1, at, 2, [[at, 1, 2]] * MAX_HOPS, {at: 1},
+                 {**{f"a{i}": np.zeros(1, np.uint8) for i in range(MAX_ARRAYS - 2)},
+                  at: np.zeros((1,) * MAX_NDIM, np.uint8), "empty": np.zeros((0, 3), np.uint8)})
+    m = decode(encode(ok))
+    assert m.source == at and len(m.hops) == MAX_HOPS and at in m.fields
+    assert len(m.arrays) == MAX_ARRAYS and m.arrays[at].ndim == MAX_NDIM and m.arrays["empty"].shape == (0, 3)
+
+    def frame(**over) -> bytes:
+        h = {"frame_id": 1, "source": "s", "ts_ns": 2, "hops": [], "fields": {}, "arrays": [], **over}
+        hdr = msgpack.packb(h)
+        return PREFIX.pack(MAGIC, len(hdr), 0, 0).ljust(ARRAYS_OFFSET, b"\0") + hdr
+
+    over = "n" * (MAX_NAME + 1)
+    for bad in ({"source": over}, {"hops": [["m", 1, 2]] * (MAX_HOPS + 1)}, {"hops": [[over, 1, 2]]},
+                {"fields": {over: 1}}, {"arrays": [["a", "|u1", [0], 0]] * (MAX_ARRAYS + 1)},
+                {"arrays": [[over, "|u1", [0], 0]]}, {"arrays": [["a", "|u1", [1] * (MAX_NDIM + 1), 0]]}):
+        with pytest.raises(CodecError):
+            decode(frame(**bad))
+    for good in ({"source": at}, {"hops": [[at, 1, 2]] * MAX_HOPS}, {"fields": {at: 1}}):
+        decode(frame(**good))
+
+
+def test_a_header_of_exactly_the_byte_limit_is_written_and_read() -> None:
+    from agent.dataplane.codec import MAX_HEADER_BYTES, HeaderTooLarge, _header
+
+    base = len(_header(Message(1, "c", 2, fields={"p": ""}), []))
+    pad = MAX_HEADER_BYTES - base - 4  # a str8/16/32 length prefix grows: find the exact fit
+    while len(_header(Message(1, "c", 2, fields={"p": "x" * pad}), [])) < MAX_HEADER_BYTES:
+        pad += 1
+    msg = Message(1, "c", 2, fields={"p": "x" * pad})
+    assert len(_header(msg, [])) == MAX_HEADER_BYTES
+    assert decode(encode(msg)).fields["p"] == "x" * pad
+    with pytest.raises(HeaderTooLarge):
+        encode(Message(1, "c", 2, fields={"p": "x" * (pad + 1)}))
+
+
+def test_decode_cache_hands_back_the_same_view_and_big_endian_is_written_little() -> None:
+    from agent.dataplane.codec import FrameWriter
+
+    data = encode(Message(1, arrays={"a": np.arange(4, dtype=np.uint8), "b": np.ones(2, np.uint16)}))
+    cache: dict = {}
+    m1, m2 = decode(data, cache=cache), decode(data, cache=cache)
+    assert m1.arrays["a"] is m2.arrays["a"] and m1.arrays["b"] is m2.arrays["b"]
+    w = FrameWriter(memoryview(bytearray(1024)))
+    assert w.alloc("x", (3,), ">u2").dtype == np.dtype("<u2")

@@ -162,14 +162,19 @@ class FrameWriter:
 
 
 def encoded_size(msg: Message) -> int:
-    """Upper bound of the encoded size of ``msg`` (exact for the array part)."""
+    """Upper bound of the encoded size of ``msg`` (exact for the array part). The header part
+    counts the names: 64 hops or arrays with 200-character names take ~14 KB, far over a flat
+    allowance per item (which made ``encode`` and a link's big-message path refuse a valid
+    message as too large)."""
     end = ARRAYS_OFFSET
     for a in msg.arrays.values():
         end = _align(end) + a.nbytes
-    return _align(end) + 256 + 64 * len(msg.arrays) + 32 * len(msg.hops) + _fields_guess(msg.fields)
+    descs = sum(len(k.encode()) + 32 + 9 * a.ndim for k, a in msg.arrays.items())  # [name, dtype, shape, offset]
+    return (_align(end) + 256 + len(str(msg.source).encode()) + descs + _fields_guess(msg.hops)
+            + _fields_guess(msg.fields))
 
 
-def _fields_guess(fields: dict) -> int:
+def _fields_guess(fields: dict | list) -> int:
     try:
         return len(msgpack.packb(fields, use_bin_type=True)) if fields else 0
     except (TypeError, ValueError, OverflowError) as e:
