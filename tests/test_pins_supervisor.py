@@ -203,3 +203,40 @@ def test_a_setup_failure_while_restoring_backs_off_instead_of_failing(tmp_path) 
         assert ev["backoff_s"] == 5.0 and "failed in setup" in ev["error"]
     finally:
         sup.close()
+
+
+def test_the_supervisors_constants_and_a_fresh_instance() -> None:
+    from agent.supervisor import READY_TIMEOUT_S, STOP_TIMEOUT_S, WATCH_EVERY_S
+
+    assert (READY_TIMEOUT_S, STOP_TIMEOUT_S, WATCH_EVERY_S) == (30.0, 5.0, 0.25)
+    inst = Instance(_spec("fresh"))
+    assert (inst.status, inst.live, inst.retry_setup, inst.ran, inst.slot_size, inst.bad_messages) == (
+        "starting", False, False, False, 0, 0)
+    assert (inst.restarts, inst.backoffs, inst.backoff_s, inst.error, inst.hung) == (0, 0, 0.0, None, None)
+    assert inst.restart_times.maxlen == 64 and inst.proc_history.maxlen == 3600  # an hour of reports
+
+
+def test_a_restart_is_unattended_and_failing_callbacks_stop_nothing() -> None:
+    calls = {"event": 0, "change": 0}
+
+    def bad_event(inst, event) -> None:
+        calls["event"] += 1
+        raise RuntimeError("callback bug")
+
+    def bad_change(inst) -> None:
+        calls["change"] += 1
+        raise RuntimeError("callback bug")
+
+    sup = Supervisor(bad_event, lambda *_: None, bad_change, restart=RestartPolicy(first_s=0.2, cap_s=0.2))
+    try:
+        assert sup.callback_errors == 0
+        inst = sup.start(_spec("decun"), timeout=READY_S)
+        assert inst.spec.unattended is False  # an operator waits on the first start
+        pid = inst.pid
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: inst.status == "running" and inst.pid not in (None, pid), RESTART_WAIT_S,
+               lambda: f"{inst.status} {inst.error}")
+        assert inst.spec.unattended is True  # nobody waits on a restart: sources wait for input
+        assert sup.callback_errors >= 2 and calls["change"] >= 2
+    finally:
+        sup.close()
