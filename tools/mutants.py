@@ -336,16 +336,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _last_kills(path: str) -> dict[str, Mutant]:
-    """The killed mutants of the last stored run of ``path`` if the file has not changed since
-    (a run stored without a hash counts as of the same file)."""
+def _last_run(path: str) -> dict[str, Mutant]:
+    """The mutants of the last stored run of ``path`` if the file has not changed since (a run
+    stored without a hash counts as of the same file)."""
     p = OUT / (path.replace("/", "__") + ".json")
     if not p.exists():
         return {}
     data = json.loads(p.read_text())
     if data.get("sha", _sha(ROOT / path)) != _sha(ROOT / path):
         return {}
-    return {m["key"]: Mutant(**m) for m in data["mutants"] if m["outcome"] in ("killed", "timeout")}
+    return {m["key"]: Mutant(**m) for m in data["mutants"]}
 
 
 def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], deadline: float,
@@ -370,7 +370,8 @@ def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], d
             m.changed = m.line in cl
         mutants.sort(key=lambda m: not m.changed)
     todo = []
-    kept = _last_kills(fc.path) if resurvey else {}
+    last = _last_run(fc.path) if resurvey else {}
+    kept = {k: m for k, m in last.items() if m.outcome in ("killed", "timeout")}
     for m in mutants:
         if m.key in known:
             m.outcome, m.note = known[m.key]
@@ -425,6 +426,10 @@ def run_file(fc: FileConf, settings: dict, known: dict, workers: list[Server], d
     for t in threads:
         t.join()
     for m in todo:
+        prev = last.get(m.key)
+        if prev is not None and prev.outcome == "survived":  # not re-run: its last outcome stands
+            m.outcome, m.note, m.diff = "survived", "(last run; not re-run) " + prev.note, prev.diff
+            continue
         m.outcome = "skipped"
         m.note = "stopped" if STOP.is_set() else "time budget spent"
     return mutants
