@@ -58,8 +58,8 @@ def _phoenix(broker, root: Path, first_s: float, cap_s: float) -> Iterator[tuple
         w.close()
 
 
-def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mqtt_broker, tmp_path):
-    with _phoenix(mqtt_broker, tmp_path, FIRST_S, CAP_S) as (w, cmd, device, name, pid):
+def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mosquitto, tmp_path):
+    with _phoenix(mosquitto, tmp_path, FIRST_S, CAP_S) as (w, cmd, device, name, pid):
         state_t = f"edgeva/v1/{device}/state"
         ev_t = f"edgeva/v1/{device}/default/events/phoenix"
         backoff_seen: list[dict] = []
@@ -89,9 +89,9 @@ def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mqtt_
         assert cmd.send("status", {})["result"]["apps"]["phoenix"]["status"] == "running"
 
 
-def test_stop_ends_a_back_off(mqtt_broker, tmp_path):
+def test_stop_ends_a_back_off(mosquitto, tmp_path):
     """An operator's stop still stops a module waiting in back-off: it is not started again."""
-    with _phoenix(mqtt_broker, tmp_path, 3, 3) as (w, cmd, device, name, pid):
+    with _phoenix(mosquitto, tmp_path, 3, 3) as (w, cmd, device, name, pid):
         state_t = f"edgeva/v1/{device}/state"
         for _ in range(6):  # the 6th crash within a minute waits 3 s
             os.kill(pid, signal.SIGKILL)
