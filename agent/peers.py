@@ -105,6 +105,13 @@ class PeerLink:
         if link is not None:
             link.off(stream)
 
+    def pause_peer(self, stream: str, pause: bool) -> None:
+        """Flow control of one of the peer's streams (``Link.pause_peer``); nothing while no link
+        is up: a new link starts with no pauses on either side."""
+        link = self.link
+        if link is not None:
+            link.pause_peer(stream, pause)
+
     @property
     def connected(self) -> bool:
         return self.link is not None and self.link.connected

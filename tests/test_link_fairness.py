@@ -261,6 +261,15 @@ def test_two_agents_one_tenants_frozen_module_costs_another_tenants_split_app_no
         assert during >= 0.9 * before, f"globex's app went from {before:.1f} to {during:.1f} events/s"
         ids = [e["frame_id"] for e in w.get(g_events)]
         assert ids == list(range(ids[0], ids[0] + len(ids))), "globex's app lost or reordered frames"
+        # acme's own stream was paused, not broken: once its module runs again it delivers,
+        # losing nothing (block), and the far agent's relay never failed (bench chaos found its
+        # pause calling a method the agent's peer link lacked, which ended the relay's thread).
+        a_events = f"edgeva/v1/{b}/acme/events/x"
+        n = len(w.get(a_events))
+        w.wait(a_events, lambda ms: len(ms) >= n + 20, timeout=30)
+        acme_ids = [e["frame_id"] for e in w.get(a_events)]
+        assert acme_ids == list(range(acme_ids[0], acme_ids[0] + len(acme_ids))), "acme's paused stream lost frames"
+        assert "Traceback" not in agents[1].log.read_text(), agents[1].log.read_text()[-3000:]
     finally:
         for ag in agents:
             ag.stop()

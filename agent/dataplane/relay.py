@@ -265,6 +265,9 @@ class LinkToRing:
             self.link.pause_peer(stream, pause)
         except LinkClosed:
             pass
+        except Exception:  # flow control must never end the dispatch or the drain thread
+            self._log.note("relay link->ring %s: could not %s the peer", self.stream,
+                           "pause" if pause else "resume", exc_info=True)
 
     def add_stream(self, stream: str) -> None:
         """Also publish what arrives on ``stream`` (the sender is about to be renamed to it:
