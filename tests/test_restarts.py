@@ -76,8 +76,9 @@ def test_module_crashing_20_times_backs_off_and_runs_again_with_no_command(mosqu
         # in the future, doubling to the cap; an event said so on every one.
         assert len({b["next_attempt_ts"] for b in backoff_seen}) >= 8, backoff_seen
         for b in backoff_seen:
-            # the supervisor looks at back-offs every WATCH_EVERY_S: a start may be that late
-            assert b["next_attempt_ts"] > b["ts"] - WATCH_EVERY_S - 0.05 and "crashed" in b["error"], b
+            # the supervisor looks at back-offs every WATCH_EVERY_S, and a loaded machine runs it
+            # late: the state may be published just after its next attempt was due
+            assert b["next_attempt_ts"] > b["ts"] - WATCH_EVERY_S - 2.0 and "crashed" in b["error"], b
             assert FIRST_S <= b["backoff_s"] <= CAP_S
         assert max(b["backoff_s"] for b in backoff_seen) == CAP_S
         events = w.get(ev_t)
