@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection, wait
 import msgpack
 from pydantic import ValidationError
 
+from agent.dataplane.ring import producer_pid
+from agent.dataplane.segment import pid_alive, unlink_segment
 from agent.heartbeat import Heartbeat
 from agent.jsonsafe import UnsafeValue, json_safe
 from schemas import runner as R
@@ -203,7 +205,16 @@ class Supervisor:
         inst.status = "stopped"
         if inst.conn is not None:
             inst.conn.close()
+        self._reclaim_ring(inst)
         self._wake()
+
+    @staticmethod
+    def _reclaim_ring(inst: Instance) -> None:
+        """A module stopped while dead (in back-off after a SIGKILL or a crash) never closed its
+        ring: remove it when its producer is gone, or it stays in /dev/shm until the next start."""
+        owner = producer_pid(inst.spec.output_ring)
+        if owner is not None and not pid_alive(owner):
+            unlink_segment(inst.spec.output_ring)
 
     def send(self, inst: Instance, msg) -> None:
         try:

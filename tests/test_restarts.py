@@ -108,6 +108,8 @@ def test_stop_ends_a_back_off(mosquitto, tmp_path):
         assert cmd.send("stop", {"app": "phoenix"})["ok"]
         time.sleep(4)  # past the back-off: nothing may have started it again
         assert name not in w.get(state_t)[-1].get("modules", {})
+        # ... and its ring, which the SIGKILLed process never closed, is not left in /dev/shm
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"edgeva.{device}.")]
         assert cmd.send("status", {})["result"]["apps"]["phoenix"]["status"] == "stopped"
 
 
