@@ -51,6 +51,7 @@ from control.bench_chaos_plan import (
     schedule,
 )
 from control.bench_chaos_rig import APP_FPS
+from control.bench_out import out_path, write_json
 from control.bench_proc import (
     become_subreaper,
     descendants,
@@ -276,13 +277,11 @@ def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_
         {app: [(round(a - t0, 3), fid, ts) for a, fid, ts in evs] for app, evs in events.items()}))
     (rig.tmp / "modules.json").write_text(json.dumps([(round(t - t0, 3), *rest) for t, *rest in modules]))
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        write_json(json_path, result)
     if plot_path:
         from control.bench_chaos_plot import write_plot
 
-        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-        write_plot(plot_path, result, events, t0)
+        write_plot(out_path(plot_path), result, events, t0)
     return result
 
 

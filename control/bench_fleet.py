@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control.bench_out import out_path, write_json
 from control.processes import join_or_kill, tell_all
 
 APP = "fleetapp"
@@ -302,9 +303,7 @@ def run_fleet_bench(agents: int, sizes: list[int] | None = None, workers: int | 
         "machine": {"cpus": os.cpu_count(), "metrics_period_s": metrics_period},
     }
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        write_json(json_path, result)
     if plot_path:
-        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-        write_plot(plot_path, rows)
+        write_plot(out_path(plot_path), rows)
     return result

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control.bench_out import out_path, write_json
 from control.bench_paper.stats import slope_ms_per_s
 from control.bench_proc import descendants, fds, memory_mb, shm
 
@@ -231,11 +232,9 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
     result = {"minutes": minutes, "samples": samples, "kills": kills, "outages": outages,
               "summary": _summarize(samples, kills, outages, final_state, minutes)}
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        write_json(json_path, result)
     if plot_path:
-        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
-        write_plot(plot_path, samples, kills, outages)
+        write_plot(out_path(plot_path), samples, kills, outages)
     return result
 
 

@@ -17,7 +17,6 @@ tuning (detection on every 2nd frame), the same args in every system compared.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control.bench_out import write_json
 from control.bench_paper import apps as A
 from control.bench_paper.stats import summarize
 
@@ -203,8 +203,7 @@ def run_paper(quick: bool = True, video: str | None = None, json_path: str | Non
     result["plots"] = write_plots(result, series, out)
     result["report"] = str(write_report(result, out / "paper_report.md"))
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        write_json(json_path, result)
     return result
 
 
