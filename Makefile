@@ -58,7 +58,7 @@ nodered:
 	@tools/install-nodered.sh
 
 # Mutation testing (tools/mutants.py; what is mutated and with which tests: tools/mutants/map.toml;
-# equivalent and still-open survivors: tools/mutants/equivalents.toml). `make mutants` runs every
+# equivalent and still-open survivors: tools/mutants/equivalents/<file>.toml). `make mutants` runs every
 # mapped file (under an hour with JOBS=2 on 2 cores); FILES="agent/paths.py ..." some of them.
 # mutants-changed: the mapped files changed since the commit in tools/mutants/checked.toml (what
 # CI runs); mutants-report: the last results; mutants-mark: record HEAD as checked (commit it).

@@ -11,7 +11,7 @@
 The mutants are cosmic-ray's (its operators and its parso-based rewriting), one at a time, on a
 private copy of the tree (never the working tree: others run tests in it), each tested with the
 tests that tools/mutants/map.toml names for the mutated file (`pytest -x`, fastest first). A
-mutant survives when those tests pass. A survivor listed in tools/mutants/equivalents.toml
+mutant survives when those tests pass. A survivor listed in tools/mutants/equivalents.toml (rules) or equivalents/<file>.toml
 (equivalent, with a reason, or still open) is reported apart; any other survivor is NEW, and the
 run exits 1. Results per file go to out/mutants/<file>.json; `--report` adds them up.
 
@@ -80,16 +80,23 @@ def load_map() -> tuple[dict, dict[str, FileConf]]:
     return data, files
 
 
+def equivalents_file(path: str) -> Path:
+    """The file listing one mutated file's equivalent and open survivors (one per mutated file,
+    so that people working on different files never edit the same list)."""
+    return CONF / "equivalents" / (path.replace("/", "__").removesuffix(".py") + ".toml")
+
+
 def load_known() -> dict[str, tuple[str, str]]:
-    """Read equivalents.toml: key -> (kind, reason), kind 'equivalent' or 'open'."""
-    p = CONF / "equivalents.toml"
-    if not p.exists():
-        return {}
-    data = tomllib.loads(p.read_text())
+    """Read equivalents.toml and equivalents/*.toml: key -> (kind, reason), kind 'equivalent'
+    or 'open'."""
     known = {}
-    for kind in ("equivalent", "open"):
-        for ent in data.get(kind, []):
-            known[ent["key"]] = (kind, ent.get("reason", ""))
+    for p in [CONF / "equivalents.toml", *sorted((CONF / "equivalents").glob("*.toml"))]:
+        if not p.exists():
+            continue
+        data = tomllib.loads(p.read_text())
+        for kind in ("equivalent", "open"):
+            for ent in data.get(kind, []):
+                known[ent["key"]] = (kind, ent.get("reason", ""))
     return known
 
 
@@ -464,17 +471,22 @@ def print_table(rows: list[dict]) -> None:
 
 
 def record_open(survivors: list[Mutant]) -> None:
-    """Append survivors to equivalents.toml as [[open]]: not yet killed, to be triaged."""
-    if not survivors:
-        return
-    lines = ["", f"# --- open survivors recorded {time.strftime('%Y-%m-%d %H:%M')} (tools/mutants.py --record-open) ---"]
+    """Append survivors to their file's equivalents/<file>.toml as [[open]]: not yet killed, to
+    be triaged."""
+    by_file: dict[str, list[Mutant]] = {}
     for m in survivors:
-        change = " / ".join(ln.strip() for ln in m.diff.splitlines() if ln.startswith("+"))[:200]
-        lines += ["[[open]]", f"key = {json.dumps(m.key)}",
-                  f"reason = {json.dumps('not yet killed (open): ' + change)}"]
-    with open(CONF / "equivalents.toml", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"recorded {len(survivors)} open survivors in tools/mutants/equivalents.toml")
+        by_file.setdefault(m.file, []).append(m)
+    for path, ms in by_file.items():
+        lines = ["", f"# --- open survivors recorded {time.strftime('%Y-%m-%d %H:%M')} (tools/mutants.py --record-open) ---"]
+        for m in ms:
+            change = " / ".join(ln.strip() for ln in m.diff.splitlines() if ln.startswith("+"))[:200]
+            lines += ["[[open]]", f"key = {json.dumps(m.key)}",
+                      f"reason = {json.dumps('not yet killed (open): ' + change)}"]
+        dest = equivalents_file(path)
+        dest.parent.mkdir(exist_ok=True)
+        with open(dest, "a") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"recorded {len(ms)} open survivors in {dest.relative_to(ROOT)}")
 
 
 def report(record: bool = False) -> int:
@@ -608,7 +620,7 @@ def main() -> int:
     print(f"mutants: {sum(r['killed'] for r in rows)} killed, {len(new)} new survivors"
           + (f", {len(untriaged)} untriaged on unchanged lines" if untriaged else ""))
     if new:
-        print("a new survivor: kill it with a test, or list it in tools/mutants/equivalents.toml "
+        print("a new survivor: kill it with a test, or list it in tools/mutants/equivalents/<file>.toml "
               "(equivalent, with the reason)")
     return 1 if new else 0
 
