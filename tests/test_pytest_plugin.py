@@ -15,13 +15,13 @@ EXPECTED = {"edgeva", "edgeva_broker", "edgeva_watcher", "edgeva_agent_factory",
 
 def test_registered_under_pytest11():
     eps = {ep.name: ep.value for ep in entry_points(group="pytest11")}
-    assert eps.get("edgeva") == "control.pytest_plugin"
+    assert eps.get("edgeva") == "edgeva.control.pytest_plugin"
 
 
 def test_importing_the_plugin_is_cheap():
     """Loaded into every pytest run: it must not pull in MQTT, the broker, numpy or Prometheus."""
-    heavy = ("paho", "amqtt", "numpy", "prometheus_client", "pydantic", "agent", "modules", "control.testing")
-    code = ("import sys; import control.pytest_plugin; "
+    heavy = ("paho", "amqtt", "numpy", "prometheus_client", "pydantic", "edgeva.agent", "edgeva.modules", "edgeva.control.testing")
+    code = ("import sys; import edgeva.control.pytest_plugin; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
@@ -32,7 +32,9 @@ def test_fixtures_are_prefixed_and_found_without_a_conftest(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    section = run.stdout.split("fixtures defined from control.pytest_plugin", 1)[1].split("----", 2)[-1]
+    # the section after its header line, up to the next header
+    section = run.stdout.split("fixtures defined from edgeva.control.pytest_plugin", 1)[1].split("\n", 1)[1]
+    section = section.split("\n---", 1)[0].split("\n===", 1)[0]
     names = {line.split()[0] for line in section.splitlines() if line and not line.startswith((" ", "-", "="))}
     assert names == EXPECTED, run.stdout[-2000:]
     assert not names & PROJECT_FIXTURES
