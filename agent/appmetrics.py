@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from schemas.metrics import P3, AppMetrics
+from edgeva.schemas.metrics import P3, AppMetrics
 
 LAG_WINDOW_S = 30.0
 LAG_MIN_SPAN_S = 10.0

@@ -45,19 +45,16 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from agent.core import AgentCore, App, remote_devices
-from agent.dataplane.quietlog import QuietLog
-from agent.fit import fit_metrics, fit_state
-from agent.fleet import FleetView, pipeline_hops
-from agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
-from agent.outbox import Outbox
-from agent.peers import Peers
-from agent.replies import MUTATING, ReplyCache
-from agent.restore_gate import RestoreGate
-from schemas.commands import (
+from edgeva.agent.core import AgentCore, App, remote_devices
+from edgeva.agent.dataplane.quietlog import QuietLog
+from edgeva.agent.fit import fit_metrics, fit_state
+from edgeva.agent.fleet import FleetView, pipeline_hops
+from edgeva.agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
+from edgeva.agent.outbox import Outbox
+from edgeva.agent.peers import Peers
+from edgeva.agent.replies import MUTATING, ReplyCache
+from edgeva.agent.restore_gate import RestoreGate
+from edgeva.schemas.commands import (
     RemoveCommand,
     StartCommand,
     StatusCommand,
@@ -68,8 +65,8 @@ from schemas.commands import (
     ok_reply,
     parse_command,
 )
-from schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
-from schemas.errors import (
+from edgeva.schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
+from edgeva.schemas.errors import (
     BAD_REQUEST,
     FORBIDDEN,
     INTERNAL,
@@ -80,9 +77,9 @@ from schemas.errors import (
     EdgevaError,
     shown,
 )
-from schemas.graph import validate_graph
-from schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
-from schemas.topics import (
+from edgeva.schemas.graph import validate_graph
+from edgeva.schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
+from edgeva.schemas.topics import (
     cmd_subscription,
     cmd_topic,
     cmd_topic_tenant,
@@ -95,6 +92,8 @@ from schemas.topics import (
     state_topic,
     tenant_metrics_topic,
 )
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger("edgeva.bridge")
 # Other agents' states tell where peers listen; their metrics give per-hop times of apps that

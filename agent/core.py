@@ -31,19 +31,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.appmetrics import AppStats
-from agent.dataplane.link import LinkError
-from agent.dataplane.relay import LinkToRing, RingToLink
-from agent.dataplane.ring import RingError, ring_stats, sweep_segments
-from agent.dataplane.segment import segment_name, shm_free_bytes, shm_uncommitted_bytes
-from agent.limits import TenantLimits, mib
-from agent.paths import PathPolicy
-from agent.peers import Peers
-from agent.store import DesiredState
-from agent.supervisor import Instance, RestartPolicy, Supervisor
-from modules.registry import load_registry
-from schemas import runner as R
-from schemas.commands import (
+from edgeva.agent.appmetrics import AppStats
+from edgeva.agent.dataplane.link import LinkError
+from edgeva.agent.dataplane.relay import LinkToRing, RingToLink
+from edgeva.agent.dataplane.ring import RingError, ring_stats, sweep_segments
+from edgeva.agent.dataplane.segment import segment_name, shm_free_bytes, shm_uncommitted_bytes
+from edgeva.agent.limits import TenantLimits, mib
+from edgeva.agent.paths import PathPolicy
+from edgeva.agent.peers import Peers
+from edgeva.agent.store import DesiredState
+from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
+from edgeva.modules.registry import load_registry
+from edgeva.schemas import runner as R
+from edgeva.schemas.commands import (
     MetricsCommand,
     RemoveCommand,
     StartCommand,
@@ -51,8 +51,8 @@ from schemas.commands import (
     StopCommand,
     UpdateCommand,
 )
-from schemas.deployment import Deployment
-from schemas.errors import (
+from edgeva.schemas.deployment import Deployment
+from edgeva.schemas.errors import (
     BAD_ARGS,
     CONFLICT,
     FORBIDDEN,
@@ -61,9 +61,9 @@ from schemas.errors import (
     SETUP_FAILED,
     EdgevaError,
 )
-from schemas.graph import ValidatedGraph, check_args, validate_graph
-from schemas.metrics import P2, DeviceMetrics, ModuleMetrics, TenantMetrics
-from schemas.state import AppState, DeviceState, ModuleState
+from edgeva.schemas.graph import ValidatedGraph, check_args, validate_graph
+from edgeva.schemas.metrics import P2, DeviceMetrics, ModuleMetrics, TenantMetrics
+from edgeva.schemas.state import AppState, DeviceState, ModuleState
 
 log = logging.getLogger("edgeva.agent")
 VERSION = "0.1.0"

@@ -11,8 +11,8 @@ without the per-app detail too. Each tenant's ``status`` and metrics still say e
 
 from __future__ import annotations
 
-from schemas.metrics import DeviceMetrics
-from schemas.state import DeviceState
+from edgeva.schemas.metrics import DeviceMetrics
+from edgeva.schemas.state import DeviceState
 
 #: Largest device state or device metrics message the agent publishes (under the shipped
 #: broker's 1.75 MiB ``message_size_limit``, with room for the MQTT header and properties).

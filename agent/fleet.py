@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 
+from edgeva.agent.dataplane.quietlog import QuietLog
+from edgeva.schemas.errors import shown
+from edgeva.schemas.graph import ValidatedGraph
+from edgeva.schemas.metrics import DeviceMetrics, HopMetrics, LinkMetrics
+from edgeva.schemas.state import DeviceState
 from pydantic import ValidationError
-
-from agent.dataplane.quietlog import QuietLog
-from schemas.errors import shown
-from schemas.graph import ValidatedGraph
-from schemas.metrics import DeviceMetrics, HopMetrics, LinkMetrics
-from schemas.state import DeviceState
 
 log = logging.getLogger("edgeva.fleet")
 

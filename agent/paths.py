@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from edgeva.schemas.deployment import Deployment
+from edgeva.schemas.errors import BAD_ARGS, EdgevaError, shown
 from pydantic import BaseModel
-
-from schemas.deployment import Deployment
-from schemas.errors import BAD_ARGS, EdgevaError, shown
 
 PATH_MARK = "edgeva_path"
 DEFAULT_SCHEMES = ("rtsp", "rtsps")

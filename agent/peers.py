@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.dataplane.link import (
+from edgeva.agent.dataplane.link import (
     DEFAULT_MAX_MESSAGE,
     Handler,
     Link,
@@ -32,8 +32,8 @@ from agent.dataplane.link import (
     LinkTimeout,
     LinkTLS,
 )
-from schemas.message import Message
-from schemas.metrics import LinkMetrics
+from edgeva.schemas.message import Message
+from edgeva.schemas.metrics import LinkMetrics
 
 log = logging.getLogger("edgeva.peers")
 PORT_TRIES = 64

@@ -19,16 +19,21 @@ from multiprocessing.connection import Connection
 
 import msgpack
 import numpy as np
+from edgeva.agent.dataplane.codec import CodecError
+from edgeva.agent.dataplane.ring import (
+    RingConsumer,
+    RingError,
+    RingFull,
+    RingProducer,
+    producer_pid,
+)
+from edgeva.agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
+from edgeva.agent.heartbeat import PACE, PROCESS, PRODUCE, Heartbeat
+from edgeva.modules.base import NO_FRAME, Module, ModuleContext, ModuleError, Restart
+from edgeva.modules.registry import module_class
+from edgeva.schemas import runner as R
+from edgeva.schemas.message import Message
 from pydantic import ValidationError
-
-from agent.dataplane.codec import CodecError
-from agent.dataplane.ring import RingConsumer, RingError, RingFull, RingProducer, producer_pid
-from agent.dataplane.segment import SegmentError, pid_alive, unlink_segment
-from agent.heartbeat import PACE, PROCESS, PRODUCE, Heartbeat
-from modules.base import NO_FRAME, Module, ModuleContext, ModuleError, Restart
-from modules.registry import module_class
-from schemas import runner as R
-from schemas.message import Message
 
 log = logging.getLogger("edgeva.runner")
 CONTROL_EVERY_S = 0.05

@@ -21,9 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edgeva.schemas.deployment import Deployment
 from pydantic import ValidationError
-
-from schemas.deployment import Deployment
 
 log = logging.getLogger("edgeva.store")
 

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 import msgpack
+from edgeva.agent.dataplane.ring import producer_pid
+from edgeva.agent.dataplane.segment import pid_alive, unlink_segment
+from edgeva.agent.heartbeat import Heartbeat
+from edgeva.agent.jsonsafe import UnsafeValue, json_safe
+from edgeva.schemas import runner as R
 from pydantic import ValidationError
-
-from agent.dataplane.ring import producer_pid
-from agent.dataplane.segment import pid_alive, unlink_segment
-from agent.heartbeat import Heartbeat
-from agent.jsonsafe import UnsafeValue, json_safe
-from schemas import runner as R
 
 log = logging.getLogger("edgeva.supervisor")
 MAX_RESTARTS = 5  # restarts at once within RESTART_WINDOW_S, before back-off
@@ -50,7 +49,7 @@ def _context() -> mp.context.BaseContext:
     # server process is started fresh, not forked from the agent).
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["numpy", "cv2", "msgpack", "pydantic", "agent.runner"])
+        ctx.set_forkserver_preload(["numpy", "cv2", "msgpack", "pydantic", "edgeva.agent.runner"])
         return ctx
     return mp.get_context("spawn")
 
@@ -161,7 +160,7 @@ class Supervisor:
         return inst
 
     def _spawn(self, inst: Instance) -> None:
-        from agent.runner import run_module
+        from edgeva.agent.runner import run_module
 
         parent, child = self.ctx.Pipe()
         if (inst.ran or inst.retry_setup) and not inst.spec.unattended:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.bench_chaos_plan import (
+from edgeva.control.bench_chaos_plan import (
     DOWN_GAP_S,
     KINDS,
     Fault,
@@ -50,9 +50,9 @@ from control.bench_chaos_plan import (
     recovery_s,
     schedule,
 )
-from control.bench_chaos_rig import APP_FPS
-from control.bench_out import out_path, write_json
-from control.bench_proc import (
+from edgeva.control.bench_chaos_rig import APP_FPS
+from edgeva.control.bench_out import out_path, write_json
+from edgeva.control.bench_proc import (
     become_subreaper,
     descendants,
     memory_mb,
@@ -72,13 +72,13 @@ ALLOWED: list[re.Pattern] = []
 
 
 def _hang_timeout() -> float:
-    from schemas.runner import RunnerSpec
+    from edgeva.schemas.runner import RunnerSpec
 
     return float(RunnerSpec.model_fields["hang_timeout"].default)
 
 
 def _reconnect() -> tuple[float, float]:
-    from modules.decoder import DecoderConfig
+    from edgeva.modules.decoder import DecoderConfig
 
     f = DecoderConfig.model_fields
     return float(f["reconnect_s"].default), float(f["reconnect_max_s"].default)
@@ -229,7 +229,7 @@ def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_
               kinds: list[str] | None = None, busy: int = 2, nice: int = 0,
               say: Callable[[str], None] = print) -> dict:
     """Run the chaos soak; returns ``{"faults", "checks", ...}`` (see the module docstring)."""
-    from control.bench_chaos_rig import Rig
+    from edgeva.control.bench_chaos_rig import Rig
 
     hang_s = _hang_timeout()
     plan = schedule(seed, minutes * 60, kinds or KINDS, TAIL_S, hang_s)
@@ -279,7 +279,7 @@ def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_
     if json_path:
         write_json(json_path, result)
     if plot_path:
-        from control.bench_chaos_plot import write_plot
+        from edgeva.control.bench_chaos_plot import write_plot
 
         write_plot(out_path(plot_path), result, events, t0)
     return result

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control.bench_proxy import TcpProxy
-from control.bench_rtsp import RtspPeer
+from edgeva.control.bench_proxy import TcpProxy
+from edgeva.control.bench_rtsp import RtspPeer
 
 LINK_PORTS = 4  # a restarted listener takes the next port while the old one is in TIME_WAIT
 CAMERA_FPS = 10.0
@@ -35,7 +35,7 @@ def bench_apps(camera_url: str, dev_a: str, dev_b: str) -> list[tuple[str, dict]
     """(device to deploy on, deployment) of the four apps. The demo's apps each end in a
     ``publish`` of every frame (the tracking app's own publish loses its rate limit; roi and
     reid gain one), so that every frame id of every app shows in its events."""
-    from control.demo.apps import demo_apps
+    from edgeva.control.demo.apps import demo_apps
 
     out = []
     for dep in demo_apps(video=None):
@@ -82,7 +82,7 @@ class Recorder:
     re-subscribes after a broker restart."""
 
     def __init__(self, url: str) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         self.lock = threading.Lock()
         self.events: dict[str, list[tuple[float, int, float]]] = {}
@@ -131,7 +131,7 @@ class Recorder:
             return {a: list(v) for a, v in self.events.items()}, list(self.modules)
 
     def close(self) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         m.close(self.client)
 
@@ -152,8 +152,8 @@ class Rig:
         self.logs: dict[str, Path] = {}
 
     def __enter__(self) -> Rig:
-        from control.fleet_client import FleetClient
-        from control.mosquitto import Mosquitto
+        from edgeva.control.fleet_client import FleetClient
+        from edgeva.control.mosquitto import Mosquitto
 
         try:
             self.broker = Mosquitto(self.tmp / "broker").start()
@@ -165,7 +165,7 @@ class Rig:
             token.write_text(secrets.token_hex(16) + "\n")
             token.chmod(0o600)
             self._cmd = {dev: [
-                sys.executable, "-m", "control.cli", "agent", "--device", dev, "--broker", self.broker.url,
+                sys.executable, "-m", "edgeva.control.cli", "agent", "--device", dev, "--broker", self.broker.url,
                 "--state-dir", str(self.tmp / dev), "--prefix", self.prefixes[dev], "--metrics-interval", "1",
                 "--url-host", "127.0.0.1", "--fleet-token-file", str(token), "--data-advertise", "127.0.0.1",
                 "--data-bind", f"tcp://127.0.0.2:{port if dev == self.dev_a else 0}",
@@ -199,7 +199,7 @@ class Rig:
                 preexec_fn=(lambda n=self.nice: os.nice(n)) if self.nice else None))
 
     def deploy(self) -> None:
-        from control.client import EdgevaClient
+        from edgeva.control.client import EdgevaClient
 
         for dev, dep in bench_apps(self.camera.url, self.dev_a, self.dev_b):
             with EdgevaClient(self.broker.url, dev) as client:

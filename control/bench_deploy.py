@@ -29,9 +29,9 @@ def _first_event(sub, timeout: float = 30.0) -> dict:
 
 
 def run_deploy_bench(runs: int = 5, json_path: str | None = None, progress=print) -> dict:
-    from agent.bridge import AgentBridge
-    from control.broker import EmbeddedBroker, free_port
-    from control.client import EdgevaClient
+    from edgeva.agent.bridge import AgentBridge
+    from edgeva.control.broker import EmbeddedBroker, free_port
+    from edgeva.control.client import EdgevaClient
 
     broker = EmbeddedBroker(free_port())
     broker.start()

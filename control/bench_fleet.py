@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.bench_out import out_path, write_json
-from control.processes import join_or_kill, tell_all
+from edgeva.control.bench_out import out_path, write_json
+from edgeva.control.processes import join_or_kill, tell_all
 
 APP = "fleetapp"
 STATUS_TARGET_MS, DEPLOY_TARGET_MS = 2000.0, 10000.0
@@ -50,7 +50,7 @@ def _app() -> dict[str, Any]:
 def _host(url: str, devices: list[str], root: str, metrics_period: float, conn: Any) -> None:
     """Worker process: run one agent per device until told to stop, then report its RSS."""
     logging.basicConfig(level=logging.WARNING)
-    from agent.bridge import AgentBridge
+    from edgeva.agent.bridge import AgentBridge
 
     bridges = []
     try:
@@ -78,7 +78,7 @@ class _SysStats:
     TOPICS = ("$SYS/broker/messages/received", "$SYS/broker/messages/sent")
 
     def __init__(self, url: str) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         self.latest: dict[str, tuple[float, int]] = {}
         self.cond = threading.Condition()
@@ -99,7 +99,7 @@ class _SysStats:
             return dict(self.latest)
 
     def close(self) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         m.close(self.client)
 
@@ -116,7 +116,7 @@ class _FirstEvents:
     """Time of the first event of ``APP`` from each device."""
 
     def __init__(self, url: str) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         self.first: dict[str, float] = {}
         self.cond = threading.Condition()
@@ -135,15 +135,15 @@ class _FirstEvents:
             return self.cond.wait_for(lambda: all(d in self.first for d in devices), timeout)
 
     def close(self) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         m.close(self.client)
 
 
 def run_size(n: int, workers: int, idle_s: float, metrics_period: float, say: Callable[[str], None]) -> dict:
     """One fleet of ``n`` agents on a fresh broker; every figure of that size."""
-    from control.fleet_client import FleetClient
-    from control.mosquitto import Mosquitto
+    from edgeva.control.fleet_client import FleetClient
+    from edgeva.control.mosquitto import Mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix=f"edgeva-fleet{n}-"))
     devices = [f"cam-{i:03d}" for i in range(n)]

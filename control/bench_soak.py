@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.bench_out import out_path, write_json
-from control.bench_paper.stats import slope_ms_per_s
-from control.bench_proc import descendants, fds, memory_mb, shm
+from edgeva.control.bench_out import out_path, write_json
+from edgeva.control.bench_paper.stats import slope_ms_per_s
+from edgeva.control.bench_proc import descendants, fds, memory_mb, shm
 
 DEVICE = "soak"
 FLAT_PCT = 5.0
@@ -41,7 +41,7 @@ class _Metrics:
     """The latest tenant metrics of the soak device (its apps' latency, frames, drops)."""
 
     def __init__(self, url: str) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         self.latest: dict[str, Any] = {}
         self.lock = threading.Lock()
@@ -64,7 +64,7 @@ class _Metrics:
             return dict(self.latest)
 
     def close(self) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         m.close(self.client)
 
@@ -162,10 +162,10 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
              sample_every: float = 5.0, json_path: str | None = None, plot_path: str | None = None,
              say: Callable[[str], None] = print) -> dict:
     """Run the soak; returns ``{"samples", "kills", "outages", "summary"}``."""
-    from control.client import EdgevaClient
-    from control.demo.apps import demo_apps
-    from control.fleet_client import FleetClient
-    from control.mosquitto import Mosquitto
+    from edgeva.control.client import EdgevaClient
+    from edgeva.control.demo.apps import demo_apps
+    from edgeva.control.fleet_client import FleetClient
+    from edgeva.control.mosquitto import Mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeva-soak-"))
     prefix = f"soak{os.getpid()}"
@@ -178,7 +178,7 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
     with Mosquitto(tmp / "broker") as broker:
         log = open(tmp / "agent.log", "wb")  # noqa: SIM115 - closed below
         agent = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "agent", "--device", DEVICE, "--broker", broker.url,
+            [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", DEVICE, "--broker", broker.url,
              "--state-dir", str(tmp / "state"), "--prefix", prefix, "--metrics-interval", "1"],
             stdout=log, stderr=subprocess.STDOUT)
         fleet = FleetClient(broker.url)

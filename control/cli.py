@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in COMMANDS.values():
-        importlib.import_module(f"control.commands.{mod}").add_parser(sub)
+        importlib.import_module(f"edgeva.control.commands.{mod}").add_parser(sub)
     return p
 
 

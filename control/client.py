@@ -23,16 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from pydantic import ValidationError
-
-from agent import mqtt as m
-from schemas.commands import extract_request_id, parse_reply
-from schemas.errors import EdgevaError
-from schemas.metrics import DeviceMetrics, TenantMetrics
-from schemas.state import DeviceState
-from schemas.topics import (
+from edgeva.agent import mqtt as m
+from edgeva.schemas.commands import extract_request_id, parse_reply
+from edgeva.schemas.errors import EdgevaError
+from edgeva.schemas.metrics import DeviceMetrics, TenantMetrics
+from edgeva.schemas.state import DeviceState
+from edgeva.schemas.topics import (
     DEFAULT_TENANT,
     cmd_topic,
     device_metrics_topic,
@@ -42,6 +38,9 @@ from schemas.topics import (
     state_topic,
     tenant_metrics_topic,
 )
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
 
 __all__ = ["BadReply", "EdgevaClient", "Incoming", "RequestTimeout", "Subscription"]
 

@@ -22,11 +22,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from edgeva.agent import mqtt as m
+from edgeva.schemas.state import DeviceState
+from edgeva.schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, device_topic
 from pydantic import ValidationError
-
-from agent import mqtt as m
-from schemas.state import DeviceState
-from schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, device_topic
 
 
 class FleetClient:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from control.broker import free_port, wait_port
+from edgeva.control.broker import free_port, wait_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 INSTALL_HINT = "mosquitto is missing: run tools/install-system-packages.sh (needs root or sudo)"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from schemas.deployment import Deployment
+from edgeva.schemas.deployment import Deployment
 
 #: ms per frame on one core of a small ARM board, used when nothing was measured.
 DEFAULT_COSTS: dict[str, float] = {

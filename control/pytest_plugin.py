@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from control.client import EdgevaClient
-    from control.testing import AgentProcess, Broker, EdgevaKit, Watcher
+    from edgeva.control.client import EdgevaClient
+    from edgeva.control.testing import AgentProcess, Broker, EdgevaKit, Watcher
 
 
 @pytest.fixture(scope="session")
 def edgeva_broker() -> Iterator[Broker]:
     """The embedded amqtt broker on 127.0.0.1 and a free port, for the whole session (tests
     keep apart by device id)."""
-    from control.broker import EmbeddedBroker
-    from control.testing import Broker
+    from edgeva.control.broker import EmbeddedBroker
+    from edgeva.control.testing import Broker
 
     broker = EmbeddedBroker(port=0).start()
     try:
@@ -53,7 +53,7 @@ def edgeva_broker() -> Iterator[Broker]:
 @pytest.fixture
 def edgeva_watcher(edgeva_broker: Broker) -> Iterator[Watcher]:
     """Records every ``edgeva/v1/#`` message on ``edgeva_broker`` by topic."""
-    from control.testing import Watcher
+    from edgeva.control.testing import Watcher
 
     w = Watcher(edgeva_broker.url)
     try:
@@ -69,7 +69,7 @@ def edgeva_agent_factory(edgeva_broker: Broker, edgeva_watcher: Watcher,
     ``edgeva agent`` on ``edgeva_broker`` with its own temporary state directory and return
     it once online. ``args`` go to ``edgeva agent`` as they are; ``metrics_port`` (0: a free
     one) serves Prometheus metrics at the agent's ``.metrics_url``. Each is stopped at teardown."""
-    from control.testing import AgentProcess
+    from edgeva.control.testing import AgentProcess
 
     started: list[AgentProcess] = []
 
@@ -97,7 +97,7 @@ def edgeva_agent(edgeva_agent_factory: Callable[..., AgentProcess]) -> AgentProc
 @pytest.fixture
 def edgeva_client(edgeva_broker: Broker, edgeva_agent: AgentProcess) -> Iterator[EdgevaClient]:
     """The operator's client (``control.client.EdgevaClient``) aimed at ``edgeva_agent``."""
-    from control.client import EdgevaClient
+    from edgeva.control.client import EdgevaClient
 
     client = EdgevaClient(edgeva_broker.url, edgeva_agent.device)
     try:
@@ -109,7 +109,7 @@ def edgeva_client(edgeva_broker: Broker, edgeva_agent: AgentProcess) -> Iterator
 @pytest.fixture
 def edgeva(edgeva_broker: Broker, edgeva_agent: AgentProcess, edgeva_client: EdgevaClient) -> Iterator[EdgevaKit]:
     """Deploy graphs to ``edgeva_agent`` and wait for their events and metrics."""
-    from control.testing import EdgevaKit
+    from edgeva.control.testing import EdgevaKit
 
     kit = EdgevaKit(edgeva_broker, edgeva_agent, edgeva_client)
     try:

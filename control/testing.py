@@ -141,7 +141,7 @@ class AgentProcess:
         if "--url-host" not in extra:
             extra = (*extra, "--url-host", "127.0.0.1")
         if metrics_port == 0:
-            from control.broker import free_port
+            from edgeva.control.broker import free_port
 
             metrics_port = free_port()
         self.metrics_port = metrics_port
@@ -151,7 +151,7 @@ class AgentProcess:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "agent", "--device", device, "--broker", url,
+            [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", device, "--broker", url,
              "--state-dir", str(state_dir), "--metrics-interval", str(metrics_interval), *extra],
             cwd=cwd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -254,7 +254,7 @@ class EdgevaKit:
                      timeout: float = 30.0) -> Any:
         """Block until a metrics message of the app's tenant has ``app`` with ``pred(AppMetrics)``
         true (default: some frame reached its last module); returns that ``AppMetrics``."""
-        from control.client import RequestTimeout
+        from edgeva.control.client import RequestTimeout
 
         deadline = time.monotonic() + timeout
         last = None

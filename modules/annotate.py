@@ -12,9 +12,7 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator
-
-from modules.base import (
+from edgeva.modules.base import (
     MAX_PATH_CHARS,
     MAX_POLYGONS,
     Module,
@@ -23,7 +21,8 @@ from modules.base import (
     Polygon,
     RegionName,
 )
-from schemas.message import Message
+from edgeva.schemas.message import Message
+from pydantic import Field, field_validator
 
 Layer = Literal["detections", "tracks", "roi", "reid"]
 _MJPEG = "mjpeg://"

@@ -10,7 +10,7 @@ A module type is one file in ``modules/`` (or in a third-party package) holding:
         config_class = TrackerConfig
         def process(self, msg): ...
 
-and registered under the entry point group ``edgeva.modules`` (``tracker = "modules.tracker:Tracker"``).
+and registered under the entry point group ``edgeva.modules`` (``tracker = "edgeva.modules.tracker:Tracker"``).
 Module authors see messages, config and their ``ModuleContext`` only; routing, rings, links,
 metrics and restarts belong to the agent.
 """
@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
+from edgeva.schemas.message import Message
 from pydantic import BaseModel, ConfigDict, Field
-
-from schemas.message import Message
 
 # -- bounds shared by the module configs (every tenant-controlled value has one: tests/test_bounds.py)
 #: Most threads one module may ask for (onnxruntime intra-op, OpenCV): more only cost context

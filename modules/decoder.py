@@ -17,10 +17,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator, model_validator
-
-from modules import base
-from modules.base import (
+from edgeva.modules import base
+from edgeva.modules.base import (
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     MAX_SIDE,
@@ -31,7 +29,7 @@ from modules.base import (
     ModuleConfig,
     ModuleError,
 )
-from modules.sources.capture import (
+from edgeva.modules.sources.capture import (
     LiveCapture,
     camera_exists,
     frame_size,
@@ -39,9 +37,10 @@ from modules.sources.capture import (
     open_camera,
     open_stream,
 )
-from modules.sources.preprocess import Color, Layout, Normalize, Preprocess
-from modules.sources.synthetic import Pattern
-from schemas.message import Message
+from edgeva.modules.sources.preprocess import Color, Layout, Normalize, Preprocess
+from edgeva.modules.sources.synthetic import Pattern
+from edgeva.schemas.message import Message
+from pydantic import Field, field_validator, model_validator
 
 ASSETS = Path(__file__).parent / "assets"
 _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\d+$")

@@ -30,9 +30,7 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
-
-from modules.base import (
+from edgeva.modules.base import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
@@ -44,8 +42,9 @@ from modules.base import (
     ModuleError,
     Side,
 )
-from modules.detectors import Backend, make_backend
-from schemas.message import Message
+from edgeva.modules.detectors import Backend, make_backend
+from edgeva.schemas.message import Message
+from pydantic import Field, model_validator
 
 _NONE = np.empty((0, 6), np.float32)
 CropSide = Annotated[int, Field(ge=1, le=1024)]

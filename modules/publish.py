@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
+from edgeva.modules.base import MAX_NAME_CHARS, Module, ModuleConfig
+from edgeva.schemas.message import Message
 from pydantic import Field
-
-from modules.base import MAX_NAME_CHARS, Module, ModuleConfig
-from schemas.message import Message
 
 
 class PublishConfig(ModuleConfig):

@@ -8,20 +8,20 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
-from modules.base import Module
-from schemas.bounds import unbounded_fields
+from edgeva.modules.base import Module
+from edgeva.schemas.bounds import unbounded_fields
 
 log = logging.getLogger("edgeva.registry")
 GROUP = "edgeva.modules"
 
 BUILTIN = {
-    "decoder": "modules.decoder:Decoder",
-    "publish": "modules.publish:Publish",
-    "tracker": "modules.tracker:Tracker",
-    "roi": "modules.roi:Roi",
-    "reid": "modules.reid:Reid",
-    "annotate": "modules.annotate:Annotate",
-    "detector": "modules.detector:Detector",
+    "decoder": "edgeva.modules.decoder:Decoder",
+    "publish": "edgeva.modules.publish:Publish",
+    "tracker": "edgeva.modules.tracker:Tracker",
+    "roi": "edgeva.modules.roi:Roi",
+    "reid": "edgeva.modules.reid:Reid",
+    "annotate": "edgeva.modules.annotate:Annotate",
+    "detector": "edgeva.modules.detector:Detector",
 }
 
 

@@ -9,9 +9,7 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from modules.base import (
+from edgeva.modules.base import (
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     MAX_SIDE,
@@ -23,10 +21,11 @@ from modules.base import (
     ModuleContext,
     ModuleError,
 )
-from modules.decoder import resolve_path
-from modules.embedders import CROP_H, CROP_W, CombinedEmbedder, Embedder, fit_crop
-from modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
-from schemas.message import Message
+from edgeva.modules.decoder import resolve_path
+from edgeva.modules.embedders import CROP_H, CROP_W, CombinedEmbedder, Embedder, fit_crop
+from edgeva.modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
+from edgeva.schemas.message import Message
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Default ``threshold`` per backend: the cosine similarity above which a crop is reported as
 #: a template's person. Calibrated on ``tests/data/reid`` (20 crops of the template person,
@@ -272,17 +271,17 @@ class Reid(Module[ReidConfig]):
         }
 
     def _make_parts(self, c: ReidConfig) -> list[Embedder]:
-        from modules.embedders.hsv import HsvEmbedder
+        from edgeva.modules.embedders.hsv import HsvEmbedder
 
         parts: list[Embedder] = []
         if c.backend in ("onnx", "combined"):
-            from modules.embedders.onnx import OnnxEmbedder
+            from edgeva.modules.embedders.onnx import OnnxEmbedder
 
             parts.append(OnnxEmbedder(resolve_path(c.model), c.threads, c.max_batch))
         if c.backend in ("hsv", "combined"):
             parts.append(HsvEmbedder(max_batch=c.max_batch))
         if c.backend == "triton":
-            from modules.embedders.triton import TritonEmbedder
+            from edgeva.modules.embedders.triton import TritonEmbedder
 
             t = c.triton
             parts.append(

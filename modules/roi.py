@@ -7,10 +7,17 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from edgeva.modules.base import (
+    MAX_POLYGONS,
+    ClassIds,
+    Module,
+    ModuleConfig,
+    Point,
+    Polygon,
+    RegionName,
+)
+from edgeva.schemas.message import Message
 from pydantic import Field, field_validator
-
-from modules.base import MAX_POLYGONS, ClassIds, Module, ModuleConfig, Point, Polygon, RegionName
-from schemas.message import Message
 
 
 class RoiConfig(ModuleConfig):

@@ -34,17 +34,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from schemas.bounds import unbounded_fields
-from schemas.deployment import (
+from edgeva.schemas.bounds import unbounded_fields
+from edgeva.schemas.deployment import (
     Deployment,
     ModuleSpec,
     is_listing1,
     listing1_native,
     without_schema_key,
 )
-from schemas.errors import (
+from edgeva.schemas.errors import (
     BAD_ARGS,
     BAD_REQUEST,
     CYCLE,
@@ -57,9 +55,10 @@ from schemas.errors import (
     describe,
     format_path,
 )
-from schemas.graph import _config_class, _find_cycle, unfed_module, validate_graph
-from schemas.jsonio import duplicate_error, duplicate_keys, loads_object
-from schemas.state import DeviceState
+from edgeva.schemas.graph import _config_class, _find_cycle, unfed_module, validate_graph
+from edgeva.schemas.jsonio import duplicate_error, duplicate_keys, loads_object
+from edgeva.schemas.state import DeviceState
+from pydantic import ValidationError
 
 
 @dataclass

@@ -18,9 +18,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-
-from schemas.deployment import (
+from edgeva.schemas.deployment import (
     ARGS_CHECKED,
     MAX_ARGS,
     Args,
@@ -29,9 +27,10 @@ from schemas.deployment import (
     RequestId,
     parse_deployment,
 )
-from schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error, shown
-from schemas.jsonio import loads_strict
-from schemas.topics import VERBS, Verb
+from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error, shown
+from edgeva.schemas.jsonio import loads_strict
+from edgeva.schemas.topics import VERBS, Verb
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "AppCommand", "DeployCommand", "ErrorBody", "ErrorReply", "MetricsCommand", "OkReply",

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, from_validation_error, shown
+from edgeva.schemas.jsonio import duplicate_error, loads_object
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-
-from schemas.errors import BAD_REQUEST, EdgevaError, from_validation_error, shown
-from schemas.jsonio import duplicate_error, loads_object
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 #: request ids end up in reply topics: no ``/``, ``+``, ``#``.

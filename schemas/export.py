@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeva.schemas import commands, metrics, state
+from edgeva.schemas.deployment import SCHEMA_KEY, Deployment
+from edgeva.schemas.frame import FrameHeader
 from pydantic import BaseModel, TypeAdapter
-
-from schemas import commands, metrics, state
-from schemas.deployment import SCHEMA_KEY, Deployment
-from schemas.frame import FrameHeader
 
 DEFAULT_DIR = Path(__file__).parent / "json"
 MODULES_DIR = "modules"

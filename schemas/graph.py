@@ -27,10 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-
-from schemas.deployment import Deployment, ModuleSpec
-from schemas.errors import (
+from edgeva.schemas.deployment import Deployment, ModuleSpec
+from edgeva.schemas.errors import (
     BAD_ARGS,
     BAD_REQUEST,
     CYCLE,
@@ -43,9 +41,10 @@ from schemas.errors import (
     from_validation_error,
     shown,
 )
+from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
-    from modules.base import ModuleConfig
+    from edgeva.modules.base import ModuleConfig
 
 
 @dataclass

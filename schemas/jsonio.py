@@ -9,7 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.errors import BAD_JSON, BAD_REQUEST, DUPLICATE_NAME, EdgevaError, format_path, shown
+from edgeva.schemas.errors import (
+    BAD_JSON,
+    BAD_REQUEST,
+    DUPLICATE_NAME,
+    EdgevaError,
+    format_path,
+    shown,
+)
 
 #: Deepest nesting of objects and arrays accepted. A deployment needs about 5 levels (module
 #: args hold lists of points); a hostile payload nested a thousand deep would otherwise make the

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgeva.schemas.deployment import Name
 from pydantic import BaseModel, ConfigDict, Field
-
-from schemas.deployment import Name
 
 _STRICT = ConfigDict(extra="forbid")
 

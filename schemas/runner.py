@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from edgeva.schemas.deployment import Policy
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-
-from schemas.deployment import Policy
 
 _STRICT = ConfigDict(extra="forbid")
 

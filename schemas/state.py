@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgeva.schemas.deployment import Name
 from pydantic import BaseModel, ConfigDict, Field
-
-from schemas.deployment import Name
 
 AppStatus = Literal["deploying", "running", "stopped", "failed", "removing"]
 ModuleStatus = Literal["starting", "running", "restarting", "backoff", "stopped", "failed"]

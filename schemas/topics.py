@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-from schemas.errors import BAD_REQUEST, EdgevaError, shown
+from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, shown
 
 PREFIX = "edgeva/v1"
 DEFAULT_TENANT = "default"

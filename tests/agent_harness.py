@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from control.testing import AgentProcess, Commander, Watcher
+from edgeva.control.testing import AgentProcess, Commander, Watcher
 
 __all__ = ["AgentProc", "Commander", "Watcher", "module_pid", "rates_around_a_freeze"]
 

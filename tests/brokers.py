@@ -27,9 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from control.broker import free_port, wait_port
-from control.testing import Broker
+from edgeva.control.broker import free_port, wait_port
+from edgeva.control.testing import Broker
 
 __all__ = ["Broker", "amqtt_broker", "mosquitto", "mosquitto_auth", "mqtt_broker"]
 

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from control.broker import free_port, wait_port
+from edgeva.control.broker import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "control" / "nodered" / "flows.json"

@@ -1,5 +1,5 @@
 """The TCP proxy lives in ``control.bench_proxy`` (``bench chaos`` cuts the agents' link with it)."""
 
-from control.bench_proxy import TcpProxy
+from edgeva.control.bench_proxy import TcpProxy
 
 __all__ = ["TcpProxy"]

@@ -9,8 +9,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from agent.mqtt import MqttOptions
-from control.client import EdgevaClient
+from edgeva.agent.mqtt import MqttOptions
+from edgeva.control.client import EdgevaClient
+
 from tests.agent_harness import ROOT
 from tests.brokers import Broker
 
@@ -18,7 +19,7 @@ from tests.brokers import Broker
 def _agent(broker: Broker, tmp_path: Path, device: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEVA_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "agent", "--device", device, "--broker", broker.url,
+        [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", device, "--broker", broker.url,
          "--state-dir", str(tmp_path / "state"), "--username", "agent", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pydantic
 import pytest
-
-from modules.annotate import Annotate, AnnotateConfig
-from modules.base import ModuleContext, ModuleError
-from modules.decoder import resolve_path
-from schemas.message import Message
+from edgeva.modules.annotate import Annotate, AnnotateConfig
+from edgeva.modules.base import ModuleContext, ModuleError
+from edgeva.modules.decoder import resolve_path
+from edgeva.schemas.message import Message
 
 BOX = [300, 150, 360, 300]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.appmetrics import AppStats
+from edgeva.agent.appmetrics import AppStats
 
 
 def test_an_interval_without_a_module_report_holds_the_last_percentiles_then_goes_null():

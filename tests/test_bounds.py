@@ -12,13 +12,12 @@ import json
 from typing import Annotated, Any, Literal
 
 import pytest
+from edgeva.control.commands.schema import module_registry
+from edgeva.modules.base import ModuleConfig
+from edgeva.schemas.bounds import pattern_width, unbounded_fields
+from edgeva.schemas.check import check_deployment
+from edgeva.schemas.commands import COMMAND_MODELS
 from pydantic import BaseModel, Field
-
-from control.commands.schema import module_registry
-from modules.base import ModuleConfig
-from schemas.bounds import pattern_width, unbounded_fields
-from schemas.check import check_deployment
-from schemas.commands import COMMAND_MODELS
 
 REGISTRY = module_registry(builtin=False)  # built-in and installed types (the example package)
 BUILTIN = module_registry(builtin=True)
@@ -41,7 +40,7 @@ def test_every_command_field_is_bounded(verb: str) -> None:
 
 
 def test_the_link_frame_header_model_is_bounded() -> None:
-    from schemas.frame import FrameHeader
+    from edgeva.schemas.frame import FrameHeader
 
     found = unbounded_fields(FrameHeader, "frame")
     assert found == [], "\n".join(map(str, found))
@@ -121,10 +120,10 @@ def test_an_event_over_the_size_cap_is_refused_and_the_module_goes_on() -> None:
     from args are bounded now (``source_id`` <= 128, a live source's default is its URL without
     credentials, cut to 128); and whatever a module builds, an event over ``MAX_EVENT_BYTES``
     is refused in ``ctx.emit`` (from ``process``: that input is refused, the module goes on)."""
-    from modules.base import MAX_EVENT_BYTES, ModuleContext, ModuleError
-    from modules.decoder import stream_name
-    from modules.publish import Publish, PublishConfig
-    from schemas.message import Message
+    from edgeva.modules.base import MAX_EVENT_BYTES, ModuleContext, ModuleError
+    from edgeva.modules.decoder import stream_name
+    from edgeva.modules.publish import Publish, PublishConfig
+    from edgeva.schemas.message import Message
 
     sent: list[dict] = []
     pub = Publish(PublishConfig(), ModuleContext("pub", emit=sent.append))

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from edgeva.control.cli import main
+from edgeva.control.commands.schema import module_registry
+from edgeva.control.demo.apps import demo_apps
+from edgeva.schemas.check import check_deployment
+from edgeva.schemas.deployment import parse_deployment
+from edgeva.schemas.errors import EdgevaError
+from edgeva.schemas.graph import validate_graph
 
-from control.cli import main
-from control.commands.schema import module_registry
-from control.demo.apps import demo_apps
-from schemas.check import check_deployment
-from schemas.deployment import parse_deployment
-from schemas.errors import EdgevaError
-from schemas.graph import validate_graph
 from tests.agent_harness import ROOT, AgentProc, Commander, Watcher
 
 CASES = ROOT / "tests" / "data" / "deployments"
@@ -362,16 +362,15 @@ def test_deploy_prints_every_error_and_sends_nothing(mosquitto, capsys):
 
 
 def test_committed_module_reference_is_current():
-    from schemas.reference import render_reference
+    from edgeva.schemas.reference import render_reference
 
     current = (ROOT / "docs" / "modules.md").read_text(encoding="utf-8")
     assert render_reference(REGISTRY) == current, "run: edgeva schema docs --builtin (make schemas)"
 
 
 def test_reference_follows_the_configs_and_its_examples_are_valid():
+    from edgeva.schemas.reference import example_args, render_reference
     from pydantic import Field, create_model
-
-    from schemas.reference import example_args, render_reference
 
     text = render_reference(REGISTRY)
     for name, cls in REGISTRY.items():

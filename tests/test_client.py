@@ -16,18 +16,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgeva.agent import mqtt as m
+from edgeva.control.broker import free_port
+from edgeva.control.cli import main
+from edgeva.control.client import EdgevaClient, RequestTimeout
+from edgeva.schemas.commands import error_reply, ok_reply
+from edgeva.schemas.deployment import parse_deployment
+from edgeva.schemas.errors import NOT_FOUND, EdgevaError
+from edgeva.schemas.metrics import AppMetrics, ModuleMetrics, TenantMetrics
+from edgeva.schemas.state import DeviceState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import mqtt as m
-from control.broker import free_port
-from control.cli import main
-from control.client import EdgevaClient, RequestTimeout
-from schemas.commands import error_reply, ok_reply
-from schemas.deployment import parse_deployment
-from schemas.errors import NOT_FOUND, EdgevaError
-from schemas.metrics import AppMetrics, ModuleMetrics, TenantMetrics
-from schemas.state import DeviceState
 from tests.brokers import Broker
 
 NATIVE = {

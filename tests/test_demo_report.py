@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control.demo.report import diagnose
+from edgeva.control.demo.report import diagnose
 
 MODS = {
     "decoder-1": {"type": "decoder", "proc_ms_p50": 2.0},

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from agent.fit import MAX_DEVICE_MESSAGE, fit_metrics, fit_state
-from schemas.metrics import DeviceMetrics, ModuleMetrics
-from schemas.state import AppState, DeviceState, ModuleState
+from edgeva.agent.fit import MAX_DEVICE_MESSAGE, fit_metrics, fit_state
+from edgeva.schemas.metrics import DeviceMetrics, ModuleMetrics
+from edgeva.schemas.state import AppState, DeviceState, ModuleState
 
 ERR = "e" * 600  # the longest error a state carries
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
+from edgeva.modules.base import ModuleConfig
+from edgeva.schemas.deployment import Deployment, from_listing1, parse_deployment
+from edgeva.schemas.errors import EdgevaError, format_path
+from edgeva.schemas.graph import validate_graph
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import Field
-
-from modules.base import ModuleConfig
-from schemas.deployment import Deployment, from_listing1, parse_deployment
-from schemas.errors import EdgevaError, format_path
-from schemas.graph import validate_graph
 
 
 class DecoderConfig(ModuleConfig):
@@ -268,8 +267,8 @@ def test_random_back_edge_gives_cycle(case, data):
 def test_a_module_that_takes_input_and_gets_none_is_refused() -> None:
     """A non-source module nobody feeds would wait forever (or crash at every restart, now that
     restarts never give up): refused with its path, by the agent's check and `edgeva check`."""
-    from modules.registry import load_registry
-    from schemas.check import check_deployment
+    from edgeva.modules.registry import load_registry
+    from edgeva.schemas.check import check_deployment
 
     reg = load_registry()
     lone = Deployment.model_validate({"app": "x", "modules": {

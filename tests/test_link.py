@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from agent.dataplane.link import Link, LinkMessageTooLarge, LinkTimeout, LinkTLS
-from agent.dataplane.segment import segment_name, unlink_segment
-from schemas.message import Message
+from edgeva.agent.dataplane.link import Link, LinkMessageTooLarge, LinkTimeout, LinkTLS
+from edgeva.agent.dataplane.segment import segment_name, unlink_segment
+from edgeva.schemas.message import Message
 
 CTX = mp.get_context("spawn")
 SHAPE = (48, 64, 3)
@@ -106,7 +105,7 @@ def _collector(addr: str, q, secs: float) -> None:
 
 def _ring_producer(ring: str, n: int, q, go) -> None:
     """Create ring ``ring``, wait for the relay to attach, publish n frames, end the stream."""
-    from agent.dataplane.ring import RingProducer
+    from edgeva.agent.dataplane.ring import RingProducer
 
     prod = RingProducer.create(ring, int(np.prod(SHAPE)) + 4096, nslots=4)
     q.put(("ring", ring))
@@ -119,8 +118,8 @@ def _ring_producer(ring: str, n: int, q, go) -> None:
 
 def _remote_agent(ring: str, n: int, q) -> None:
     """The peer agent: link listener -> LinkToRing -> a ring consumer that checks everything."""
-    from agent.dataplane.relay import LinkToRing
-    from agent.dataplane.ring import RingConsumer
+    from edgeva.agent.dataplane.relay import LinkToRing
+    from edgeva.agent.dataplane.ring import RingConsumer
 
     link = Link.listen("tcp://127.0.0.1:0", name="remote")
     relay = LinkToRing(link, "cam", ring, slot_size=int(np.prod(SHAPE)) + 4096, nslots=4)
@@ -340,7 +339,7 @@ def test_big_messages_are_refilled_never_while_nng_writes_them() -> None:
 
 
 def test_without_nng_refcount_calls_every_message_is_allocated(monkeypatch) -> None:
-    from agent.dataplane import msgpool
+    from edgeva.agent.dataplane import msgpool
 
     monkeypatch.setattr(msgpool, "_refs", ())  # as if pynng's extension lacked the symbols
     n = 30
@@ -447,7 +446,7 @@ def test_tls_needs_tls_address() -> None:
 
 
 def test_ring_link_ring_relay_end_to_end() -> None:
-    from agent.dataplane.relay import RingToLink
+    from edgeva.agent.dataplane.relay import RingToLink
 
     n = 150
     tag = f"t{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -485,7 +484,7 @@ def test_ring_link_ring_relay_end_to_end() -> None:
 _NETNS_RX = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from agent.dataplane.link import Link
+from edgeva.agent.dataplane.link import Link
 link = Link.listen("tcp://10.231.0.1:7600", name="rx")
 print("ready", flush=True)
 n = nbytes = 0; t_first = None
@@ -507,8 +506,8 @@ _NETNS_TX = """
 import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-from agent.dataplane.link import Link
-from schemas.message import Message
+from edgeva.agent.dataplane.link import Link
+from edgeva.schemas.message import Message
 link = Link.dial("tcp://10.231.0.1:7600", name="tx", depth=4)
 assert link.wait_connected(30)
 img = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)

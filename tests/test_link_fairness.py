@@ -24,11 +24,10 @@ import uuid
 
 import numpy as np
 import pytest
-
-from agent.dataplane.link import Link
-from agent.dataplane.relay import RingToLink
-from agent.dataplane.segment import segment_name, unlink_segment
-from schemas.message import Message
+from edgeva.agent.dataplane.link import Link
+from edgeva.agent.dataplane.relay import RingToLink
+from edgeva.agent.dataplane.segment import segment_name, unlink_segment
+from edgeva.schemas.message import Message
 
 CTX = mp.get_context("spawn")
 FPS = 25.0
@@ -46,7 +45,7 @@ def _frame(i: int) -> np.ndarray:
 def _produce(ring: str, q, go, stop, published) -> None:
     """Device A, one tenant's source: ``FPS`` frames/s into ring ``ring``; a ``block`` relay
     consumer paces it when the far side is behind."""
-    from agent.dataplane.ring import RingFull, RingProducer
+    from edgeva.agent.dataplane.ring import RingFull, RingProducer
 
     prod = RingProducer.create(ring, SLOT, nslots=4)
     q.put("created")
@@ -65,7 +64,7 @@ def _produce(ring: str, q, go, stop, published) -> None:
 
 def _device_b(rings: dict[str, str], q, stop) -> None:
     """Device B's agent: the link's listening end and a LinkToRing per stream."""
-    from agent.dataplane.relay import LinkToRing
+    from edgeva.agent.dataplane.relay import LinkToRing
 
     link = Link.listen("tcp://127.0.0.1:0", name="b")
     relays = {s: LinkToRing(link, s, r, slot_size=SLOT, nslots=4) for s, r in rings.items()}
@@ -79,7 +78,7 @@ def _device_b(rings: dict[str, str], q, stop) -> None:
 
 def _consume(ring: str, q, count, stop) -> None:
     """One tenant's module on device B: reads its ring (``block``), checks every frame."""
-    from agent.dataplane.ring import RingConsumer
+    from edgeva.agent.dataplane.ring import RingConsumer
 
     cons = RingConsumer.attach(ring, policy="block")
     q.put("attached")
@@ -189,7 +188,7 @@ def test_pause_holds_only_that_stream_and_resume_or_reconnect_releases_it() -> N
     sender (``LinkTimeout`` saying so) while another stream goes on; a paused ``drop_oldest``
     stream drops new messages (counted); RESUME releases; a PAUSE for a stream the sender does
     not have changes nothing."""
-    from agent.dataplane.link import LinkTimeout
+    from edgeva.agent.dataplane.link import LinkTimeout
 
     rx = Link.listen("tcp://127.0.0.1:0", name="rx")
     tx = Link.dial(rx.address, name="tx")

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from agent.dataplane.link import Link
-from agent.dataplane.relay import RingToLink
-from agent.dataplane.ring import H_PID, RingConsumer, RingProducer, sweep_segments
-from agent.dataplane.segment import SHM_DIR, create_segment, segment_name, unlink_segment
-from schemas.message import Message
+from edgeva.agent.dataplane.link import Link
+from edgeva.agent.dataplane.relay import RingToLink
+from edgeva.agent.dataplane.ring import H_PID, RingConsumer, RingProducer, sweep_segments
+from edgeva.agent.dataplane.segment import SHM_DIR, create_segment, segment_name, unlink_segment
+from edgeva.schemas.message import Message
 
 CTX = mp.get_context("spawn")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

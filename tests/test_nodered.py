@@ -19,8 +19,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from edgeva.control.nodered import build
 
-from control.nodered import build
 from tests.agent_harness import AgentProc, Watcher
 from tests.nodered_harness import Chromium, NodeRed, blank, flow_nodes, missing_tools
 
@@ -35,7 +35,7 @@ APPS = ("tracking", "roi", "reid")
 
 def test_flows_json_is_built_from_its_sources() -> None:
     """flows.json is what build.py makes of the demo's deployments and functions/*.js."""
-    assert build.main(["--check"]) == 0, "control/nodered/flows.json is stale: python -m control.nodered.build"
+    assert build.main(["--check"]) == 0, "control/nodered/flows.json is stale: python -m edgeva.control.nodered.build"
 
 
 def test_flow_contract() -> None:
@@ -57,7 +57,7 @@ def test_flow_contract() -> None:
         assert len(inj) == 1, f"one inject node named 'deploy {app}'"
         assert inj[0]["topic"] == "deploy" and json.loads(inj[0]["payload"]) == deps[app]
     # the deployments validate as the agent will see them, and name no path of this machine
-    from schemas.deployment import Deployment
+    from edgeva.schemas.deployment import Deployment
 
     for dep in deps.values():
         Deployment.model_validate(dep)

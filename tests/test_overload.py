@@ -17,12 +17,11 @@ from typing import Literal
 
 import numpy as np
 import pytest
-
-from agent.dataplane.ring import ring_stats
-from agent.dataplane.segment import segment_name, unlink_segment
-from agent.supervisor import Supervisor
-from modules.base import Module, ModuleConfig
-from schemas import runner as R
+from edgeva.agent.dataplane.ring import ring_stats
+from edgeva.agent.dataplane.segment import segment_name, unlink_segment
+from edgeva.agent.supervisor import Supervisor
+from edgeva.modules.base import Module, ModuleConfig
+from edgeva.schemas import runner as R
 
 SOURCE_FPS = 30.0
 WORK_S = 0.1  # the slow stage: ~10 frames/s

@@ -8,8 +8,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
-
-from agent.dataplane.codec import (
+from edgeva.agent.dataplane.codec import (
     ARRAYS_OFFSET,
     MAGIC,
     PREFIX,
@@ -18,7 +17,7 @@ from agent.dataplane.codec import (
     encode,
     encoded_size,
 )
-from schemas.message import Message
+from edgeva.schemas.message import Message
 
 
 def _frame(arrays: list, region: bytes = b"") -> bytes:
@@ -63,7 +62,7 @@ def _two_arrays(w, k: int) -> None:
 
 
 def test_a_reused_writer_lays_out_the_same_arrays_at_the_same_places() -> None:
-    from agent.dataplane.codec import FrameWriter
+    from edgeva.agent.dataplane.codec import FrameWriter
 
     buf = bytearray(4096)
     w = FrameWriter(memoryview(buf))
@@ -80,7 +79,7 @@ def test_a_reused_writer_lays_out_the_same_arrays_at_the_same_places() -> None:
 
 
 def test_an_array_fits_exactly_or_is_refused() -> None:
-    from agent.dataplane.codec import FrameWriter, MessageTooLarge
+    from edgeva.agent.dataplane.codec import FrameWriter, MessageTooLarge
 
     w = FrameWriter(memoryview(bytearray(ARRAYS_OFFSET + 128)))
     assert w.alloc("a", (128,)).size == 128  # to the last byte
@@ -117,7 +116,7 @@ def test_a_short_or_long_buffer_says_which() -> None:
 
 
 def test_every_header_bound_admits_its_limit_and_refuses_one_more() -> None:
-    from agent.dataplane.codec import MAX_ARRAYS, MAX_HOPS, MAX_NAME, MAX_NDIM
+    from edgeva.agent.dataplane.codec import MAX_ARRAYS, MAX_HOPS, MAX_NAME, MAX_NDIM
 
     at = "n" * MAX_NAME
     ok = Message(1, at, 2, [[at, 1, 2]] * MAX_HOPS, {at: 1},
@@ -143,7 +142,7 @@ def test_every_header_bound_admits_its_limit_and_refuses_one_more() -> None:
 
 
 def test_a_header_of_exactly_the_byte_limit_is_written_and_read() -> None:
-    from agent.dataplane.codec import MAX_HEADER_BYTES, HeaderTooLarge, _header
+    from edgeva.agent.dataplane.codec import MAX_HEADER_BYTES, HeaderTooLarge, _header
 
     base = len(_header(Message(1, "c", 2, fields={"p": ""}), []))
     pad = MAX_HEADER_BYTES - base - 4  # a str8/16/32 length prefix grows: find the exact fit
@@ -157,7 +156,7 @@ def test_a_header_of_exactly_the_byte_limit_is_written_and_read() -> None:
 
 
 def test_decode_cache_hands_back_the_same_view_and_big_endian_is_written_little() -> None:
-    from agent.dataplane.codec import FrameWriter
+    from edgeva.agent.dataplane.codec import FrameWriter
 
     data = encode(Message(1, arrays={"a": np.arange(4, dtype=np.uint8), "b": np.ones(2, np.uint16)}))
     cache: dict = {}

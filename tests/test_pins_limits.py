@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from agent.limits import TenantLimits, mib
-from control.commands import agent as agent_cmd
+from edgeva.agent.limits import TenantLimits, mib
+from edgeva.control.commands import agent as agent_cmd
 
 
 def _agent_defaults() -> argparse.Namespace:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from agent.paths import PathPolicy
-from schemas.errors import EdgevaError
+from edgeva.agent.paths import PathPolicy
+from edgeva.schemas.errors import EdgevaError
 
 
 @pytest.fixture
@@ -99,7 +98,7 @@ def test_listed_hosts_names_networks_and_any(tmp_path: Path) -> None:
 
 
 def test_a_types_default_server_is_not_the_tenants_choice(tmp_path: Path) -> None:
-    from modules.registry import load_registry
+    from edgeva.modules.registry import load_registry
 
     registry = load_registry()
     policy = PathPolicy.make(media_dirs=[tmp_path])  # no host listed
@@ -184,8 +183,8 @@ def test_a_server_default_does_not_stop_the_check_of_the_args_after_it(tmp_path:
 
 
 def test_a_deployment_is_checked_past_modules_of_other_devices_and_unknown_types(tmp_path: Path) -> None:
-    from modules.registry import load_registry
-    from schemas.deployment import parse_deployment
+    from edgeva.modules.registry import load_registry
+    from edgeva.schemas.deployment import parse_deployment
 
     dep = parse_deployment({"app": "a", "modules": {
         "a_remote": {"type": "decoder", "device": "other", "args": {"source": "/etc/hostname"}, "outputs": ["c_local"]},

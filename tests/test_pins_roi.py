@@ -4,9 +4,9 @@ than that (a box grazing the edge) never appears in any of them."""
 
 from __future__ import annotations
 
-from modules.base import ModuleContext
-from modules.roi import Roi, RoiConfig
-from schemas.message import Message
+from edgeva.modules.base import ModuleContext
+from edgeva.modules.roi import Roi, RoiConfig
+from edgeva.schemas.message import Message
 
 SQUARE = {"square": [[0, 0], [100, 0], [100, 100], [0, 100]]}
 IN = [40.0, 40.0, 60.0, 60.0]

@@ -12,10 +12,9 @@ import threading
 import time
 
 import pytest
-
-from agent.dataplane.segment import segment_name
-from agent.supervisor import Instance, RestartPolicy, Supervisor
-from schemas import runner as R
+from edgeva.agent.dataplane.segment import segment_name
+from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
+from edgeva.schemas import runner as R
 
 pytestmark = pytest.mark.slow  # a few module starts: ~1 s each on a loaded machine
 
@@ -206,7 +205,7 @@ def test_a_setup_failure_while_restoring_backs_off_instead_of_failing(tmp_path) 
 
 
 def test_the_supervisors_constants_and_a_fresh_instance() -> None:
-    from agent.supervisor import READY_TIMEOUT_S, STOP_TIMEOUT_S, WATCH_EVERY_S
+    from edgeva.agent.supervisor import READY_TIMEOUT_S, STOP_TIMEOUT_S, WATCH_EVERY_S
 
     assert (READY_TIMEOUT_S, STOP_TIMEOUT_S, WATCH_EVERY_S) == (30.0, 5.0, 0.25)
     inst = Instance(_spec("fresh"))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from control.plan import measured_costs, place
-from schemas.deployment import Deployment
+from edgeva.control.plan import measured_costs, place
+from edgeva.schemas.deployment import Deployment
 
 
 def app(name: str, cam: str, fps: int = 10, stream: str = "1") -> Deployment:

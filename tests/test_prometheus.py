@@ -20,12 +20,11 @@ from urllib.parse import urlencode
 from urllib.request import urlopen
 
 import pytest
-
-from agent.exporter import EdgevaCollector
-from control.broker import free_port
-from control.client import EdgevaClient
-from control.testing import Commander, scrape
-from schemas.metrics import (
+from edgeva.agent.exporter import EdgevaCollector
+from edgeva.control.broker import free_port
+from edgeva.control.client import EdgevaClient
+from edgeva.control.testing import Commander, scrape
+from edgeva.schemas.metrics import (
     P2,
     P3,
     AppMetrics,
@@ -35,7 +34,7 @@ from schemas.metrics import (
     ModuleMetrics,
     TenantMetrics,
 )
-from schemas.state import AppState, DeviceState
+from edgeva.schemas.state import AppState, DeviceState
 
 DEC = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}
 
@@ -263,7 +262,7 @@ def test_metrics_port_in_use_or_out_of_range_is_refused(tmp_path):
         port = busy.getsockname()[1]
         for bad, says in ((str(port), f"--metrics-port {port} on 127.0.0.1"), ("70000", "0..65535")):
             run = subprocess.run(
-                [sys.executable, "-m", "control.cli", "agent", "--device", f"port-{uuid.uuid4().hex[:8]}",
+                [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", f"port-{uuid.uuid4().hex[:8]}",
                  "--broker", "mqtt://127.0.0.1:1",
                  "--state-dir", str(tmp_path / "state"), "--metrics-port", bad],
                 capture_output=True, text=True, timeout=60)

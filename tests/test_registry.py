@@ -6,8 +6,7 @@ import sys
 import textwrap
 
 import pytest
-
-from modules.registry import BUILTIN, load_registry, module_class
+from edgeva.modules.registry import BUILTIN, load_registry, module_class
 
 
 @pytest.fixture
@@ -17,7 +16,7 @@ def plugin_dir(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent('''
         from typing import Literal
-        from modules.base import Module, ModuleConfig
+        from edgeva.modules.base import Module, ModuleConfig
 
         class DoublerConfig(ModuleConfig):
             type: Literal["doubler"] = "doubler"
@@ -57,13 +56,13 @@ def test_builtins_are_registered():
 
 
 def test_third_party_module_from_entry_point(plugin_dir, caplog):
-    from modules.base import ModuleContext
-    from schemas.message import Message
+    from edgeva.modules.base import ModuleContext
+    from edgeva.schemas.message import Message
 
     reg = load_registry()
     assert "doubler" in reg
     assert "broken" not in reg and "misnamed" not in reg  # logged, not fatal
-    assert reg["decoder"].__module__ == "modules.decoder"  # a plugin cannot hijack a built-in
+    assert reg["decoder"].__module__ == "edgeva.modules.decoder"  # a plugin cannot hijack a built-in
     assert any("broken" in r.message for r in caplog.records)
     cls = module_class("doubler")
     mod = cls(cls.config_class(factor=3), ModuleContext(name="d"))

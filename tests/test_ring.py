@@ -11,9 +11,8 @@ import uuid
 
 import numpy as np
 import pytest
-
-from agent.dataplane.codec import MessageTooLarge
-from agent.dataplane.ring import (
+from edgeva.agent.dataplane.codec import MessageTooLarge
+from edgeva.agent.dataplane.ring import (
     RingConsumer,
     RingError,
     RingFull,
@@ -21,8 +20,8 @@ from agent.dataplane.ring import (
     ring_stats,
     sweep_segments,
 )
-from agent.dataplane.segment import SegmentError, create_segment, list_segments, segment_name
-from schemas.message import Message
+from edgeva.agent.dataplane.segment import SegmentError, create_segment, list_segments, segment_name
+from edgeva.schemas.message import Message
 
 CTX = mp.get_context("spawn")
 SHAPE = (48, 64, 3)
@@ -303,7 +302,7 @@ def test_hand_offs_racing_timeouts_lose_and_repeat_nothing():
 
 
 def test_too_little_shared_memory_is_a_clear_error_not_a_bus_error(monkeypatch):
-    import agent.dataplane.segment as seg
+    import edgeva.agent.dataplane.segment as seg
 
     real = os.statvfs
 

@@ -13,8 +13,7 @@ import time
 import uuid
 
 import pytest
-
-from agent.dataplane.ring import (
+from edgeva.agent.dataplane.ring import (
     C_WAITING,
     C_WORDS,
     H_PWAIT,
@@ -24,8 +23,8 @@ from agent.dataplane.ring import (
     RingProducer,
     ring_stats,
 )
-from agent.dataplane.segment import segment_name
-from schemas.message import Message
+from edgeva.agent.dataplane.segment import segment_name
+from edgeva.schemas.message import Message
 
 NSLOTS = 6
 
@@ -323,7 +322,7 @@ def test_the_smallest_ring_and_the_deepest_consumer() -> None:
 
 
 def test_a_message_filling_its_slot_to_the_last_byte_is_read() -> None:
-    from agent.dataplane.codec import encode
+    from edgeva.agent.dataplane.codec import encode
 
     name = segment_name(f"acct{os.getpid()}", uuid.uuid4().hex[:8])
     with RingProducer.create(name, 4096, nslots=2) as p, RingConsumer.attach(name) as c:
@@ -336,8 +335,8 @@ def test_a_message_filling_its_slot_to_the_last_byte_is_read() -> None:
 def test_a_segment_shorter_than_its_header_says_is_refused(prod) -> None:
     import mmap
 
-    from agent.dataplane.ring import MAGIC, VERSION, producer_pid
-    from agent.dataplane.segment import create_segment
+    from edgeva.agent.dataplane.ring import MAGIC, VERSION, producer_pid
+    from edgeva.agent.dataplane.segment import create_segment
 
     with pytest.raises(RingError, match="its header says"):
         os.truncate(f"/dev/shm/{prod.name}", os.path.getsize(f"/dev/shm/{prod.name}") - mmap.PAGESIZE)
@@ -360,7 +359,7 @@ def test_a_segment_shorter_than_its_header_says_is_refused(prod) -> None:
 
 
 def test_a_corrupt_hand_off_slot_is_an_error_not_a_read_out_of_the_ring(prod) -> None:
-    from agent.dataplane.ring import C_HELD
+    from edgeva.agent.dataplane.ring import C_HELD
 
     with RingConsumer.attach(prod.name) as c:
         prod._w[c._b + C_HELD] = NSLOTS  # one past the last slot, as a stray write would leave it
@@ -401,7 +400,7 @@ def test_a_blocked_producer_is_woken_as_soon_as_a_slot_frees(how: str) -> None:
 def test_a_forged_wake_up_neither_ends_a_get_early_nor_makes_it_spin(prod) -> None:
     import socket
 
-    from agent.dataplane.ring import C_TOKEN, _sock_addr
+    from edgeva.agent.dataplane.ring import C_TOKEN, _sock_addr
 
     with RingConsumer.attach(prod.name) as c:
         addr = _sock_addr(prod.name, f"c{c.index}", prod._w[c._b + C_TOKEN])
@@ -446,9 +445,8 @@ def test_a_consumer_closed_while_its_arrays_live_closes_only_its_own_descriptor(
 
 def test_bad_sizes_and_misuse_are_refused_and_leave_the_ring_usable(prod) -> None:
     import numpy as np
-
-    from agent.dataplane.codec import MessageTooLarge
-    from agent.dataplane.ring import producer_pid
+    from edgeva.agent.dataplane.codec import MessageTooLarge
+    from edgeva.agent.dataplane.ring import producer_pid
 
     for kw in ({"nslots": 1}, {"slot_size": 127}, {"max_consumers": 0}):
         args = {"slot_size": 4096, "nslots": 4, "max_consumers": 4, **kw}

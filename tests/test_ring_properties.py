@@ -7,12 +7,11 @@ import os
 import uuid
 
 import hypothesis.strategies as st
+from edgeva.agent.dataplane import ring as R
+from edgeva.agent.dataplane.segment import segment_name
+from edgeva.schemas.message import Message
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from agent.dataplane import ring as R
-from agent.dataplane.segment import segment_name
-from schemas.message import Message
 
 
 class RingMachine(RuleBasedStateMachine):

@@ -8,12 +8,12 @@ import time
 from multiprocessing import Pipe
 from typing import Literal
 
-from agent.dataplane.ring import RingConsumer, RingProducer
-from agent.dataplane.segment import segment_name
-from agent.runner import Runner, _Channel
-from modules.base import Module, ModuleConfig
-from schemas import runner as R
-from schemas.message import Message
+from edgeva.agent.dataplane.ring import RingConsumer, RingProducer
+from edgeva.agent.dataplane.segment import segment_name
+from edgeva.agent.runner import Runner, _Channel
+from edgeva.modules.base import Module, ModuleConfig
+from edgeva.schemas import runner as R
+from edgeva.schemas.message import Message
 
 
 class BatchProbeConfig(ModuleConfig):

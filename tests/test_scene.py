@@ -6,8 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
-
-from modules.scene import SyntheticScene, point_in_polygon
+from edgeva.modules.scene import SyntheticScene, point_in_polygon
 
 
 @pytest.fixture(scope="module")

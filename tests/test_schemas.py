@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from control.commands import schema as schema_cmd
-from schemas.commands import (
+from edgeva.control.commands import schema as schema_cmd
+from edgeva.schemas.commands import (
     COMMAND_MODELS,
     ErrorReply,
     OkReply,
@@ -18,12 +17,12 @@ from schemas.commands import (
     parse_command,
     parse_reply,
 )
-from schemas.deployment import Deployment, from_listing1, parse_deployment
-from schemas.errors import ERROR_CODES, EdgevaError, format_path
-from schemas.export import check_json_schemas, expected_files, export_json_schemas
-from schemas.metrics import DeviceMetrics, TenantMetrics
-from schemas.state import DeviceState
-from schemas.topics import (
+from edgeva.schemas.deployment import Deployment, from_listing1, parse_deployment
+from edgeva.schemas.errors import ERROR_CODES, EdgevaError, format_path
+from edgeva.schemas.export import check_json_schemas, expected_files, export_json_schemas
+from edgeva.schemas.metrics import DeviceMetrics, TenantMetrics
+from edgeva.schemas.state import DeviceState
+from edgeva.schemas.topics import (
     VERBS,
     cmd_subscription,
     cmd_topic,

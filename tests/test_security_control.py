@@ -267,8 +267,8 @@ def test_paths_are_confined_to_media_and_tenant_output_dirs(mosquitto_auth: Brok
 def test_a_tenant_reads_no_other_tenants_outputs_inside_the_media_dir(tmp_path: Path) -> None:
     """By default the media directory is the working directory and the output root ``./out``
     lies in it: globex must not decode (and so re-publish) acme's annotated video."""
-    from agent.paths import PathPolicy
-    from schemas.errors import EdgevaError
+    from edgeva.agent.paths import PathPolicy
+    from edgeva.schemas.errors import EdgevaError
 
     policy = PathPolicy.make(media_dirs=[tmp_path], output_root=tmp_path / "out")
     theirs = write_clip(tmp_path / "out" / "acme" / "ok.avi")
@@ -393,7 +393,7 @@ def test_shared_memory_is_checked_for_every_ring_not_one_at_a_time(mosquitto_aut
     rings that each "fit" over-commit it (a SIGBUS later). Here a sparse segment owes all but
     1 MiB of the free space: a deploy whose rings need ~800 MiB is refused, and a plain
     segment too. (Sizes are large because other processes on the machine use /dev/shm too.)"""
-    from agent.dataplane.segment import (
+    from edgeva.agent.dataplane.segment import (
         SegmentError,
         create_segment,
         shm_free_bytes,

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from edgeva.modules.registry import load_registry
+from edgeva.schemas.deployment import parse_deployment
+from edgeva.schemas.errors import EdgevaError
+from edgeva.schemas.graph import validate_graph
 
-from modules.registry import load_registry
-from schemas.deployment import parse_deployment
-from schemas.errors import EdgevaError
-from schemas.graph import validate_graph
 from tests.agent_harness import AgentProc
 from tests.brokers import Broker
 from tests.test_security_control import DEC, Fleet, app, start_fleet, stop_fleet
@@ -314,8 +314,8 @@ def test_link_fed_rings_count_against_their_tenants_shared_memory(mosquitto_auth
 def test_desired_state_files_are_per_tenant_and_a_bad_one_costs_only_its_tenant(tmp_path: Path) -> None:
     """Each tenant's file stands alone: one unreadable file (set aside as ``.corrupt``) loses
     that tenant's apps only; a tenant name that is no topic part never names a file."""
-    from agent.store import DesiredState
-    from schemas.deployment import Deployment
+    from edgeva.agent.store import DesiredState
+    from edgeva.schemas.deployment import Deployment
 
     store = DesiredState(tmp_path)
     store.put("acme", Deployment.model_validate(app("a1")), "running")

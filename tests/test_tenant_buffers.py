@@ -4,9 +4,9 @@ through real agents and mosquitto): the reply cache (agent/replies.py), the offl
 
 from __future__ import annotations
 
-from agent.outbox import Outbox
-from agent.replies import ReplyCache
-from schemas.topics import device_topic
+from edgeva.agent.outbox import Outbox
+from edgeva.agent.replies import ReplyCache
+from edgeva.schemas.topics import device_topic
 
 
 class _Offline:

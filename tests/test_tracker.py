@@ -28,12 +28,11 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+from edgeva.modules.base import ModuleContext
+from edgeva.modules.scene import SyntheticScene
+from edgeva.modules.tracker import Tracker, TrackerConfig
+from edgeva.schemas.message import Message
 from pydantic import ValidationError
-
-from modules.base import ModuleContext
-from modules.scene import SyntheticScene
-from modules.tracker import Tracker, TrackerConfig
-from schemas.message import Message
 
 BOUNDS = {  # algorithm: (clean, noisy) maximum ID switches
     "centroid": (6, 12),

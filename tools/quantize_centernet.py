@@ -178,10 +178,9 @@ def match_count(ref, got, iou: float = 0.5) -> int:
 def verify(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     import numpy as np
-
-    from modules.base import ModuleContext
-    from modules.detector import Detector, DetectorConfig
-    from schemas.message import Message
+    from edgeva.modules.base import ModuleContext
+    from edgeva.modules.detector import Detector, DetectorConfig
+    from edgeva.schemas.message import Message
 
     def det(model: Path, threads: int, size) -> Detector:
         cfg = {"model": str(model), "threads": threads}

@@ -62,8 +62,7 @@ class DetectorCase:
 def _frames(n: int) -> list[np.ndarray]:
     """n frames spread over the clip (people come and go), decoded up front."""
     import cv2
-
-    from modules.decoder import resolve_path
+    from edgeva.modules.decoder import resolve_path
 
     cap = cv2.VideoCapture(str(resolve_path("asset:vtest.mp4")))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 795
@@ -80,9 +79,9 @@ def _frames(n: int) -> list[np.ndarray]:
 
 
 def _time_case(case: DetectorCase, args: dict, frames: list[np.ndarray], warm: list[np.ndarray]) -> None:
-    from modules.base import ModuleContext
-    from modules.detector import Detector, DetectorConfig
-    from schemas.message import Message
+    from edgeva.modules.base import ModuleContext
+    from edgeva.modules.detector import Detector, DetectorConfig
+    from edgeva.schemas.message import Message
 
     det = Detector(DetectorConfig.model_validate({"type": "detector", **args}), ModuleContext("bench"))
     det.setup()
@@ -237,7 +236,7 @@ def run_detector_bench(
             server.close()
     echo(format_table(cases))
     if json_path:
-        from agent.bench.report import host_info
+        from edgeva.agent.bench.report import host_info
 
         doc = {"bench": "detector", "quick": quick, "frame_size": [768, 576],
                "results": [asdict(c) for c in cases], "host": host_info()}

@@ -56,9 +56,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports import Payload, Transport, transports
-from agent.bench.transports.base import touch
+from edgeva.agent.bench.transports import Payload, Transport, transports
+from edgeva.agent.bench.transports.base import touch
 
 PAYLOADS = ("frame", "meta")
 

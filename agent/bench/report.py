@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from agent.bench.hop import CaseResult
+from edgeva.agent.bench.hop import CaseResult
 
 BASELINE = "ring"
 

@@ -22,8 +22,7 @@ import struct
 
 import msgpack
 import numpy as np
-
-from schemas.frame import (  # the header's bounds: see schemas.frame
+from edgeva.schemas.frame import (  # the header's bounds: see schemas.frame
     MAX_ARRAYS,
     MAX_CONTAINER_LEN,
     MAX_HEADER_BYTES,
@@ -32,7 +31,7 @@ from schemas.frame import (  # the header's bounds: see schemas.frame
     MAX_NDIM,
     MAX_STR_BYTES,
 )
-from schemas.message import Message
+from edgeva.schemas.message import Message
 
 MAGIC = b"EVA1"
 PREFIX = struct.Struct("<4sIII")

@@ -71,8 +71,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pynng
-
-from agent.dataplane.codec import (
+from edgeva.agent.dataplane.codec import (
     ARRAYS_OFFSET,
     CodecError,
     FrameWriter,
@@ -81,10 +80,10 @@ from agent.dataplane.codec import (
     decode,
     encoded_size,
 )
-from agent.dataplane.msgpool import MsgPool
-from agent.dataplane.quietlog import QuietLog
-from schemas.message import Message
-from schemas.metrics import P2, LinkMetrics
+from edgeva.agent.dataplane.msgpool import MsgPool
+from edgeva.agent.dataplane.quietlog import QuietLog
+from edgeva.schemas.message import Message
+from edgeva.schemas.metrics import P2, LinkMetrics
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",

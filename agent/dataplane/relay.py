@@ -15,11 +15,11 @@ import logging
 import threading
 from collections import deque
 
-from agent.dataplane.codec import MessageTooLarge
-from agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
-from agent.dataplane.quietlog import QuietLog
-from agent.dataplane.ring import RingConsumer, RingFull, RingProducer
-from schemas.message import Message
+from edgeva.agent.dataplane.codec import MessageTooLarge
+from edgeva.agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
+from edgeva.agent.dataplane.quietlog import QuietLog
+from edgeva.agent.dataplane.ring import RingConsumer, RingFull, RingProducer
+from edgeva.schemas.message import Message
 
 __all__ = ["LinkToRing", "RingToLink"]
 

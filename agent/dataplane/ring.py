@@ -43,8 +43,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.dataplane.codec import FrameWriter, decode
-from agent.dataplane.segment import (
+from edgeva.agent.dataplane.codec import FrameWriter, decode
+from edgeva.agent.dataplane.segment import (
     SHM_DIR,
     SegmentError,
     create_segment,
@@ -54,7 +54,7 @@ from agent.dataplane.segment import (
     pid_alive,
     unlink_segment,
 )
-from schemas.message import Message
+from edgeva.schemas.message import Message
 
 log = logging.getLogger("edgeva.ring")
 

@@ -35,13 +35,13 @@ class Agents:
         self.token = secrets.token_hex(16)
 
     def __enter__(self) -> Agents:
-        from agent import mqtt as m
-        from control.fleet_client import FleetClient
-        from control.mosquitto import Mosquitto
+        from edgeva.agent import mqtt as m
+        from edgeva.control.fleet_client import FleetClient
+        from edgeva.control.mosquitto import Mosquitto
 
         self.broker = Mosquitto(self.tmp / "broker").start()
         for dev, cpus in self.devices.items():
-            cmd = [sys.executable, "-m", "control.cli", "agent", "--device", dev, "--broker", self.broker.url,
+            cmd = [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", dev, "--broker", self.broker.url,
                    "--state-dir", str(self.tmp / dev), "--prefix", f"pp{os.getpid()}{dev}",
                    "--metrics-interval", "1", "--event-rate", "1000"]
             if self.data:  # agents that hand each other parts share a fleet token
@@ -85,7 +85,7 @@ class Agents:
     def run(self, deps: list[dict], seconds: float, warmup: float = 3.0) -> dict[str, list]:
         """Deploy ``deps`` on the first device (it coordinates the others), let them settle,
         record ``seconds`` of events, remove them; per app ``[(t_s, latency_ms, hops), ...]``."""
-        from control.client import EdgevaClient
+        from edgeva.control.client import EdgevaClient
 
         first = next(iter(self.devices))
         with EdgevaClient(self.broker.url, first) as client:
@@ -109,7 +109,7 @@ class Agents:
                     for app, evs in self.events.items()}
 
     def __exit__(self, *exc: object) -> None:
-        from agent import mqtt as m
+        from edgeva.agent import mqtt as m
 
         m.close(self.mq)
         self.fleet.close()

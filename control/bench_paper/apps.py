@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 
-from control.demo.apps import CLIP, Tuning, demo_apps
+from edgeva.control.demo.apps import CLIP, Tuning, demo_apps
 
 ORDER = ("reid", "tracking", "roi")
 SINK = "bench_out"

@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-
-from modules.base import Module, ModuleContext
-from modules.registry import module_class
-from schemas.message import Message
+from edgeva.modules.base import Module, ModuleContext
+from edgeva.modules.registry import module_class
+from edgeva.schemas.message import Message
 
 
 def build_module(name: str, spec: dict) -> Module:

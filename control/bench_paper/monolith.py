@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Any
 
-from control.bench_paper.apps import SINK
-from control.bench_paper.inproc import build_module, produce, run_graph, topo
-from control.processes import join_or_kill
+from edgeva.control.bench_paper.apps import SINK
+from edgeva.control.bench_paper.inproc import build_module, produce, run_graph, topo
+from edgeva.control.processes import join_or_kill
 
 QUEUE = 30  # frames: 3 s at 10 fps, then drops
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control.bench_paper.stats import smooth
+from edgeva.control.bench_paper.stats import smooth
 
 CASES = ("A", "B", "C", "videopipe")
 COLORS = {"A": "tab:red", "B": "tab:green", "C": "tab:blue", "videopipe": "tab:orange"}

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.bench_out import write_json
-from control.bench_paper import apps as A
-from control.bench_paper.stats import summarize
+from edgeva.control.bench_out import write_json
+from edgeva.control.bench_paper import apps as A
+from edgeva.control.bench_paper.stats import summarize
 
 FPS_B, FPS_C = 10.0, 15.0  # the clip's rate; the paper's input rate for its distributed runs
 SPLIT_CPUS = {"dev1": [0], "dev2": [1]}
@@ -88,12 +88,12 @@ def _gaps(events: list, path: tuple[str, ...]) -> dict[str, float]:
 def run_paper(quick: bool = True, video: str | None = None, json_path: str | None = None,
               out_dir: str = "out/paper", scalability: bool = False,
               say: Callable[[str], None] = print) -> dict:
-    from control.bench_paper.agents import Agents
-    from control.bench_paper.monolith import run_monolith
-    from control.bench_paper.report import write_plots, write_report
-    from control.bench_paper.table2 import run_table2
-    from control.bench_paper.videopipe import merge, run_videopipe
-    from control.demo.apps import CLIP
+    from edgeva.control.bench_paper.agents import Agents
+    from edgeva.control.bench_paper.monolith import run_monolith
+    from edgeva.control.bench_paper.report import write_plots, write_report
+    from edgeva.control.bench_paper.table2 import run_table2
+    from edgeva.control.bench_paper.videopipe import merge, run_videopipe
+    from edgeva.control.demo.apps import CLIP
 
     src = video or CLIP
     secs = 10.0 if quick else 60.0
@@ -220,7 +220,7 @@ def _b_streams(ag: Any, src: str, n: int, secs: float) -> bool:
 
 
 def _a_streams(src: str, n: int, secs: float) -> bool:
-    from control.bench_paper.monolith import run_monolith
+    from edgeva.control.bench_paper.monolith import run_monolith
 
     deps = [d for i in range(n) for d in A.scenario(3, src, FPS_B, stream=f"cam{i}", tuning=A.DEMO)]
     res = run_monolith(deps, secs)
@@ -284,7 +284,7 @@ def _split_videopipe(records: list[dict], graph: dict) -> list[dict]:
 def _scalability(src: str, secs: float, step: Callable[[str], None]) -> dict:
     """2 to 5 agents, one camera each, dual app (reid + tracking) at 3 fps: each camera's
     decoder and detector on its own agent, its app logic on the next agent."""
-    from control.bench_paper.agents import Agents
+    from edgeva.control.bench_paper.agents import Agents
 
     out = {}
     for n in range(2, 6):

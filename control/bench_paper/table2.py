@@ -10,9 +10,9 @@ import os
 import time
 from typing import Any
 
-from control.bench_paper.apps import scenario
-from control.bench_paper.inproc import build_module, outputs, produce
-from control.bench_paper.stats import pct
+from edgeva.control.bench_paper.apps import scenario
+from edgeva.control.bench_paper.inproc import build_module, outputs, produce
+from edgeva.control.bench_paper.stats import pct
 
 FRAMES = 12
 
@@ -56,7 +56,7 @@ def model_main(kind: str, seconds: float, cpus: list[int], conn: Any) -> None:
 
 def run_table2(seconds: float, say: Any = print) -> dict:
     """Four rows, as the paper's Table 2."""
-    from control.bench_paper.monolith import run_processes
+    from edgeva.control.bench_paper.monolith import run_processes
 
     two = len(os.sched_getaffinity(0)) >= 2
     rows = {}

@@ -23,10 +23,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.dataplane.codec import decode, encode
-from control.bench_paper.apps import SINK
-from control.bench_paper.inproc import build_module, outputs, produce, topo
-from control.processes import join_or_kill, tell_all
+from edgeva.agent.dataplane.codec import decode, encode
+from edgeva.control.bench_paper.apps import SINK
+from edgeva.control.bench_paper.inproc import build_module, outputs, produce, topo
+from edgeva.control.processes import join_or_kill, tell_all
 
 
 def merge(deps: list[dict]) -> tuple[dict, dict[str, list[str]]]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from schemas.errors import EdgevaError
+from edgeva.schemas.errors import EdgevaError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -55,8 +55,8 @@ def add_connection_args(p: argparse.ArgumentParser, timeout: float = 10.0) -> No
 
 def open_client(args: argparse.Namespace) -> Any:
     """An ``EdgevaClient`` built from the connection arguments."""
-    from agent.mqtt import MqttOptions
-    from control.client import EdgevaClient
+    from edgeva.agent.mqtt import MqttOptions
+    from edgeva.control.client import EdgevaClient
 
     options = MqttOptions(
         username=args.username, password=args.password, ca=args.tls_ca, cert=args.tls_cert,
@@ -74,8 +74,8 @@ def fail(code: int, message: str) -> int:
 
 def guarded(command: str, body: Callable[[], int]) -> int:
     """Run ``body``, turning the known failures into a message and an exit code."""
-    from agent.mqtt import MqttError
-    from control.client import BadReply
+    from edgeva.agent.mqtt import MqttError
+    from edgeva.control.client import BadReply
 
     try:
         return body()

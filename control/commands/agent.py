@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from control.commands._common import DEFAULT_BROKER, EXIT_UNREACHABLE, fail
+from edgeva.control.commands._common import DEFAULT_BROKER, EXIT_UNREACHABLE, fail
 
 
 def _fleet_token(args: argparse.Namespace) -> str | None:
@@ -33,12 +33,12 @@ def _positive(text: str) -> float:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.bridge import AgentBridge
-    from agent.limits import TenantLimits
-    from agent.mqtt import MqttError, MqttOptions
-    from agent.paths import PathPolicy
-    from agent.store import default_state_dir
-    from agent.supervisor import RestartPolicy
+    from edgeva.agent.bridge import AgentBridge
+    from edgeva.agent.limits import TenantLimits
+    from edgeva.agent.mqtt import MqttError, MqttOptions
+    from edgeva.agent.paths import PathPolicy
+    from edgeva.agent.store import default_state_dir
+    from edgeva.agent.supervisor import RestartPolicy
 
     password = args.password
     if args.password_file:
@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(args.device)
     peers = None
     if args.data_bind:
-        from agent.dataplane.link import LinkTLS
+        from edgeva.agent.dataplane.link import LinkTLS
 
         tls_files = (args.link_tls_ca, args.link_tls_cert, args.link_tls_key)
         if any(tls_files) and not all(tls_files):
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             return fail(2, f"edgeva agent: --metrics-port {args.metrics_port}: a TCP port is 0..65535")
-        from agent.exporter import MetricsServer
+        from edgeva.agent.exporter import MetricsServer
 
         try:
             exporter = MetricsServer(args.metrics_port, args.metrics_host).start()

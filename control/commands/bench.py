@@ -117,7 +117,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_detector_cmd(args: argparse.Namespace) -> int:
-    from agent.bench.detectors import run_detector_bench
+    from edgeva.agent.bench.detectors import run_detector_bench
 
     cases = run_detector_bench(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                onnx_models=args.onnx_model)
@@ -126,7 +126,7 @@ def run_detector_cmd(args: argparse.Namespace) -> int:
 
 def run_fleet_cmd(args: argparse.Namespace) -> int:
     """0 when both targets hold at the largest size, 1 otherwise (2: bad arguments)."""
-    from control.bench_fleet import run_fleet_bench
+    from edgeva.control.bench_fleet import run_fleet_bench
 
     if args.agents < 2 or any(n < 2 for n in args.sizes or []):
         print("edgeva bench fleet: fleets have at least 2 agents", file=sys.stderr)
@@ -147,7 +147,7 @@ def run_fleet_cmd(args: argparse.Namespace) -> int:
 
 def run_paper_cmd(args: argparse.Namespace) -> int:
     """0 when every claim of the issue holds on this run, 1 otherwise."""
-    from control.bench_paper.run import run_paper
+    from edgeva.control.bench_paper.run import run_paper
 
     out = run_paper(args.quick, args.video, args.json, args.out, args.scalability)
     print()
@@ -159,8 +159,8 @@ def run_paper_cmd(args: argparse.Namespace) -> int:
 
 def run_chaos_cmd(args: argparse.Namespace) -> int:
     """0 when every check holds, 1 when one fails, 2 on bad arguments."""
-    from control.bench_chaos import run_chaos
-    from control.bench_chaos_plan import KINDS
+    from edgeva.control.bench_chaos import run_chaos
+    from edgeva.control.bench_chaos_plan import KINDS
 
     bad = [k for k in args.faults or [] if k not in KINDS]
     if bad or args.minutes <= 0 or args.busy < 0 or not 0 <= args.busy_nice <= 19:
@@ -190,7 +190,7 @@ def run_chaos_cmd(args: argparse.Namespace) -> int:
 
 def run_soak_cmd(args: argparse.Namespace) -> int:
     """0 when memory, shm, latency and restarts all hold, 1 otherwise."""
-    from control.bench_soak import run_soak
+    from edgeva.control.bench_soak import run_soak
 
     out = run_soak(args.minutes, args.kill_every, args.broker_every, args.broker_down, args.sample_every,
                    args.json, args.plot)
@@ -213,7 +213,7 @@ def run_soak_cmd(args: argparse.Namespace) -> int:
 
 
 def run_deploy_cmd(args: argparse.Namespace) -> int:
-    from control.bench_deploy import run_deploy_bench
+    from edgeva.control.bench_deploy import run_deploy_bench
 
     print(f"edgeva bench deploy: {args.runs} runs (embedded broker, agent in this process)", flush=True)
     out = run_deploy_bench(args.runs, args.json)
@@ -227,9 +227,9 @@ def run_deploy_cmd(args: argparse.Namespace) -> int:
 
 def run_hop_cmd(args: argparse.Namespace) -> int:
     """Run the cases, print progress and the table; 1 if any case failed, 2 on bad arguments."""
-    from agent.bench.hop import CaseResult, pin_cpus, run_hop
-    from agent.bench.report import add_ratios, format_table, write_json, write_plot
-    from agent.bench.transports import transports
+    from edgeva.agent.bench.hop import CaseResult, pin_cpus, run_hop
+    from edgeva.agent.bench.report import add_ratios, format_table, write_json, write_plot
+    from edgeva.agent.bench.transports import transports
 
     known = transports()
     bad = [t for t in args.transports or [] if t not in known]

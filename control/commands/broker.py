@@ -7,7 +7,7 @@ import threading
 
 
 def _run(args: argparse.Namespace) -> int:
-    from control.broker import EmbeddedBroker
+    from edgeva.control.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(args.port, args.host)
     try:

@@ -19,23 +19,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from control.commands._common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError, fail
+from edgeva.control.commands._common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError, fail
 
 HELP = "check deployment files offline (types, args, graph, files, devices), listing every error"
 
 
 def installed_registry() -> dict[str, Any]:
     """Every module type installed here (built-in and ``edgeva.modules`` entry points)."""
-    from modules.registry import load_registry
+    from edgeva.modules.registry import load_registry
 
     return dict(load_registry())
 
 
 def load_fleet(path: str) -> dict[str, Any]:
     """Device -> ``DeviceState`` from a file of retained states (see the module doc)."""
+    from edgeva.schemas.state import DeviceState
     from pydantic import ValidationError
-
-    from schemas.state import DeviceState
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -85,7 +84,7 @@ def _files(paths: list[str]) -> list[Path]:
 def check_files(paths: list[Path], registry: dict[str, Any], app: str | None = None,
                 device: str | None = None, fleet: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One ``{"file", "ok", "app", "modules", "errors"}`` per file."""
-    from schemas.check import check_deployment
+    from edgeva.schemas.check import check_deployment
 
     reports = []
     for path in paths:

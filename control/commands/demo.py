@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from control.demo.apps import Tuning
-    from control.demo.run import run_demo
+    from edgeva.control.demo.apps import Tuning
+    from edgeva.control.demo.run import run_demo
 
     tuning = Tuning(interval=args.interval, threads=args.threads,
                     embed_every=args.embed_every)
@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from control.demo.apps import CLIP, Tuning
+    from edgeva.control.demo.apps import CLIP, Tuning
 
     p = subparsers.add_parser("demo", help="run three apps sharing one decoder and detector on a bundled clip")
     p.add_argument("--seconds", type=float, default=60.0, help="how long to run (default: %(default)s)")

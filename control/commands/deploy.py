@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from control.commands._common import InvalidInput, Payload, UsageError, add_verb, render_app
-from schemas.errors import EdgevaError
+from edgeva.control.commands._common import InvalidInput, Payload, UsageError, add_verb, render_app
+from edgeva.schemas.errors import EdgevaError
 
 HELP = "deploy an application (a JSON file in native or Listing 1 form; - reads stdin)"
 
@@ -29,7 +29,7 @@ def read_deployment(path: str, app: str | None = None, check: bool = False,
     Raises ``UsageError`` (unreadable file) or ``InvalidInput`` (invalid content, with one
     ``error <code> at <path>: <message>`` line per error).
     """
-    from schemas.deployment import parse_deployment
+    from edgeva.schemas.deployment import parse_deployment
 
     try:
         # bytes: a file that is not UTF-8 gets the device's own bad_json error
@@ -38,8 +38,8 @@ def read_deployment(path: str, app: str | None = None, check: bool = False,
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     where = "stdin" if path == "-" else path
     if check:
-        from control.commands.check import error_lines, installed_registry
-        from schemas.check import check_deployment
+        from edgeva.control.commands.check import error_lines, installed_registry
+        from edgeva.schemas.check import check_deployment
 
         result = check_deployment(text, installed_registry(), app=app, local_device=device)
         if not result.ok:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
-from control.commands._common import (
+from edgeva.control.commands._common import (
     EXIT_OK,
     Payload,
     add_verb,
@@ -24,7 +22,8 @@ from control.commands._common import (
     render_generic,
     table,
 )
-from schemas.metrics import DeviceMetrics, TenantMetrics
+from edgeva.schemas.metrics import DeviceMetrics, TenantMetrics
+from pydantic import ValidationError
 
 HELP = "show an app's (or all the tenant's apps') metrics; --watch keeps redrawing"
 _CLEAR = "\x1b[H\x1b[2J"

@@ -15,14 +15,14 @@ import os
 import time
 from pathlib import Path
 
-from control.commands._common import DEFAULT_BROKER, UsageError, fail, guarded
+from edgeva.control.commands._common import DEFAULT_BROKER, UsageError, fail, guarded
 
 HELP = "propose a placement of apps over the online devices (and deploy it)"
 
 
 def _observe(args: argparse.Namespace) -> tuple[set[str], list[dict]]:
-    from agent.mqtt import MqttOptions
-    from control.client import EdgevaClient
+    from edgeva.agent.mqtt import MqttOptions
+    from edgeva.control.client import EdgevaClient
 
     opts = MqttOptions(username=args.username, password=args.password, client_id_prefix="edgeva-plan")
     online, metrics = set(), {}
@@ -46,9 +46,9 @@ def _observe(args: argparse.Namespace) -> tuple[set[str], list[dict]]:
 
 def _run(args: argparse.Namespace) -> int:
     def body() -> int:
-        from control.commands.deploy import read_deployment
-        from control.plan import measured_costs, place
-        from schemas.deployment import Deployment
+        from edgeva.control.commands.deploy import read_deployment
+        from edgeva.control.plan import measured_costs, place
+        from edgeva.schemas.deployment import Deployment
 
         apps = [Deployment.model_validate(read_deployment(f)) for f in args.files]
         if args.devices:
@@ -70,8 +70,8 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps([d.model_dump(mode="json", exclude_none=True) for d in placed], indent=2))
         if not args.deploy:
             return 0
-        from agent.mqtt import MqttOptions
-        from control.client import EdgevaClient
+        from edgeva.agent.mqtt import MqttOptions
+        from edgeva.control.client import EdgevaClient
 
         code = 0
         for dep in placed:

@@ -23,7 +23,7 @@ DOCS_FILE = Path(__file__).resolve().parents[2] / "docs" / "modules.md"
 
 def module_registry(builtin: bool = False) -> dict[str, Any]:
     """Type name -> Module class: every installed type, or the built-in ones."""
-    from modules.registry import BUILTIN, load_registry
+    from edgeva.modules.registry import BUILTIN, load_registry
 
     reg = load_registry()
     return {n: c for n, c in reg.items() if not builtin or n in BUILTIN}
@@ -35,7 +35,7 @@ def module_configs(builtin: bool = False) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from schemas.export import check_json_schemas, export_json_schemas
+    from edgeva.schemas.export import check_json_schemas, export_json_schemas
 
     if args.action == "docs":
         return _docs(args)
@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from schemas.reference import render_reference
+    from edgeva.schemas.reference import render_reference
 
     text = render_reference(module_registry(args.builtin))
     path = Path(args.path) if args.path else DOCS_FILE
@@ -75,7 +75,7 @@ def _docs(args: argparse.Namespace) -> int:
 
 
 def _default_dir() -> Path:
-    from schemas.export import DEFAULT_DIR
+    from edgeva.schemas.export import DEFAULT_DIR
 
     return DEFAULT_DIR
 

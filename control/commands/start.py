@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from control.commands._common import add_verb, render_app
+from edgeva.control.commands._common import add_verb, render_app
 
 HELP = "start a deployed, stopped app (running modules are shared again where possible)"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from control.commands._common import Payload, add_verb, app_lines, render_generic
+from edgeva.control.commands._common import Payload, add_verb, app_lines, render_generic
 
 HELP = "show the state of one app, or of all the tenant's apps, on a device"
 

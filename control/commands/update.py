@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from control.commands._common import Payload, UsageError, add_verb
+from edgeva.control.commands._common import Payload, UsageError, add_verb
 
 HELP = "change a running module's args in place (a new RoI polygon, a new gallery...)"
 

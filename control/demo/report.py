@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from modules.base import MAX_THREADS
+from edgeva.modules.base import MAX_THREADS
 
 
 def remedy(kind: str, args: dict) -> str:

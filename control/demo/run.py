@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from control.demo.apps import CLIP, Tuning, demo_apps
-from control.demo.report import plot_latency, summarize
+from edgeva.control.demo.apps import CLIP, Tuning, demo_apps
+from edgeva.control.demo.report import plot_latency, summarize
 
 log = logging.getLogger("edgeva.demo")
 DEVICE = "demo"
@@ -67,10 +67,10 @@ def run_demo(
 ) -> dict:
     """Run the three-app demo for ``seconds``; returns (and writes to ``json_path``) the summary
     ``{"source_frames", "apps": {name: {"frames", "dropped", "latency_ms", "events"}}}``."""
-    from agent.bridge import AgentBridge
-    from agent.paths import ANY_HOST, PathPolicy
-    from control.broker import EmbeddedBroker, free_port
-    from control.client import EdgevaClient
+    from edgeva.agent.bridge import AgentBridge
+    from edgeva.agent.paths import ANY_HOST, PathPolicy
+    from edgeva.control.broker import EmbeddedBroker, free_port
+    from edgeva.control.client import EdgevaClient
 
     out_dir.mkdir(parents=True, exist_ok=True)
     video = (out_dir / "demo_annotated.mp4").resolve() if annotate else None

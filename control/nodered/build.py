@@ -3,7 +3,7 @@
 The flow file is generated so that it cannot drift from what it drives: the deployments of its
 ``deploy <app>`` inject nodes (and dashboard buttons) are the demo's own (``control.demo.apps``),
 and the code of its function nodes lives beside it in ``functions/*.js``, readable and diffable.
-``python -m control.nodered.build`` rewrites the file; ``--check`` fails when it is stale
+``python -m edgeva.control.nodered.build`` rewrites the file; ``--check`` fails when it is stale
 (a test runs that). Node ids are derived from names, so a rebuild changes only what changed.
 
 Broker host and port, the target device and tenant come from the environment of Node-RED
@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from control.demo.apps import ZONE, demo_apps
+from edgeva.control.demo.apps import ZONE, demo_apps
 
 HERE = Path(__file__).resolve().parent
 FLOWS = HERE / "flows.json"
@@ -346,14 +346,14 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m control.nodered.build [--check]``."""
+    """``python -m edgeva.control.nodered.build [--check]``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="fail if flows.json is not up to date")
     args = p.parse_args(argv)
     text = render()
     if args.check:
         if not FLOWS.exists() or FLOWS.read_text() != text:
-            print(f"{FLOWS} is stale: run python -m control.nodered.build", file=sys.stderr)
+            print(f"{FLOWS} is stale: run python -m edgeva.control.nodered.build", file=sys.stderr)
             return 1
         return 0
     FLOWS.write_text(text)

@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     import logging
 
-    from modules.detector import DetectorConfig
+    from edgeva.modules.detector import DetectorConfig
 
 
 class Backend:
@@ -57,14 +57,14 @@ class Backend:
 def make_backend(config: DetectorConfig, log: logging.Logger) -> Backend:
     """Load the backend ``config.backend`` names (imports its library only now)."""
     if config.backend == "onnx":
-        from modules.detectors.onnx import OnnxBackend
+        from edgeva.modules.detectors.onnx import OnnxBackend
 
         return OnnxBackend(config, log)
     if config.backend == "opencv-hog":
-        from modules.detectors.hog import HogBackend
+        from edgeva.modules.detectors.hog import HogBackend
 
         return HogBackend(config, log)
-    from modules.detectors.triton import TritonBackend
+    from edgeva.modules.detectors.triton import TritonBackend
 
     return TritonBackend(config, log)
 

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-
-from modules.detectors import Backend
+from edgeva.modules.detectors import Backend
 
 if TYPE_CHECKING:
-    from modules.detector import DetectorConfig
+    from edgeva.modules.detector import DetectorConfig
 
 
 class HogBackend(Backend):

@@ -24,13 +24,12 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from modules.base import ModuleError
-from modules.decoder import resolve_path
-from modules.detectors import Backend, rows
+from edgeva.modules.base import ModuleError
+from edgeva.modules.decoder import resolve_path
+from edgeva.modules.detectors import Backend, rows
 
 if TYPE_CHECKING:
-    from modules.detector import DetectorConfig
+    from edgeva.modules.detector import DetectorConfig
 
 
 class OnnxBackend(Backend):

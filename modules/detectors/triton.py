@@ -41,13 +41,12 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from modules.base import ModuleError
-from modules.detectors import Backend, rows
-from modules.detectors.onnx import parse_input_shape
+from edgeva.modules.base import ModuleError
+from edgeva.modules.detectors import Backend, rows
+from edgeva.modules.detectors.onnx import parse_input_shape
 
 if TYPE_CHECKING:
-    from modules.detector import DetectorConfig
+    from edgeva.modules.detector import DetectorConfig
 
 _LOCAL = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"}
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise
+from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise
 
 
 class HsvEmbedder(Embedder):

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-
-from modules.base import ModuleError
-from modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise, to_nchw
+from edgeva.modules.base import ModuleError
+from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise, to_nchw
 
 
 class TritonEmbedder(Embedder):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from agent.bench.transports.base import REGISTRY, Payload, Transport, register
+from edgeva.agent.bench.transports.base import REGISTRY, Payload, Transport, register
 
 __all__ = ["REGISTRY", "Payload", "Transport", "register", "transports"]
 

@@ -23,8 +23,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
-
-from agent.bench.transports.base import (
+from edgeva.agent.bench.transports.base import (
     Received,
     Receiver,
     Sender,

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports.base import Received, Receiver, Sender, Transport, register
+from edgeva.agent.bench.transports.base import Received, Receiver, Sender, Transport, register
 
 STREAM = "bench"
 
@@ -41,7 +40,7 @@ class _LinkSender(Sender):
         self.link = None
 
     def connect(self, info: dict[str, Any]) -> None:
-        from agent.dataplane.link import Link
+        from edgeva.agent.dataplane.link import Link
 
         self.link = Link.dial(info["addr"], name="bench", max_message_size=_max_bytes(self.t),
                               send_timeout=30.0, depth=self.t.nslots)
@@ -49,7 +48,7 @@ class _LinkSender(Sender):
             raise TimeoutError(f"link to {info['addr']} not connected within 10 s")
 
     def send(self, frame_id: int, t0_ns: int, src: np.ndarray | dict[str, Any]) -> None:
-        from schemas.message import Message
+        from edgeva.schemas.message import Message
 
         # ts_ns carries the bench's monotonic t0 (not wall-clock): the consumer reads it back.
         if isinstance(src, dict):
@@ -69,7 +68,7 @@ class _LinkReceiver(Receiver):
         self.last = None
 
     def open(self) -> dict[str, Any]:
-        from agent.dataplane.link import Link
+        from edgeva.agent.dataplane.link import Link
 
         self.link = Link.listen("tcp://127.0.0.1:0", name="bench", max_message_size=_max_bytes(self.t))
         return {"addr": self.link.address}

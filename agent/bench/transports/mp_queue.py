@@ -12,8 +12,7 @@ import queue
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports.base import Received, Receiver, Sender, Transport, register
+from edgeva.agent.bench.transports.base import Received, Receiver, Sender, Transport, register
 
 
 @register

@@ -12,8 +12,7 @@ import socket
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports.base import (
+from edgeva.agent.bench.transports.base import (
     Received,
     Receiver,
     Sender,

@@ -12,8 +12,7 @@ import secrets
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports.base import Received, Receiver, Sender, Transport, register
+from edgeva.agent.bench.transports.base import Received, Receiver, Sender, Transport, register
 
 
 @register
@@ -23,13 +22,13 @@ class RingTransport(Transport):
     description = "edgeva shared-memory ring, block policy"
 
     def setup(self) -> None:
-        from agent.dataplane.segment import segment_name
+        from edgeva.agent.dataplane.segment import segment_name
 
         self.segment = segment_name("bench", f"hop{os.getpid()}-{secrets.token_hex(4)}")
 
     def cleanup(self) -> None:
         # The producer unlinks on close; this covers a producer that died first.
-        from agent.dataplane.segment import unlink_segment
+        from edgeva.agent.dataplane.segment import unlink_segment
 
         unlink_segment(self.segment)
 
@@ -46,12 +45,12 @@ class _RingSender(Sender):
         self.prod = None
 
     def prepare(self) -> None:
-        from agent.dataplane.ring import RingProducer
+        from edgeva.agent.dataplane.ring import RingProducer
 
         self.prod = RingProducer.create(self.t.segment, self.t.payload.max_bytes(), self.t.nslots)
 
     def send(self, frame_id: int, t0_ns: int, src: np.ndarray | dict[str, Any]) -> None:
-        from schemas.message import Message
+        from edgeva.schemas.message import Message
 
         # ts_ns carries the bench's monotonic t0 (not wall-clock): the consumer reads it back.
         if isinstance(src, dict):
@@ -73,7 +72,7 @@ class _RingReceiver(Receiver):
         self.cons = None
 
     def open(self) -> dict[str, Any]:
-        from agent.dataplane.ring import RingConsumer
+        from edgeva.agent.dataplane.ring import RingConsumer
 
         self.cons = RingConsumer.attach(self.t.segment, policy="block")
         return {}

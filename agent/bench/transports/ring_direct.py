@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from agent.bench.transports.base import Sender, register
-from agent.bench.transports.ring import RingTransport, _RingSender
+from edgeva.agent.bench.transports.base import Sender, register
+from edgeva.agent.bench.transports.ring import RingTransport, _RingSender
 
 
 @register
@@ -42,7 +41,7 @@ class _DirectSender(_RingSender):
         np.copyto(self.w.alloc("frame", src.shape, src.dtype), src)
 
     def send(self, frame_id: int, t0_ns: int, src: np.ndarray | dict[str, Any]) -> None:
-        from schemas.message import Message
+        from edgeva.schemas.message import Message
 
         if isinstance(src, dict):
             super().send(frame_id, t0_ns, src)

@@ -20,8 +20,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
-
-from agent.bench.transports.base import Received, Receiver, Sender, Transport, register
+from edgeva.agent.bench.transports.base import Received, Receiver, Sender, Transport, register
 
 _REC = struct.Struct("<qqqq")  # slot, nbytes, frame_id, t0_ns: 32 B, one atomic pipe write
 _SLOT = struct.Struct("<i")  # a freed slot

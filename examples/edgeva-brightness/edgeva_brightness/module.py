@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgeva.modules.base import Module, ModuleConfig, ModuleError
+from edgeva.schemas.message import Message
 from pydantic import Field
-
-from modules.base import Module, ModuleConfig, ModuleError
-from schemas.message import Message
 
 
 class BrightnessConfig(ModuleConfig):

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgeva.modules.base import ModuleContext, ModuleError
+from edgeva.schemas.message import Message
 from edgeva_brightness.module import Brightness, BrightnessConfig
-
-from modules.base import ModuleContext, ModuleError
-from schemas.message import Message
 
 DECODER = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}
 

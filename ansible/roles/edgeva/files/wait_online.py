@@ -13,8 +13,8 @@ import argparse
 import shlex
 import sys
 
-from agent.mqtt import MqttError, MqttOptions
-from control.client import EdgevaClient, RequestTimeout
+from edgeva.agent.mqtt import MqttError, MqttOptions
+from edgeva.control.client import EdgevaClient, RequestTimeout
 
 
 def read_env(path: str) -> dict[str, str]:
