@@ -77,6 +77,7 @@ mutants-mark: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_layers.py
 
 bench: setup
 	$(BIN)/edgeva bench hop --json out/hop.json --plot out/hop.png

@@ -151,7 +151,7 @@ class AgentProcess:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", device, "--broker", url,
+            [sys.executable, "-m", "edgeva.cli", "agent", "--device", device, "--broker", url,
              "--state-dir", str(state_dir), "--metrics-interval", str(metrics_interval), *extra],
             cwd=cwd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

@@ -19,7 +19,7 @@ from tests.brokers import Broker
 def _agent(broker: Broker, tmp_path: Path, device: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEVA_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", device, "--broker", broker.url,
+        [sys.executable, "-m", "edgeva.cli", "agent", "--device", device, "--broker", broker.url,
          "--state-dir", str(tmp_path / "state"), "--username", "agent", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from edgeva.control.bench_chaos_plan import (
+from edgeva.bench.chaos.plan import (
     KINDS,
     down_gap_s,
     frames_lost,
@@ -102,7 +102,7 @@ def test_reconnect_wait_bounds_a_camera_return():
 
 
 def test_tracebacks_found_in_logs(tmp_path):
-    from edgeva.control.bench_chaos import _exceptions
+    from edgeva.bench.chaos.run import _exceptions
 
     log = tmp_path / "agent.log"
     log.write_text("INFO started\nWARNING module x crashed (exit code -9); restart 1\n"
@@ -120,7 +120,7 @@ def test_short_chaos_run_reports_faults_and_checks(tmp_path):
     plan = schedule(1, 42, kinds.split(","), tail_s=25.0)
     assert [f.kind for f in plan] == ["module_kill", "agent_kill"]
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeva.control.cli", "bench", "chaos", "--minutes", "0.7", "--seed", "1",
+        [sys.executable, "-m", "edgeva.cli", "bench", "chaos", "--minutes", "0.7", "--seed", "1",
          "--faults", kinds, "--busy", "0", "--json", str(out), "--plot", str(plot)],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )

@@ -15,7 +15,7 @@ from tests.agent_harness import ROOT
 def test_small_fleet_answers_status_deploys_and_does_not_fan_out_metrics(tmp_path):
     out = tmp_path / "fleet.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeva.control.cli", "bench", "fleet", "--agents", "6", "--sizes", "3,6",
+        [sys.executable, "-m", "edgeva.cli", "bench", "fleet", "--agents", "6", "--sizes", "3,6",
          "--workers", "2", "--idle", "3", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

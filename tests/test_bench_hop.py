@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgeva.agent.bench.hop import Plan, pin_cpus, run_hop
-from edgeva.agent.bench.report import add_ratios, format_table, to_json
-from edgeva.agent.bench.transports import REGISTRY, transports
-from edgeva.agent.bench.transports.base import Received, Receiver, Sender, Transport
+from edgeva.bench.hop.report import add_ratios, format_table, to_json
+from edgeva.bench.hop.run import Plan, pin_cpus, run_hop
+from edgeva.bench.hop.transports import REGISTRY, transports
+from edgeva.bench.hop.transports.base import Received, Receiver, Sender, Transport
 
 EXPECTED = {"ring", "shm-pipe", "mp-queue", "http-msgpack", "nng-tcp"}
 TINY = {"frame": Plan(3, 20, 30, msg_timeout_s=5.0), "meta": Plan(3, 20, 30, msg_timeout_s=5.0)}
@@ -100,7 +100,7 @@ def _marked_names(monkeypatch: pytest.MonkeyPatch) -> None:
     import uuid
     from types import SimpleNamespace
 
-    from edgeva.agent.bench.transports import shm_pipe
+    from edgeva.bench.hop.transports import shm_pipe
 
     monkeypatch.setattr(shm_pipe, "uuid", SimpleNamespace(
         uuid4=lambda: SimpleNamespace(hex=MARK + uuid.uuid4().hex)))
@@ -166,7 +166,7 @@ def test_unknown_transport_is_refused() -> None:
 
 
 def test_cli_bench_hop(tmp_path: Any) -> None:
-    from edgeva.control.cli import main
+    from edgeva.cli import main
 
     out = tmp_path / "hop.json"
     png = tmp_path / "hop.png"
@@ -182,7 +182,7 @@ def test_cli_bench_hop(tmp_path: Any) -> None:
 
 
 def test_payload_sources_are_deterministic() -> None:
-    from edgeva.agent.bench.transports.base import Payload, touch
+    from edgeva.bench.hop.transports.base import Payload, touch
 
     f1, f2 = Payload("frame", SMALL_FRAME).source(), Payload("frame", SMALL_FRAME).source()
     assert isinstance(f1, np.ndarray) and np.array_equal(f1, f2) and touch(f1) == touch(f2)

@@ -4,9 +4,9 @@ of the monolith (CASE A) and of VideoPipe (real module processes, HTTP between t
 from __future__ import annotations
 
 import pytest
-from edgeva.control.bench_paper import apps as A
-from edgeva.control.bench_paper.stats import smooth, summarize
-from edgeva.control.bench_paper.videopipe import merge
+from edgeva.bench.paper import apps as A
+from edgeva.bench.paper.stats import smooth, summarize
+from edgeva.bench.paper.videopipe import merge
 
 
 def test_lag_is_latency_growing_not_latency_high():
@@ -51,7 +51,7 @@ def test_scenarios_end_in_a_latency_sink_and_streams_get_their_own_decoder():
 
 @pytest.mark.slow
 def test_videopipe_runs_one_frame_at_a_time_and_splits_each_hop():
-    from edgeva.control.bench_paper.videopipe import run_videopipe
+    from edgeva.bench.paper.videopipe import run_videopipe
 
     deps = A.scenario(1, "synthetic", 20.0)  # faster than the pipeline: the source must drop
     res = run_videopipe(deps, 5.0)
@@ -64,7 +64,7 @@ def test_videopipe_runs_one_frame_at_a_time_and_splits_each_hop():
 
 @pytest.mark.slow
 def test_monolith_runs_each_app_in_its_own_process():
-    from edgeva.control.bench_paper.monolith import run_monolith
+    from edgeva.bench.paper.monolith import run_monolith
 
     res = run_monolith(A.scenario(2, "synthetic", 5.0), 5.0)
     assert len(res) == 2 and all("series" in r and r["series"] and r["offered"] > 0 for r in res), res
@@ -80,7 +80,7 @@ def test_single_device_cases_detect_every_frame_and_the_demo_tuning_every_second
 
 
 def test_max_streams_skips_the_probes_it_knows_and_stops_at_the_first_failure():
-    from edgeva.control.bench_paper.run import _max_streams
+    from edgeva.bench.paper.run import _max_streams
 
     tried: list[int] = []
 

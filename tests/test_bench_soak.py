@@ -15,7 +15,7 @@ from tests.agent_harness import ROOT
 def test_short_soak_kills_modules_restarts_broker_and_accounts_for_both(tmp_path):
     out, plot = tmp_path / "soak.json", tmp_path / "soak.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeva.control.cli", "bench", "soak", "--minutes", "0.8", "--kill-every", "15",
+        [sys.executable, "-m", "edgeva.cli", "bench", "soak", "--minutes", "0.8", "--kill-every", "15",
          "--broker-every", "25", "--broker-down", "2", "--sample-every", "2", "--json", str(out),
          "--plot", str(plot)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

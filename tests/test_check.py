@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from edgeva.control.cli import main
+from edgeva.cli import main
 from edgeva.control.commands.schema import module_registry
 from edgeva.control.demo.apps import demo_apps
 from edgeva.schemas.check import check_deployment

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from edgeva.agent import mqtt as m
 from edgeva.control.broker import free_port
-from edgeva.control.cli import main
+from edgeva.cli import main
 from edgeva.control.client import EdgevaClient, RequestTimeout
 from edgeva.schemas.commands import error_reply, ok_reply
 from edgeva.schemas.deployment import parse_deployment

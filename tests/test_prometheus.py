@@ -262,7 +262,7 @@ def test_metrics_port_in_use_or_out_of_range_is_refused(tmp_path):
         port = busy.getsockname()[1]
         for bad, says in ((str(port), f"--metrics-port {port} on 127.0.0.1"), ("70000", "0..65535")):
             run = subprocess.run(
-                [sys.executable, "-m", "edgeva.control.cli", "agent", "--device", f"port-{uuid.uuid4().hex[:8]}",
+                [sys.executable, "-m", "edgeva.cli", "agent", "--device", f"port-{uuid.uuid4().hex[:8]}",
                  "--broker", "mqtt://127.0.0.1:1",
                  "--state-dir", str(tmp_path / "state"), "--metrics-port", bad],
                 capture_output=True, text=True, timeout=60)

@@ -22,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from edgeva.agent.bridge import MAX_COMMAND_BYTES
-from edgeva.control.cli import build_parser
+from edgeva.cli import build_parser
 from edgeva.control.testing import Watcher
 from edgeva.schemas.errors import MAX_MESSAGE
 from edgeva.schemas.state import AppState, DeviceState, ModuleState
