@@ -181,7 +181,7 @@ def copy_tree(dest: Path) -> None:
     # Byte-code of the unmutated tree, made once: runs write none (PYTHONDONTWRITEBYTECODE), a
     # mutant's source gets another mtime than its .pyc says, and a restored file its old one.
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *[str(dest / d) for d in
-                    ("agent", "control", "modules", "schemas", "tests")]], capture_output=True)
+                    ("edgeva", "agent", "control", "modules", "schemas", "bench", "tests")]], capture_output=True)
 
 
 PRELOAD = ("numpy", "cv2", "msgpack", "pydantic", "paho.mqtt.client", "pynng", "hypothesis", "pytest")
