@@ -369,7 +369,7 @@ def test_failing_flow_control_stops_nothing(pair, ring_name) -> None:
         for episode in range(2):
             for i in range(3):
                 tx.send("s", _msg(10 * episode + i), timeout=2)
-            assert _until(lambda: relay.backlogged == episode + 1)
+            assert _until(lambda e=episode: relay.backlogged == e + 1)
             assert [c.get(timeout=2).frame_id for _ in range(3)] == [10 * episode + i for i in range(3)]
             c.release()
         assert _stats(relay) == (6, 2, 0, 0, 0)
