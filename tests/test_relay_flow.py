@@ -633,3 +633,36 @@ def test_relays_left_running_never_keep_the_process_from_exiting() -> None:
             unlink_segment(name)
         if os.path.exists(path):
             os.unlink(path)
+
+
+def test_order_holds_while_the_backlog_drains_into_a_busy_ring(pair, ring_name) -> None:
+    """New messages arrive while the relay's thread moves the backlog into a ring that its
+    consumer empties: none may overtake the backlog, none may be lost."""
+    tx, rx = _deaf(pair[0]), pair[1]
+    relay = _l2r(rx, "s", ring_name, slot_size=320 << 10, nslots=2)
+    got: list[int] = []
+    c = RingConsumer.attach(ring_name)
+
+    def consume() -> None:
+        while len(got) < 40:
+            m = c.get(timeout=3)
+            if m is None:
+                return
+            got.append(m.frame_id)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=consume)
+    try:
+        for i in range(3):
+            tx.send("s", _msg(i, 300 << 10), timeout=5)
+        assert _until(lambda: relay.backlogged >= 1)
+        t.start()
+        for i in range(3, 40):
+            tx.send("s", _msg(i, 300 << 10), timeout=5)
+        t.join(10)
+        assert got == list(range(40))
+        assert relay.dropped == 0 and relay.published == 40
+    finally:
+        t.join(10)
+        c.close()
+        relay.close()
