@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import pytest
+
 from modules.base import ModuleConfig
 from schemas.commands import parse_command
 from schemas.deployment import Deployment
+from schemas.errors import EdgevaError
 from schemas.graph import ValidatedGraph, validate_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +74,17 @@ def test_importing_the_graph_schema_loads_no_module_code() -> None:
     code = "import sys, schemas.graph; print(sorted(m for m in sys.modules if m.split('.')[0] == 'modules'))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_bad_arg_is_told_with_the_hint_that_fits_it() -> None:
+    # two errors: the first one is told (a bad value: no list of known args), then the count
+    def told(args: dict) -> tuple[str, str | None, str]:
+        dep = Deployment.model_validate({"app": "a", "modules": {"map": {"type": "mapper", "args": args}}})
+        with pytest.raises(EdgevaError) as info:
+            validate_graph(dep, REGISTRY, None, "cam-01")
+        return info.value.code, info.value.path, info.value.message
+
+    assert told({"bogus": 1, "table": {"a": "x"}}) == (
+        "bad_args", "modules.map.args.table.a",
+        "Input should be a valid integer, unable to parse string as an integer, got 'x'; and 1 more error")
+    assert told({"bogus": 1}) == ("bad_args", "modules.map.args.bogus", "unknown field (known args: table)")
