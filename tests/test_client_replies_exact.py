@@ -197,6 +197,15 @@ def test_v311_reply_topic_names_the_request_and_is_unsubscribed_after(mosquitto:
         assert dev.request("status", {"request_id": "v3-c"}, timeout=5)["result"] == {"t": "v3-c"}
 
 
+def test_a_v311_request_whose_reply_topic_cannot_be_subscribed_fails_cleanly(mosquitto: Broker) -> None:
+    with v311(mosquitto, f"rx-{uuid.uuid4().hex[:6]}") as dev:
+        dev._client.disconnect()  # the broker is gone: the reply topic cannot be subscribed
+        dev._client.loop_stop()
+        with pytest.raises(m.MqttError, match="cannot subscribe to .*/reply/gone-1"):
+            dev.request("status", {"request_id": "gone-1"}, timeout=0.5)
+        assert dev._filters == {} and dev._pending == {}
+
+
 def test_generated_request_ids_are_fresh_and_echoed(mosquitto: Broker, agent: Agent) -> None:
     with EdgevaClient(mosquitto.url, agent.device) as dev:
         first, second = dev.request("status"), dev.request("status", {"request_id": ""})

@@ -57,13 +57,17 @@ def test_iterating_a_subscription_yields_until_it_is_closed(dev: EdgevaClient) -
 
 def test_a_closed_subscription_gets_nothing_more(dev: EdgevaClient) -> None:
     topic = f"edgeva/v1/{dev.device}/default/events/x"
+    drops: list[object] = []
+    on_disconnect = dev._client.on_disconnect
+    dev._client.on_disconnect = lambda c, u, f, rc, p: (drops.append(rc), on_disconnect(c, u, f, rc, p))
     one, two = dev.subscribe(topic), dev.subscribe(topic)
-    one.close()
+    one.close()  # the filter stays (two uses it): nothing to send to the broker
     assert dev._subs == [two]
     send(dev, topic, b"after")
     assert two.get(5).payload == b"after"
     with pytest.raises(TimeoutError):
         one.get(0.1)
+    assert drops == []  # the connection never dropped (an empty UNSUBSCRIBE is a protocol error)
 
 
 def test_closing_the_narrower_of_two_overlapping_filters_unsubscribes_it(dev: EdgevaClient) -> None:
