@@ -196,6 +196,8 @@ def test_watch_metrics_of_the_tenant_only_and_its_idle_timeout(dev: EdgevaClient
     assert isinstance(got, TenantMetrics) and sorted(got.apps) == ["a", "b"]
     with pytest.raises(RequestTimeout, match=f"^no metrics from device {dev.device} within 0s"):
         next(dev.watch_metrics(idle_timeout=0))
+    with pytest.raises(RequestTimeout, match=f"^no metrics from device {dev.device} within 0.2s"):
+        next(dev.watch_metrics(idle_timeout=0.2))
 
 
 def test_subscriptions_come_back_after_the_connection_drops(dev: EdgevaClient) -> None:
