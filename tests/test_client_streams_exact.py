@@ -7,6 +7,7 @@ ordering matters (one connection: the broker handles its packets in order)."""
 from __future__ import annotations
 
 import dataclasses
+import queue
 import socket
 import threading
 import time
@@ -101,6 +102,22 @@ def test_a_subscription_keeps_the_newest_1000_messages(dev: EdgevaClient) -> Non
     assert got == list(range(2, 1002))
     with pytest.raises(TimeoutError):
         sub.get(0)
+
+
+def test_a_full_queue_that_its_reader_empties_meanwhile_still_takes_the_message(dev: EdgevaClient) -> None:
+    class ReaderWins(queue.Queue):
+        """The reader takes the oldest message between the writer's Full and its get_nowait."""
+
+        def get_nowait(self) -> Incoming:
+            taken.append(super().get_nowait())
+            raise queue.Empty
+
+    taken: list[Incoming] = []
+    sub = Subscription(dev, ["x"], maxsize=1)
+    sub._queue = ReaderWins(1)
+    sub._put(Incoming("x", b"old"))
+    sub._put(Incoming("x", b"new"))  # Full, then Empty: the message still goes in
+    assert [t.payload for t in taken] == [b"old"] and sub.get(0).payload == b"new"
 
 
 def test_incoming_is_immutable_and_says_whether_it_was_retained(dev: EdgevaClient) -> None:
