@@ -133,3 +133,35 @@ def test_bad_polygons_say_why(polygons: dict, words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         RoiConfig(polygons=polygons)
     RoiConfig(polygons={"tri": [[0, 0], [1, 0], [0, 1]]})  # 3 points, area 0.5: fine
+
+
+def test_dwell_and_exit_times_hold_to_the_nanosecond() -> None:
+    # stream time is in ns: a visit 1 ns short of min_dwell_s is not counted yet; a track is gone
+    # only once it has been missing MORE than exit_timeout_s
+    events: list[dict] = []
+    roi = make(events, min_dwell_s=1.0, exit_timeout_s=1.0)
+    box = [40.0, 40.0, 60.0, 60.0]
+
+    def at_ns(ts: int, *tracks: dict) -> dict:
+        return roi.process(Message(ts, "cam", ts_ns=ts, fields={"tracks": list(tracks)})).fields["roi"]["sq"]
+
+    assert at_ns(0, track(1, box))["count"] == 0
+    assert at_ns(999_999_999, track(1, box))["count"] == 0
+    assert at_ns(1_000_000_000, track(1, box))["inside"] == [1]
+    assert at_ns(2_000_000_000)["inside"] == [1]  # missing exactly 1 s: kept
+    assert at_ns(2_000_000_001)["inside"] == []
+    assert [e["event"] for e in events] == ["enter", "exit"]
+
+
+def test_a_class_filter_never_takes_a_track_without_a_class() -> None:
+    roi = make([], classes=[1])
+    assert at(roi, 0, track(1, [40.0, 40.0, 60.0, 60.0], None), track(2, [40.0, 40.0, 60.0, 60.0], 1))["sq"]["inside"] == [2]
+
+
+@pytest.mark.parametrize("field,top", [("min_dwell_s", 86400.0), ("exit_timeout_s", 3600.0)])
+def test_the_time_limits_are_0_to_their_maximum(field: str, top: float) -> None:
+    for ok in (0.0, top):
+        assert getattr(RoiConfig(polygons={"sq": SQUARE}, **{field: ok}), field) == ok
+    for bad in (-0.5, top + 0.5):
+        with pytest.raises(ValidationError, match=field):
+            RoiConfig(polygons={"sq": SQUARE}, **{field: bad})
