@@ -650,6 +650,28 @@ def test_close_waits_for_the_message_in_flight_and_no_longer() -> None:
     assert time.monotonic() - t0 < 1.0
 
 
+def test_an_idle_link_costs_no_cpu() -> None:
+    """Waiting threads block in nng or on a condition: none of them spins. Two links, one with a
+    message it keeps retrying (no peer), one connected with a dispatcher and nothing to do."""
+    lonely = Link.dial(_addr(), name="lonely")
+    addr = _addr()
+    link = Link.listen(addr, name="rx")
+    peer = _peer(addr, listen=False)
+    try:
+        lonely.send("a", _msg(0))
+        link.on("s", lambda r: None)
+        assert link.wait_connected(3)
+        time.sleep(0.1)
+        c0, t0 = time.process_time(), time.monotonic()
+        time.sleep(0.6)
+        cpu = time.process_time() - c0
+        assert cpu < 0.15 * (time.monotonic() - t0), f"{cpu:.2f} s of CPU while idle"
+    finally:
+        lonely.close(drain=0)
+        link.close()
+        peer.close()
+
+
 def test_close_drains_the_queue_and_the_message_in_flight_to_a_slow_peer() -> None:
     addr = _addr()
     peer = _peer(addr)
@@ -741,29 +763,29 @@ def _heap_in_use_mb() -> float:
 
 def test_a_refused_message_frees_its_buffer() -> None:
     """Each way a message can be refused after it was encoded (queue full, too large once
-    encoded, fields the wire cannot carry) must free its nng buffer: 4 MB a time adds up."""
-    link = Link.dial(_addr(), name="tx", max_message_size=8 << 20, depth=1)  # no peer
+    encoded, fields the wire cannot carry) must free its nng buffer: MBs a time add up."""
+    link = Link.dial(_addr(), name="tx", max_message_size=4 << 20, depth=1)  # no peer
     try:
-        mb4 = 4 << 20
-        link.send("a", _msg(0, mb4))  # in flight: the sender thread retries it
+        mb2 = 2 << 20
+        link.send("a", _msg(0, mb2))  # in flight: the sender thread retries it
         _wait(lambda: link.stats()["queued"] == 0)
-        link.send("a", _msg(1, mb4), timeout=0)  # queued: the stream is full now
+        link.send("a", _msg(1, mb2), timeout=0)  # queued: the stream is full now
         cases = [
-            (LinkTimeout, lambda i: link.send("a", _msg(i, mb4), timeout=0)),
-            (LinkMessageTooLarge, lambda i: link.send("b", _msg(i, (8 << 20) - 64 - ARRAYS_OFFSET - 8))),
+            (LinkTimeout, lambda i: link.send("a", _msg(i, mb2), timeout=0)),
+            (LinkMessageTooLarge, lambda i: link.send("b", _msg(i, (4 << 20) - 64 - ARRAYS_OFFSET - 8))),
             (CodecError, lambda i: link.send("c", Message(arrays={  # a dtype the wire refuses
-                "a": np.full(mb4, i, np.uint8), "o": np.array([object()] * 8)}))),
+                "a": np.full(mb2, i, np.uint8), "o": np.array([object()] * 8)}))),
         ]
         for exc, send in cases:
-            for i in range(3):  # warm: malloc's heap grows to what one refusal needs
+            for i in range(2):  # warm: malloc's heap grows to what one refusal needs
                 with pytest.raises(exc):
                     send(i)
             base = _heap_in_use_mb()
-            for i in range(16):
+            for i in range(8):
                 with pytest.raises(exc):
                     send(i)
             grew = _heap_in_use_mb() - base
-            assert grew < 24, f"{exc.__name__}: {grew:.0f} MB more in use after 16 refused 4-8 MB messages"
+            assert grew < 6, f"{exc.__name__}: {grew:.0f} MB more in use after 8 refused 2-4 MB messages"
     finally:
         link.close(drain=0)
 
