@@ -73,7 +73,8 @@ class Agent:
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        self.client.subscribe(f"edgeva/v1/{self.device}/+/cmd/+", qos=1)
+        # QoS 2: a command then arrives at the QoS it was published with
+        self.client.subscribe(f"edgeva/v1/{self.device}/+/cmd/+", qos=2)
         assert subscribed.wait(5)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
