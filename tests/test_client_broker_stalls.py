@@ -39,6 +39,9 @@ class Frozen:
     def freeze(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
 
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
         self.proc.terminate()
@@ -73,3 +76,25 @@ def test_a_broker_that_never_accepts_the_connection_fails_it_after_5_s(frozen: F
     with pytest.raises(m.MqttError, match=f"^cannot reach broker at 127.0.0.1:{frozen.port}: "):
         EdgevaClient(frozen.url, "fz-conn", options=m.MqttOptions(protocol="3.1.1"))
     assert 4.6 <= time.monotonic() - t0 < 5.7
+
+
+def test_a_subscription_acknowledged_too_late_is_given_back(frozen: Frozen) -> None:
+    # the SUBSCRIBE waits in the frozen broker's socket: the client gives up, and once the broker
+    # runs again it must not keep a subscription nobody holds (here: a second copy of each
+    # message to the overlapping wider filter)
+    device = f"fz-{uuid.uuid4().hex[:6]}"
+    base = f"edgeva/v1/{device}/default/events"
+    with EdgevaClient(frozen.url, device) as dev:  # MQTT 5: mosquitto sends a copy per match
+        assert dev.v5
+        wide = dev.subscribe(f"{base}/+")
+        frozen.freeze()
+        with pytest.raises(m.MqttError, match="no SUBACK"):
+            dev.subscribe(f"{base}/a", timeout=0.3)
+        frozen.thaw()
+        for topic, payload in ((f"{base}/a", b"1"), (f"{base}/b", b"end")):
+            dev._client.publish(topic, payload, qos=1).wait_for_publish(5)
+        got = [wide.get(5).payload]
+        while got[-1] != b"end":
+            got.append(wide.get(5).payload)
+        assert got == [b"1", b"end"]
+        assert dev._filters == {f"{base}/+": 1, dev.inbox: 1}
