@@ -92,6 +92,8 @@ _BAD_ARRAYS = {
     "offset float": [["a", "|u1", [64], 0.0]],
     "offset str": [["a", "|u1", [64], "0"]],
     "offset misaligned": [["a", "|u1", [64], 1]],
+    "offset misaligned inside": [["a", "|u1", [1], 1]],
+    "offset misaligned after": [["a", "|u1", [1], 0], ["b", "|u1", [1], 65]],
     "offset negative": [["a", "|u1", [64], -64]],
     "a name twice": [_A, ["a", "|u1", [64], 64]],
     "overlapping": [_A, ["b", "|u1", [64], 0]],
@@ -254,3 +256,23 @@ def test_a_malformed_header_is_a_codec_error(hdr: bytes) -> None:
 def test_an_empty_array_of_an_impossible_shape_is_a_codec_error(shape: list) -> None:
     with pytest.raises(CodecError):
         decode(_frame(_with(arrays=[["a", "|u1", shape, 0]])))
+
+
+def test_encoded_size_bounds_the_widest_header_a_decoder_takes() -> None:
+    # Every name at MAX_NAME, every count at its limit, every array at MAX_NDIM dimensions (some of
+    # them 5-byte sizes): each dimension costs its bytes; and a lone long source costs its bytes
+    # (with no arrays there is no other allowance to hide in).
+    from agent.dataplane.codec import MAX_ARRAYS, MAX_HOPS, MAX_NAME, MAX_NDIM
+
+    def name(i: int) -> str:
+        return f"{i:03d}".ljust(MAX_NAME, "n")
+
+    wide = (0, 2**16, 2**16, 2**16) + (1,) * (MAX_NDIM - 4)  # empty: no bytes, a wide descriptor
+    msg = Message(2**64 - 1, name(0), 2**64 - 1, [[name(i), 2**64 - 1, 2**64 - 1] for i in range(MAX_HOPS)],
+                  {name(0): 2**64 - 1}, {name(i): np.zeros(wide, "<f8") for i in range(MAX_ARRAYS)})
+    data = encode(msg)
+    assert len(data) <= encoded_size(msg)
+    assert decode(data).arrays[name(MAX_ARRAYS - 1)].shape == wide
+    lone = Message(1, "s" * MAX_NAME, 2)
+    assert len(encode(lone)) <= encoded_size(lone)
+    assert decode(encode(lone)).source == "s" * MAX_NAME
