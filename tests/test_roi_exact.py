@@ -165,3 +165,13 @@ def test_the_time_limits_are_0_to_their_maximum(field: str, top: float) -> None:
     for bad in (-0.5, top + 0.5):
         with pytest.raises(ValidationError, match=field):
             RoiConfig(polygons={"sq": SQUARE}, **{field: bad})
+
+
+def test_by_default_a_track_counts_at_once_and_is_gone_after_1_s_missing() -> None:
+    events: list[dict] = []
+    roi = Roi(RoiConfig(polygons={"sq": SQUARE}), ModuleContext("roi", emit=events.append))
+    roi.setup()
+    assert at(roi, 0, track(1, [40.0, 40.0, 60.0, 60.0]))["sq"]["inside"] == [1]
+    assert at(roi, 10)["sq"]["inside"] == [1]  # missing 1.0 s
+    assert at(roi, 11)["sq"]["inside"] == []
+    assert [e["event"] for e in events] == ["enter", "exit"]
