@@ -125,10 +125,13 @@ class _Rec:
         self.events: list[dict] = []
         self.changes: list[tuple[str, str]] = []  # (module, status)
         self.metrics: list[R.MetricsMsg] = []
+        self.waits: list[tuple[float, float]] = []  # per back-off: its next attempt, less now (both clocks)
 
     def on_event(self, inst: Instance, event: dict) -> None:
         with self.lock:
             self.events.append(event)
+            if event.get("event") == "module_backoff":
+                self.waits.append((inst.next_attempt - time.monotonic(), event["next_attempt_ts"] - time.time()))
 
     def on_metrics(self, inst: Instance, msg: R.MetricsMsg) -> None:
         with self.lock:
@@ -334,6 +337,8 @@ def test_fast_restarts_then_doubling_back_offs_in_order(make, tmp_path) -> None:
         (rev,) = rec.named("module_recovered")[k - 1:]  # said once per back-off, when it runs
         assert rev == {"event": "module_recovered", "module": "m", "restarts": 2 + k}
     assert waits == [0.15, 0.3, 0.45]
+    for wait, (mono, wall) in zip(waits, rec.waits, strict=True):  # the next attempt lies ahead
+        assert wait - 0.1 < mono <= wait and wait - 0.1 < wall <= wait, rec.waits
     assert rec.statuses("m") == ["running"] + ["restarting", "running"] * 2 + ["backoff", "restarting", "running"] * 3
     assert inst.error is None and inst.status == "running"
     # every start but the first is unattended (nobody waits on a restart)
