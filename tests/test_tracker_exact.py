@@ -5,11 +5,13 @@ forwarded only when asked, live updates reach the running tracker. Hand-placed b
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from modules.base import ModuleContext
+from modules.base import ModuleContext, ModuleError
 from modules.tracker import Tracker, TrackerConfig
 from schemas.message import Message
 
@@ -135,9 +137,9 @@ def test_knobs_another_algorithm_reads_are_refused() -> None:
 
 
 def _gone(n: int) -> Tracker:
-    """A tracker that saw ``n`` tracks at frame 0, none of them since (max_lost 0: dropped)."""
+    """A tracker that saw ``n`` tracks at frame 50, none of them since (max_lost 0: dropped)."""
     t = make(algorithm="iou", max_lost=0)
-    step(t, 0, [[i * 20.0, 0.0, i * 20.0 + 10.0, 10.0, 0.9, 0] for i in range(n)])
+    step(t, 50, [[i * 20.0, 0.0, i * 20.0 + 10.0, 10.0, 0.9, 0] for i in range(n)])
     assert len(t._seen) == n
     return t
 
@@ -149,10 +151,17 @@ def test_memory_of_gone_tracks_is_bounded() -> None:
     # what is remembered of tracks gone is forgotten once it outnumbers 4 per listed track + 64,
     # then only what was seen within the last 100 frames is kept
     t = _gone(67)
-    step(t, 101, ONE)
+    step(t, 151, ONE)
     assert len(t._seen) == 68  # 68 = 4 * 1 + 64: not more, kept
     t = _gone(68)
-    step(t, 100, ONE)
+    step(t, 150, ONE)
     assert len(t._seen) == 69  # more, but all seen within 100 frames
-    step(t, 101, ONE)
+    step(t, 151, ONE)
     assert len(t._seen) == 1  # now 101 frames ago: forgotten
+
+
+def test_without_motrackers_the_module_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "motrackers", None)  # import motrackers raises ImportError
+    t = Tracker(TrackerConfig(), ModuleContext("trk"))
+    with pytest.raises(ModuleError, match="tracker needs the motrackers package"):
+        t.setup()
