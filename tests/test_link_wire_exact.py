@@ -378,6 +378,11 @@ def test_a_sender_only_link_reads_with_recv_without_losing_any() -> None:
             assert r is not None
             ids.append(r.message.frame_id)
         assert ids == list(range(30)) and link.stats()["unrouted"] == 0
+        # and back to handlers: a new dispatcher starts (the sender-only one has ended)
+        got: list[int] = []
+        link.on("s", lambda r: got.append(r.message.frame_id))
+        peer.send(_frame("s", _msg(30), epoch=5, seq=30))
+        _wait(lambda: got == [30], what=lambda: (got, link.stats()))
     finally:
         link.close()
         peer.close()
