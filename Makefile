@@ -44,8 +44,11 @@ system:
 demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
+# Tests run in TEST_WORKERS processes (pytest-xdist): most of them wait on real processes, brokers
+# and timers, not on the CPU, so 3 workers fit 2 cores (and one: `taskset -c 0 make test`).
+TEST_WORKERS ?= 3
 test: setup $(MLSERVER) $(PYTRITON) nodered
-	$(BIN)/python -m pytest -q -rfEs
+	$(BIN)/python -m pytest -q -rfEs -n $(TEST_WORKERS) --dist worksteal
 	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 # The committed JSON Schemas and module reference, regenerated from the code (tests check them).

@@ -815,7 +815,8 @@ class AgentBridge:
         """Every ``CONVERGE_EVERY_S``: a part that missed an update coordinated here (it was
         unreachable, or offline and back without a restart) gets the app's current graph once
         its device is online; a part restored here without its coordinator's word asks it
-        again once it is online. Each retry runs on its tenant's command worker, in order with
+        again once it is online; an app that failed when it was restored is tried again when
+        its back-off is over. Each retry runs on its tenant's command worker, in order with
         that tenant's commands, so it never races an operator's update of the same app."""
         while not self._stop.wait(CONVERGE_EVERY_S):
             online = self.fleet.online()
@@ -825,6 +826,8 @@ class AgentBridge:
                         if ready(t) for d in sorted(ds & online)]
                 work += [((t, a), c, self._confirm_part) for (t, a), c in self._unconfirmed.items()
                          if c in online and ready(t)]
+            # apps that failed when restored at boot, tried again with the modules' back-off
+            work += [((t, a), self.device, self._retry_restore) for t, a in self.core.restores_due() if ready(t)]
             for (tenant, name), device, fn in work:
                 key = (tenant, name, device)
                 with self._workers_lock:
@@ -841,6 +844,9 @@ class AgentBridge:
                 self._retrying.discard(key)
             if self._state_dirty.is_set():
                 self._publish_state()
+
+    def _retry_restore(self, tenant: str, name: str, _device: str) -> None:
+        self.core.retry_restore(tenant, name)
 
     def _converge_part(self, tenant: str, name: str, device: str) -> None:
         """Send ``device`` the current graph of app ``name`` (coordinated here), then its go."""

@@ -84,6 +84,11 @@ class App:
     awaiting_coordinator: str | None = None  # a part restored without its coordinator's word
     #: out relays to rename once every part listens on the new name (key -> new stream)
     renames: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: an app that failed when it was restored at boot is tried again (``retry_restore``):
+    #: the attempts so far, and when the next one is due (monotonic, and wall clock for the state)
+    restore_attempts: int = 0
+    restore_due: float | None = None
+    next_attempt_ts: float | None = None
 
     @property
     def key(self) -> str:
@@ -166,6 +171,8 @@ class AgentCore:
         #: (tenants' restores run in parallel with other tenants' commands: see ``restore``)
         self._restoring: dict[str, str] = {}
         self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
+        #: out relays of modules restored in back-off (no ring yet): instance -> key -> (app, policy)
+        self._pending_out: dict[str, dict[tuple[str, str, str], tuple[str, str]]] = {}
         #: app -> per-hop metrics of an app spanning devices (set by the bridge, which sees the fleet)
         self.hops_for: Callable[[App], list | None] = lambda app: None
         self.store = DesiredState(state_dir)
@@ -289,13 +296,14 @@ class AgentCore:
                     if peer == self.device:
                         continue
                     inst = self.sup.instances[names[local]]
-                    if inst.ring is None:  # restored in back-off: no ring to relay yet
-                        # Known gap: the stream is not relayed until the app is deployed again.
-                        log.error("module %s restored in back-off: its stream to %s is not relayed until the "
-                                  "app is deployed again", inst.name, peer)
-                        continue
                     policy = graph.spec(down).policy or ("drop_oldest" if inst.live else "block")
                     key = ("out", peer, ids[local])
+                    if inst.ring is None:  # restored in back-off: no ring to relay yet
+                        log.warning("module %s restored in back-off: its stream to %s is relayed once it runs",
+                                    inst.name, peer)
+                        with self.lock:
+                            self._pending_out.setdefault(inst.name, {})[key] = (app.deployment.app, policy)
+                        continue
                     self._use_relay(key, app, touched, lambda inst=inst, peer=peer, s=ids[local], p=policy: Relay(
                         RingToLink(inst.ring, self.peers.get(peer), s, p), upstream=inst.name, policy=p,
                         tenant=app.tenant))
@@ -782,7 +790,30 @@ class AgentCore:
     def _on_change(self, inst: Instance) -> None:
         if inst.status == "running" and inst.restarts:
             self._reattach_relays(inst)
+        if inst.status == "running" and inst.ring is not None:
+            self._start_pending_relays(inst)
         self.state_changed()
+
+    def _start_pending_relays(self, inst: Instance) -> None:
+        """A module restored in back-off runs at last: start the out relays its apps wait for."""
+        with self.lock:
+            pending = self._pending_out.pop(inst.name, {})
+        for key, (name, policy) in pending.items():
+            with self.lock:
+                app = self.apps.get(name)
+            if app is None or inst.name not in app.modules.values():
+                continue  # removed or redeployed meanwhile
+            touched: list[tuple[str, str, str]] = []
+            try:
+                self._use_relay(key, app, touched, lambda k=key, p=policy, t=app.tenant: Relay(
+                    RingToLink(inst.ring, self.peers.get(k[1]), k[2], p), upstream=inst.name, policy=p,  # type: ignore[arg-type]
+                    tenant=t))
+            except (RingError, LinkError) as e:
+                log.error("relay to %s for %s could not start: %s", key[1], inst.name, e)
+                continue
+            with self.lock:
+                app.relays |= set(touched)
+            log.info("module %s runs: its stream to %s is relayed", inst.name, key[1])
 
     def _reattach_relays(self, inst: Instance) -> None:
         """A restarted module has a new ring under the same name: its out relays re-attach."""
@@ -807,7 +838,8 @@ class AgentCore:
             for name, app in self.apps.items():
                 apps.setdefault(app.tenant, {})[name] = AppState(
                     modules=sorted(set(app.modules.values())), status=app.status, error=app.error,
-                    awaiting_coordinator=app.awaiting_coordinator)
+                    awaiting_coordinator=app.awaiting_coordinator,
+                    next_attempt_ts=app.next_attempt_ts if app.status == "failed" else None)
             mods = {
                 name: ModuleState(
                     type=inst.spec.type, apps=sorted(self.apps[a].key for a in self.users.get(name, ()) if a in self.apps),
@@ -952,8 +984,54 @@ class AgentCore:
                 self._check_declared(tenant, dep)  # a start would refuse it: say so now
                 self._put_app(App(tenant, dep, status="stopped"))
         except EdgevaError as e:
+            # It ran when it was saved: what fails now is the box (a media disk not mounted yet,
+            # a peer still booting, shared memory still held), so it is tried again with the
+            # modules' back-off, forever, until it runs or an operator deploys, stops or removes it.
             log.error("could not restore app %s/%s: %s", tenant, dep.app, e.message)
-            self._put_app(App(tenant, dep, status="failed", error=e.message))
+            app = App(tenant, dep, status="failed", error=e.message)
+            self._restore_later(app)
+            self._put_app(app)
+
+    def _restore_later(self, app: App) -> None:
+        """Schedule the next attempt at a failed restored app (the supervisor's back-off)."""
+        delay = self.sup.restart.delay(app.restore_attempts)
+        app.restore_due = time.monotonic() + delay
+        app.next_attempt_ts = time.time() + delay
+
+    def restores_due(self) -> list[tuple[str, str]]:
+        """(tenant, app) of the failed restored apps whose next attempt is due."""
+        now = time.monotonic()
+        with self.lock:
+            return [(a.tenant, name) for name, a in self.apps.items()
+                    if a.status == "failed" and a.restore_due is not None and a.restore_due <= now]
+
+    def retry_restore(self, tenant: str, name: str) -> bool:
+        """Try again to start app ``name`` of ``tenant`` that failed when it was restored;
+        True once it runs. Nothing is done when an operator deployed, stopped or removed it
+        meanwhile (the app is no longer the failed restored one). Run it on the tenant's
+        command worker, in order with the tenant's commands."""
+        with self.lock:
+            app = self.apps.get(name)
+            if app is None or app.tenant != tenant or app.status != "failed" or app.restore_due is None:
+                return False
+            app.restore_due = None  # one attempt at a time
+        try:
+            self.deploy(tenant, app.deployment, persist=False, known_devices=None, unattended=True)
+        except EdgevaError as e:
+            with self.lock:
+                if self.apps.get(name) is app and app.status == "failed":
+                    app.restore_attempts += 1
+                    app.error = e.message
+                    self._restore_later(app)
+            log.warning("app %s/%s still cannot be restored (attempt %d, next in %.0f s): %s", tenant, name,
+                        app.restore_attempts, self.sup.restart.delay(app.restore_attempts), e.message)
+            self.state_changed()
+            return False
+        log.info("app %s/%s restored after %d failed attempts", tenant, name, app.restore_attempts + 1)
+        with self.lock:
+            app.restore_attempts, app.next_attempt_ts = 0, None
+        self.state_changed()
+        return True
 
     def _put_app(self, app: App) -> None:
         """Record a restored app that does not run, unless another tenant's app has its name

@@ -203,7 +203,7 @@ class Supervisor:
             inst.proc.join(2)
         inst.status = "stopped"
         if inst.conn is not None:
-            inst.conn.close()
+            self._close_pipe(inst.conn)
         self._reclaim_ring(inst)
         self._wake()
 
@@ -333,6 +333,13 @@ class Supervisor:
                     self.callback_errors += 1
                     log.exception("module %s: handling its %s message failed", inst.name, msg.op)
         except (EOFError, OSError):
+            self._close_pipe(conn)
+
+    def _close_pipe(self, conn: Connection) -> None:
+        # The reader (at the pipe's end) and stop() can close the same pipe at once, and
+        # Connection.close is not thread-safe: the loser would close its fd number again (seen as
+        # EBADF), or close whatever another thread has opened with that number since.
+        with self._lock:
             conn.close()
 
     def _handle(self, inst: Instance, msg) -> None:
@@ -372,7 +379,10 @@ class Supervisor:
 
     def _exited(self, inst: Instance) -> None:
         proc = inst.proc
-        proc.join(0)
+        # Its sentinel fired, so it is exiting. With forkserver the exit code comes with the
+        # sentinel; with spawn or fork the sentinel is a pipe the child closes a moment before it
+        # can be reaped, and join(0) would leave exitcode None (an exit 0 taken for a crash).
+        proc.join(1.0)
         if inst.conn is not None and not inst.conn.closed:
             self._drain(inst, inst.conn)  # its last words (failure reason, final metrics)
         if inst.stopping or inst.status == "stopped":

@@ -178,10 +178,12 @@ class EdgevaClient:
         try:
             m.subscribe_wait(self._client, new, timeout=timeout)
         except m.MqttError:
-            self._drop_filters(filters, unsubscribe=False)
+            # unsubscribe too: a SUBACK that came too late means the broker holds a subscription
+            # nobody reads (an UNSUBSCRIBE of a refused filter changes nothing)
+            self._drop_filters(filters)
             raise
 
-    def _drop_filters(self, filters: list[str], unsubscribe: bool = True) -> None:
+    def _drop_filters(self, filters: list[str]) -> None:
         with self._lock:
             gone = []
             for f in filters:
@@ -189,7 +191,7 @@ class EdgevaClient:
                 if self._filters[f] <= 0:
                     del self._filters[f]
                     gone.append(f)
-        if gone and unsubscribe and self._client.is_connected():
+        if gone and self._client.is_connected():
             self._client.unsubscribe(gone)  # no need to wait for the UNSUBACK
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:

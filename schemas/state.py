@@ -33,6 +33,11 @@ class AppState(BaseModel):
         "coordinator (this device id) could not be asked whether the app still exists or changed; "
         "cleared once the coordinator answers",
     )
+    next_attempt_ts: float | None = Field(
+        default=None,
+        description="a failed app that ran when the agent last stopped: when the agent tries to start it "
+        "again (unix time; tried with the modules' back-off until it runs or an operator acts)",
+    )
 
 
 class ModuleState(BaseModel):

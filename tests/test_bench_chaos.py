@@ -114,6 +114,7 @@ def test_tracebacks_found_in_logs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # ~65 s alone; its own run is bounded by the subprocess timeout below
 def test_short_chaos_run_reports_faults_and_checks(tmp_path):
     out, plot = tmp_path / "chaos.json", tmp_path / "chaos.png"
     kinds = "module_kill,agent_kill,camera_down"

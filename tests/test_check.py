@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from edgeva.cli import main
 from edgeva.control.commands.schema import module_registry
 from edgeva.control.demo.apps import demo_apps
 from edgeva.schemas.check import check_deployment
@@ -22,6 +21,7 @@ from edgeva.schemas.deployment import parse_deployment
 from edgeva.schemas.errors import EdgevaError
 from edgeva.schemas.graph import validate_graph
 
+from edgeva.cli import main
 from tests.agent_harness import ROOT, AgentProc, Commander, Watcher
 
 CASES = ROOT / "tests" / "data" / "deployments"

@@ -18,7 +18,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from edgeva.agent import mqtt as m
 from edgeva.control.broker import free_port
-from edgeva.cli import main
 from edgeva.control.client import EdgevaClient, RequestTimeout
 from edgeva.schemas.commands import error_reply, ok_reply
 from edgeva.schemas.deployment import parse_deployment
@@ -28,6 +27,7 @@ from edgeva.schemas.state import DeviceState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeva.cli import main
 from tests.brokers import Broker
 
 NATIVE = {

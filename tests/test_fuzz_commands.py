@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 EXAMPLES = int(os.environ.get("EDGEVA_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
+# 2000 examples take ~20 s of CPU alone; one core shared with the suite's other workers and
+# other load can take minutes: the budget grows, the examples do not shrink
+SLOW_CPU = pytest.mark.timeout(600)
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
@@ -56,12 +59,14 @@ def _parse(verb: str, payload: bytes | str) -> None:
         _refusal_ok(e)
 
 
+@SLOW_CPU
 @FUZZ
 @given(verb=st.sampled_from(VERBS), value=json_values)
 def test_any_json_value_on_any_command_topic_is_parsed_or_refused(verb, value):
     _parse(verb, json.dumps(value))
 
 
+@SLOW_CPU
 @FUZZ
 @given(verb=st.sampled_from(VERBS), raw=st.binary(max_size=200))
 def test_any_bytes_on_any_command_topic_are_parsed_or_refused(verb, raw):
@@ -99,6 +104,7 @@ def _mutate(data: dict, path: list, value: object) -> dict:
 REGISTRY = load_registry()
 
 
+@SLOW_CPU
 @FUZZ
 @given(path=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=5), value=json_values)
 def test_a_mutated_deployment_is_valid_or_refused_with_a_path(path, value):

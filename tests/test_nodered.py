@@ -168,7 +168,7 @@ def test_deploy_injects_run_three_apps_and_events_come_back(stack: Stack) -> Non
     s = red.wait_summary(lambda s: all(_replies_for(s, "deploy", a) for a in APPS), "three deploy replies", 120)
     for app in APPS:
         (r,) = _replies_for(s, "deploy", app)
-        assert r["ok"], r
+        assert r["ok"], (r.get("text"), r.get("error"))
         assert r["text"].startswith(f"ok deploy {app} on {DEVICE}: running"), r["text"]
     # replies went to the flow's MQTT 5 response topic (correlation data), not reply/{request_id}
     topics = list(stack.watcher.msgs)

@@ -32,7 +32,7 @@ def test_fixtures_are_prefixed_and_found_without_a_conftest(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    # the section after its header line, up to the next header
+    # the section after its header line, up to the next plugin's header (pytest-xdist's follows)
     section = run.stdout.split("fixtures defined from edgeva.control.pytest_plugin", 1)[1].split("\n", 1)[1]
     section = section.split("\n---", 1)[0].split("\n===", 1)[0]
     names = {line.split()[0] for line in section.splitlines() if line and not line.startswith((" ", "-", "="))}

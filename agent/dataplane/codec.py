@@ -137,9 +137,10 @@ class FrameWriter:
         return view
 
     def put(self, name: str, array: np.ndarray) -> np.ndarray:
-        """Copy ``array`` into the buffer (one memcpy) and return the in-buffer view."""
+        """Copy ``array`` into the buffer (one memcpy) and return the in-buffer view. A
+        big-endian array is written little-endian (the wire's order): the copy swaps its bytes."""
         view = self.alloc(name, array.shape, array.dtype)
-        np.copyto(view, array, casting="no")
+        np.copyto(view, array, casting="equiv")  # "equiv": byte order only, never a value cast
         return view
 
     def finish(self, msg: Message) -> int:

@@ -71,15 +71,17 @@ def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     free = shm_free_bytes()
     # tmpfs creates the file sparse and only fails when a page is first written: as a SIGBUS
     # ("Bus error") in whichever process writes it. Refuse up front instead, counting what
-    # earlier segments (sparse too) will still take.
-    owed = shm_uncommitted_bytes() if free is not None else 0
-    if free is not None and size > free - owed:
-        raise SegmentError(
-            f"not enough shared memory for {name!r}: it needs {size / 2**20:.1f} MiB, "
-            f"{SHM_DIR} has {free / 2**20:.1f} MiB free, {owed / 2**20:.1f} MiB of it owed to existing "
-            f"segments (Docker's default is 64 MB: run with --shm-size, or use fewer/smaller ring slots: "
-            f"`edgeva agent --slots`)"
-        )
+    # earlier segments (sparse too) will still take. Where the free space cannot be read, the
+    # OS's own refusal below is all there is.
+    if free is not None:
+        owed = shm_uncommitted_bytes()
+        if size > free - owed:
+            raise SegmentError(
+                f"not enough shared memory for {name!r}: it needs {size / 2**20:.1f} MiB, "
+                f"{SHM_DIR} has {free / 2**20:.1f} MiB free, {owed / 2**20:.1f} MiB of it owed to existing "
+                f"segments (Docker's default is 64 MB: run with --shm-size, or use fewer/smaller ring slots: "
+                f"`edgeva agent --slots`)"
+            )
     try:
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
     except FileExistsError:
