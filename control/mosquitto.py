@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from edgeva.control.broker import free_port, wait_port
+from edgeva.control.processes import stop_process
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 INSTALL_HINT = "mosquitto is missing: run tools/install-system-packages.sh (needs root or sudo)"
@@ -63,14 +64,7 @@ class Mosquitto:
         """Stop it (``kill``: SIGKILL, as a crash or a power cut would)."""
         if self.proc is None:
             return
-        if kill:
-            self.proc.kill()
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, kill=kill)
         self.proc = None
 
     def restart(self) -> None:

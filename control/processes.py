@@ -1,7 +1,10 @@
-"""Ending the child processes a benchmark started: tell them, wait, then make sure."""
+"""Starting and ending child processes, written once for the test kit, the tests and the
+benchmarks: an agent's command line, stopping a process (tell it, wait, then make sure)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,3 +25,28 @@ def join_or_kill(procs: Iterable[Any], timeout: float = 10.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(5)
+
+
+def agent_argv(device: str, broker_url: str, *extra: str) -> list[str]:
+    """The command line that starts an agent with this Python (``python -m edgeva.cli agent``):
+    the test kit, the tests and the benchmarks all start agents with it."""
+    return [sys.executable, "-m", "edgeva.cli", "agent", "--device", device, "--broker", broker_url, *extra]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0, kill: bool = False) -> int | None:
+    """Stop a child process and reap it: SIGTERM (SIGKILL at once with ``kill``, as a crash or a
+    power cut would), up to ``timeout`` s to exit, then SIGKILL. Returns its exit status (None if
+    it could not be reaped: a process stuck in the kernel)."""
+    if proc.poll() is None:
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        return proc.wait(5)
+    except subprocess.TimeoutExpired:
+        return None

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from edgeva.control.processes import agent_argv, stop_process
 
 __all__ = ["AgentProcess", "Broker", "Commander", "EdgevaKit", "Watcher", "scrape"]
 
@@ -151,8 +151,7 @@ class AgentProcess:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeva.cli", "agent", "--device", device, "--broker", url,
-             "--state-dir", str(state_dir), "--metrics-interval", str(metrics_interval), *extra],
+            agent_argv(device, url, "--state-dir", str(state_dir), "--metrics-interval", str(metrics_interval), *extra),
             cwd=cwd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         topic = f"edgeva/v1/{device}/state"
@@ -174,13 +173,7 @@ class AgentProcess:
 
     def stop(self) -> None:
         """SIGTERM (modules stop, state says offline), SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=20)
         self._logf.close()
 
 

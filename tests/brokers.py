@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from edgeva.control.broker import free_port, wait_port
+from edgeva.control.processes import stop_process
 from edgeva.control.testing import Broker
 
 __all__ = ["Broker", "amqtt_broker", "mosquitto", "mosquitto_auth", "mqtt_broker"]
@@ -77,12 +78,7 @@ def _run_mosquitto(workdir: Path, extra: str = "", users: dict[str, str] | None 
             pytest.fail(f"mosquitto did not listen on {port}: {err.decode()} {log}", pytrace=False)
         yield Broker("127.0.0.1", port, "mosquitto", True, users or {})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

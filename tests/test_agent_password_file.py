@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 from edgeva.agent.mqtt import MqttOptions
 from edgeva.control.client import EdgevaClient
+from edgeva.control.processes import agent_argv
 
 from tests.agent_harness import ROOT
 from tests.brokers import Broker
@@ -19,8 +19,7 @@ from tests.brokers import Broker
 def _agent(broker: Broker, tmp_path: Path, device: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEVA_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "edgeva.cli", "agent", "--device", device, "--broker", broker.url,
-         "--state-dir", str(tmp_path / "state"), "--username", "agent", *extra],
+        [*agent_argv(device, broker.url), "--state-dir", str(tmp_path / "state"), "--username", "agent", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

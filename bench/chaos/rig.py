@@ -25,6 +25,7 @@ from typing import Any
 
 from edgeva.bench.proxy import TcpProxy
 from edgeva.bench.rtsp import RtspPeer
+from edgeva.control.processes import agent_argv
 
 LINK_PORTS = 4  # a restarted listener takes the next port while the old one is in TIME_WAIT
 CAMERA_FPS = 10.0
@@ -164,9 +165,7 @@ class Rig:
             token = self.tmp / "fleet-token"
             token.write_text(secrets.token_hex(16) + "\n")
             token.chmod(0o600)
-            self._cmd = {dev: [
-                sys.executable, "-m", "edgeva.cli", "agent", "--device", dev, "--broker", self.broker.url,
-                "--state-dir", str(self.tmp / dev), "--prefix", self.prefixes[dev], "--metrics-interval", "1",
+            self._cmd = {dev: [*agent_argv(dev, self.broker.url), "--state-dir", str(self.tmp / dev), "--prefix", self.prefixes[dev], "--metrics-interval", "1",
                 "--url-host", "127.0.0.1", "--fleet-token-file", str(token), "--data-advertise", "127.0.0.1",
                 "--data-bind", f"tcp://127.0.0.2:{port if dev == self.dev_a else 0}",
             ] for dev in (self.dev_a, self.dev_b)}

@@ -12,12 +12,13 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from edgeva.control.processes import agent_argv
 
 
 class Agents:
@@ -41,8 +42,7 @@ class Agents:
 
         self.broker = Mosquitto(self.tmp / "broker").start()
         for dev, cpus in self.devices.items():
-            cmd = [sys.executable, "-m", "edgeva.cli", "agent", "--device", dev, "--broker", self.broker.url,
-                   "--state-dir", str(self.tmp / dev), "--prefix", f"pp{os.getpid()}{dev}",
+            cmd = [*agent_argv(dev, self.broker.url), "--state-dir", str(self.tmp / dev), "--prefix", f"pp{os.getpid()}{dev}",
                    "--metrics-interval", "1", "--event-rate", "1000"]
             if self.data:  # agents that hand each other parts share a fleet token
                 cmd += ["--data-bind", "tcp://127.0.0.1:0", "--fleet-token", self.token]

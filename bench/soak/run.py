@@ -21,7 +21,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any
 from edgeva.bench.out import out_path, write_json
 from edgeva.bench.paper.stats import slope_ms_per_s
 from edgeva.bench.proc import descendants, fds, memory_mb, shm
+from edgeva.control.processes import agent_argv
 
 DEVICE = "soak"
 FLAT_PCT = 5.0
@@ -178,8 +178,7 @@ def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 18
     with Mosquitto(tmp / "broker") as broker:
         log = open(tmp / "agent.log", "wb")  # noqa: SIM115 - closed below
         agent = subprocess.Popen(
-            [sys.executable, "-m", "edgeva.cli", "agent", "--device", DEVICE, "--broker", broker.url,
-             "--state-dir", str(tmp / "state"), "--prefix", prefix, "--metrics-interval", "1"],
+            [*agent_argv(DEVICE, broker.url), "--state-dir", str(tmp / "state"), "--prefix", prefix, "--metrics-interval", "1"],
             stdout=log, stderr=subprocess.STDOUT)
         fleet = FleetClient(broker.url)
         metrics = None
