@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from edgeva.schemas.metrics import P3, AppMetrics
 
 LAG_WINDOW_S = 30.0

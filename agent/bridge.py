@@ -45,6 +45,9 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from edgeva.agent.core import AgentCore, App, remote_devices
 from edgeva.agent.dataplane.quietlog import QuietLog
 from edgeva.agent.fit import fit_metrics, fit_state
@@ -87,13 +90,12 @@ from edgeva.schemas.topics import (
     device_topic,
     events_topic,
     parse_cmd_topic,
+    parse_topic,
     reply_subscription,
     reply_topic,
     state_topic,
     tenant_metrics_topic,
 )
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 log = logging.getLogger("edgeva.bridge")
 # Other agents' states tell where peers listen; their metrics give per-hop times of apps that
@@ -287,7 +289,6 @@ class AgentBridge:
             threading.Timer(FLUSH_SETTLE_S, self.outbox.flush, args=(client,)).start()
 
     def _on_message(self, client: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
-        parts = m.topic.split("/")
         if (about := device_topic(m.topic)) is not None:
             device, kind = about  # filed under the topic's device: a payload cannot speak for another
             if kind == "metrics":
@@ -297,8 +298,9 @@ class AgentBridge:
             if st is not None and device != self.device and st.status == "online":
                 self.peers.peer_state(device, st.links)
             return
-        if len(parts) == 6 and parts[4] == "reply" and not m.retain:
-            waiter = self._pending.get(parts[5])
+        topic = parse_topic(m.topic)
+        if topic is not None and topic.kind == "reply" and not m.retain:
+            waiter = self._pending.get(topic.name)  # type: ignore[arg-type]
             if waiter is not None and waiter[2] == m.topic:  # from the device asked, under the tenant asked
                 try:
                     reply = json.loads(m.payload)
@@ -318,7 +320,11 @@ class AgentBridge:
         payload, size = m.payload, len(m.payload)
         if size > MAX_COMMAND_BYTES:
             payload = bytes(payload[:OVERSIZED_HEAD])
-        self._enqueue(parts[3], _Command(m.topic, payload, getattr(m, "properties", None), size))
+        tenant = cmd_topic_tenant(m.topic)
+        if tenant is None:  # a tenant part no reply topic can name: nobody to answer
+            self._drop_log.note("command on %s dropped: not a tenant's command topic", shown(m.topic))
+            return
+        self._enqueue(tenant, _Command(m.topic, payload, getattr(m, "properties", None), size))
 
     # -- commands ---------------------------------------------------------------------------------
     def _enqueue(self, tenant: str, item: tuple) -> None:

@@ -28,10 +28,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from edgeva.schemas.metrics import P2, DeviceMetrics, TenantMetrics
-from edgeva.schemas.state import DeviceState
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from edgeva.schemas.metrics import P2, DeviceMetrics, TenantMetrics
+from edgeva.schemas.state import DeviceState
 
 _APP = ["device", "tenant", "app"]
 _MOD = ["device", "module", "type"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 
+from pydantic import ValidationError
+
 from edgeva.agent.dataplane.quietlog import QuietLog
 from edgeva.schemas.errors import shown
 from edgeva.schemas.graph import ValidatedGraph
 from edgeva.schemas.metrics import DeviceMetrics, HopMetrics, LinkMetrics
 from edgeva.schemas.state import DeviceState
-from pydantic import ValidationError
 
 log = logging.getLogger("edgeva.fleet")
 

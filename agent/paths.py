@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel
+
 from edgeva.schemas.deployment import Deployment
 from edgeva.schemas.errors import BAD_ARGS, EdgevaError, shown
-from pydantic import BaseModel
 
 PATH_MARK = "edgeva_path"
 DEFAULT_SCHEMES = ("rtsp", "rtsps")

@@ -19,6 +19,8 @@ from multiprocessing.connection import Connection
 
 import msgpack
 import numpy as np
+from pydantic import ValidationError
+
 from edgeva.agent.dataplane.codec import CodecError
 from edgeva.agent.dataplane.ring import (
     RingConsumer,
@@ -33,7 +35,6 @@ from edgeva.modules.base import NO_FRAME, Module, ModuleContext, ModuleError, Re
 from edgeva.modules.registry import module_class
 from edgeva.schemas import runner as R
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
 
 log = logging.getLogger("edgeva.runner")
 CONTROL_EVERY_S = 0.05

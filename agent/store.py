@@ -21,8 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgeva.schemas.deployment import Deployment
 from pydantic import ValidationError
+
+from edgeva.schemas.deployment import Deployment
 
 log = logging.getLogger("edgeva.store")
 

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 import msgpack
+from pydantic import ValidationError
+
 from edgeva.agent.dataplane.ring import producer_pid
 from edgeva.agent.dataplane.segment import pid_alive, unlink_segment
 from edgeva.agent.heartbeat import Heartbeat
 from edgeva.agent.jsonsafe import UnsafeValue, json_safe
 from edgeva.schemas import runner as R
-from pydantic import ValidationError
 
 log = logging.getLogger("edgeva.supervisor")
 MAX_RESTARTS = 5  # restarts at once within RESTART_WINDOW_S, before back-off

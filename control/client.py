@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
 from edgeva.agent import mqtt as m
 from edgeva.schemas.commands import extract_request_id, parse_reply
 from edgeva.schemas.errors import EdgevaError
@@ -38,9 +42,6 @@ from edgeva.schemas.topics import (
     state_topic,
     tenant_metrics_topic,
 )
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from pydantic import ValidationError
 
 __all__ = ["BadReply", "EdgevaClient", "Incoming", "RequestTimeout", "Subscription"]
 

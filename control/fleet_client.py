@@ -22,10 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
 from edgeva.agent import mqtt as m
 from edgeva.schemas.state import DeviceState
-from edgeva.schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, device_topic
-from pydantic import ValidationError
+from edgeva.schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, parse_topic
 
 
 class FleetClient:
@@ -48,25 +49,26 @@ class FleetClient:
         client.subscribe([(t, 1) for t in self._filters()])
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) == 4:
-            about = device_topic(msg.topic)
+        topic = parse_topic(msg.topic)
+        if topic is None:
+            return
+        if topic.kind == "state":
             try:
                 st = DeviceState.model_validate_json(msg.payload)
             except ValidationError:
                 return  # not ours to judge: a stray retained message
-            if about is None or about[0] != st.device:
+            if topic.device != st.device:
                 return  # a device speaks only for itself (the ACL decides who writes its topic)
             with self._cond:
                 self._states[st.device] = st
                 self._cond.notify_all()
-        elif len(parts) == 6 and not msg.retain:
+        elif topic.kind == "reply" and not msg.retain:
             try:
                 reply = json.loads(msg.payload)
             except ValueError:
                 return
             with self._cond:
-                self._replies[parts[5]] = reply
+                self._replies[topic.name] = reply  # type: ignore[index]
                 self._cond.notify_all()
 
     def states(self) -> dict[str, DeviceState]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
 from edgeva.control.processes import agent_argv, stop_process
 
 __all__ = ["AgentProcess", "Broker", "Commander", "EdgevaKit", "Watcher", "scrape"]

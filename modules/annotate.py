@@ -12,6 +12,8 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
+
 from edgeva.modules.base import (
     MAX_PATH_CHARS,
     MAX_POLYGONS,
@@ -22,7 +24,6 @@ from edgeva.modules.base import (
     RegionName,
 )
 from edgeva.schemas.message import Message
-from pydantic import Field, field_validator
 
 Layer = Literal["detections", "tracks", "roi", "reid"]
 _MJPEG = "mjpeg://"

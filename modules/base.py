@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
-from edgeva.schemas.message import Message
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgeva.schemas.message import Message
 
 # -- bounds shared by the module configs (every tenant-controlled value has one: tests/test_bounds.py)
 #: Most threads one module may ask for (onnxruntime intra-op, OpenCV): more only cost context

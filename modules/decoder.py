@@ -17,6 +17,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator, model_validator
+
 from edgeva.modules import base
 from edgeva.modules.base import (
     MAX_NAME_CHARS,
@@ -40,7 +42,6 @@ from edgeva.modules.sources.capture import (
 from edgeva.modules.sources.preprocess import Color, Layout, Normalize, Preprocess
 from edgeva.modules.sources.synthetic import Pattern
 from edgeva.schemas.message import Message
-from pydantic import Field, field_validator, model_validator
 
 ASSETS = Path(__file__).parent / "assets"
 _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\d+$")

@@ -30,6 +30,8 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, model_validator
+
 from edgeva.modules.base import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
@@ -44,7 +46,6 @@ from edgeva.modules.base import (
 )
 from edgeva.modules.detectors import Backend, make_backend
 from edgeva.schemas.message import Message
-from pydantic import Field, model_validator
 
 _NONE = np.empty((0, 6), np.float32)
 CropSide = Annotated[int, Field(ge=1, le=1024)]

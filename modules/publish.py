@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from edgeva.modules.base import MAX_NAME_CHARS, Module, ModuleConfig
 from edgeva.schemas.message import Message
-from pydantic import Field
 
 
 class PublishConfig(ModuleConfig):

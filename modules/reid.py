@@ -9,6 +9,8 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from edgeva.modules.base import (
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
@@ -25,7 +27,6 @@ from edgeva.modules.decoder import resolve_path
 from edgeva.modules.embedders import CROP_H, CROP_W, CombinedEmbedder, Embedder, fit_crop
 from edgeva.modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
 from edgeva.schemas.message import Message
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Default ``threshold`` per backend: the cosine similarity above which a crop is reported as
 #: a template's person. Calibrated on ``tests/data/reid`` (20 crops of the template person,

@@ -7,6 +7,8 @@ from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
+
 from edgeva.modules.base import (
     MAX_POLYGONS,
     ClassIds,
@@ -17,7 +19,6 @@ from edgeva.modules.base import (
     RegionName,
 )
 from edgeva.schemas.message import Message
-from pydantic import Field, field_validator
 
 
 class RoiConfig(ModuleConfig):

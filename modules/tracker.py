@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
+
 from edgeva.modules.base import ClassIds, Module, ModuleConfig, ModuleContext, ModuleError
 from edgeva.schemas.message import Message
-from pydantic import Field, model_validator
 
 # Which knobs each algorithm reads; setting another one explicitly is refused (a no-op knob in
 # a config is almost always a mistake, e.g. tuning iou_threshold for the centroid tracker).

@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgeva.schemas.bounds import unbounded_fields
 from edgeva.schemas.deployment import (
     Deployment,
@@ -58,7 +60,6 @@ from edgeva.schemas.errors import (
 from edgeva.schemas.graph import _config_class, _find_cycle, unfed_module, validate_graph
 from edgeva.schemas.jsonio import duplicate_error, duplicate_keys, loads_object
 from edgeva.schemas.state import DeviceState
-from pydantic import ValidationError
 
 
 @dataclass

@@ -18,6 +18,8 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
 from edgeva.schemas.deployment import (
     ARGS_CHECKED,
     MAX_ARGS,
@@ -30,7 +32,6 @@ from edgeva.schemas.deployment import (
 from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, ErrorCode, from_validation_error, shown
 from edgeva.schemas.jsonio import loads_strict
 from edgeva.schemas.topics import VERBS, Verb
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "AppCommand", "DeployCommand", "ErrorBody", "ErrorReply", "MetricsCommand", "OkReply",

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
 from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, from_validation_error, shown
 from edgeva.schemas.jsonio import duplicate_error, loads_object
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 #: request ids end up in reply topics: no ``/``, ``+``, ``#``.

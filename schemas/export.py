@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, TypeAdapter
+
 from edgeva.schemas import commands, metrics, state
 from edgeva.schemas.deployment import SCHEMA_KEY, Deployment
 from edgeva.schemas.frame import FrameHeader
-from pydantic import BaseModel, TypeAdapter
 
 DEFAULT_DIR = Path(__file__).parent / "json"
 MODULES_DIR = "modules"

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ValidationError
+
 from edgeva.schemas.deployment import Deployment, ModuleSpec
 from edgeva.schemas.errors import (
     BAD_ARGS,
@@ -41,7 +43,6 @@ from edgeva.schemas.errors import (
     from_validation_error,
     shown,
 )
-from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
     from edgeva.modules.base import ModuleConfig

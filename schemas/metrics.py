@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edgeva.schemas.deployment import Name
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgeva.schemas.deployment import Name
 
 _STRICT = ConfigDict(extra="forbid")
 

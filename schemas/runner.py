@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from edgeva.schemas.deployment import Policy
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from edgeva.schemas.deployment import Policy
 
 _STRICT = ConfigDict(extra="forbid")
 

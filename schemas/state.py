@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edgeva.schemas.deployment import Name
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgeva.schemas.deployment import Name
 
 AppStatus = Literal["deploying", "running", "stopped", "failed", "removing"]
 ModuleStatus = Literal["starting", "running", "restarting", "backoff", "stopped", "failed"]

@@ -9,6 +9,7 @@ can widen a subscription or forge another tenant's topic.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, shown
@@ -110,3 +111,41 @@ def parse_cmd_topic(topic: str) -> tuple[str, str, Verb]:
     if not (_PART.match(device) and _PART.match(tenant)) or verb not in VERBS:
         raise EdgevaError(BAD_REQUEST, f"invalid command topic: {shown(topic)}", "topic")
     return device, tenant, verb  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A protocol v1 topic, parsed: ``device`` always; ``tenant`` and ``name`` (the verb, the
+    request id, the app) for a tenant's topics; both None for a device's ``state`` / ``metrics``."""
+
+    device: str
+    kind: Literal["state", "metrics", "cmd", "reply", "events"]
+    tenant: str | None = None
+    name: str | None = None
+
+
+_TENANT_KINDS = {"cmd": _PART, "reply": _REQUEST_ID, "events": _PART}
+
+
+def parse_topic(topic: str) -> Topic | None:
+    """Any protocol v1 topic -> its parts; None for anything else (another prefix, a part with
+    characters the builders above would refuse, an unknown kind, a verb that is not one).
+
+    ``edgeva/v1/cam-01/state`` -> ``Topic("cam-01", "state")``;
+    ``edgeva/v1/cam-01/acme/events/tracking`` -> ``Topic("cam-01", "events", "acme", "tracking")``;
+    ``edgeva/v1/cam-01/acme/metrics`` -> ``Topic("cam-01", "metrics", "acme")``."""
+    parts = topic.split("/") if isinstance(topic, str) else []
+    if len(parts) < 4 or "/".join(parts[:2]) != PREFIX or not _PART.match(parts[2]):
+        return None
+    device = parts[2]
+    if len(parts) == 4:
+        return Topic(device, parts[3]) if parts[3] in ("state", "metrics") else None  # type: ignore[arg-type]
+    if not _PART.match(parts[3]):
+        return None
+    if len(parts) == 5:
+        return Topic(device, "metrics", parts[3]) if parts[4] == "metrics" else None
+    pattern = _TENANT_KINDS.get(parts[4])
+    if len(parts) != 6 or pattern is None or not pattern.match(parts[5]) \
+            or (parts[4] == "cmd" and parts[5] not in VERBS):
+        return None
+    return Topic(device, parts[4], parts[3], parts[5])  # type: ignore[arg-type]

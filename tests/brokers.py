@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from edgeva.control.broker import free_port, wait_port
 from edgeva.control.processes import stop_process
 from edgeva.control.testing import Broker

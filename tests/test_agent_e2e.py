@@ -10,9 +10,9 @@ import time
 import uuid
 
 import pytest
+
 from edgeva.agent.dataplane.ring import producer_pid
 from edgeva.agent.dataplane.segment import list_segments
-
 from tests.agent_harness import AgentProc, Commander, Watcher
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,6 @@ from pathlib import Path
 from edgeva.agent.mqtt import MqttOptions
 from edgeva.control.client import EdgevaClient
 from edgeva.control.processes import agent_argv
-
 from tests.agent_harness import ROOT
 from tests.brokers import Broker
 

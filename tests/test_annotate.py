@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pydantic
 import pytest
+
 from edgeva.modules.annotate import Annotate, AnnotateConfig
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.decoder import resolve_path

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from edgeva.bench.chaos.plan import (
     KINDS,
     down_gap_s,
@@ -17,7 +18,6 @@ from edgeva.bench.chaos.plan import (
     recovery_s,
     schedule,
 )
-
 from tests.agent_harness import ROOT
 
 

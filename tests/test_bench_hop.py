@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from edgeva.bench.hop.report import add_ratios, format_table, to_json
 from edgeva.bench.hop.run import Plan, pin_cpus, run_hop
 from edgeva.bench.hop.transports import REGISTRY, transports

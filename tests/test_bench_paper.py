@@ -4,6 +4,7 @@ of the monolith (CASE A) and of VideoPipe (real module processes, HTTP between t
 from __future__ import annotations
 
 import pytest
+
 from edgeva.bench.paper import apps as A
 from edgeva.bench.paper.stats import smooth, summarize
 from edgeva.bench.paper.videopipe import merge

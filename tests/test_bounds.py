@@ -12,12 +12,13 @@ import json
 from typing import Annotated, Any, Literal
 
 import pytest
+from pydantic import BaseModel, Field
+
 from edgeva.control.commands.schema import module_registry
 from edgeva.modules.base import ModuleConfig
 from edgeva.schemas.bounds import pattern_width, unbounded_fields
 from edgeva.schemas.check import check_deployment
 from edgeva.schemas.commands import COMMAND_MODELS
-from pydantic import BaseModel, Field
 
 REGISTRY = module_registry(builtin=False)  # built-in and installed types (the example package)
 BUILTIN = module_registry(builtin=True)

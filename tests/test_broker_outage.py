@@ -8,9 +8,9 @@ import time
 import uuid
 
 import pytest
+
 from edgeva.agent import mqtt as m
 from edgeva.control.mosquitto import Mosquitto
-
 from tests.agent_harness import AgentProc, Commander, Watcher
 
 APP = {"app": "ticks", "modules": {

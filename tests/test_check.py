@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pydantic
 import pytest
+
+from edgeva.cli import main
 from edgeva.control.commands.schema import module_registry
 from edgeva.control.demo.apps import demo_apps
 from edgeva.schemas.check import check_deployment
 from edgeva.schemas.deployment import parse_deployment
 from edgeva.schemas.errors import EdgevaError
 from edgeva.schemas.graph import validate_graph
-
-from edgeva.cli import main
 from tests.agent_harness import ROOT, AgentProc, Commander, Watcher
 
 CASES = ROOT / "tests" / "data" / "deployments"
@@ -369,8 +369,9 @@ def test_committed_module_reference_is_current():
 
 
 def test_reference_follows_the_configs_and_its_examples_are_valid():
-    from edgeva.schemas.reference import example_args, render_reference
     from pydantic import Field, create_model
+
+    from edgeva.schemas.reference import example_args, render_reference
 
     text = render_reference(REGISTRY)
     for name, cls in REGISTRY.items():

@@ -16,7 +16,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from edgeva.agent import mqtt as m
+from edgeva.cli import main
 from edgeva.control.broker import free_port
 from edgeva.control.client import EdgevaClient, RequestTimeout
 from edgeva.schemas.commands import error_reply, ok_reply
@@ -24,10 +28,6 @@ from edgeva.schemas.deployment import parse_deployment
 from edgeva.schemas.errors import NOT_FOUND, EdgevaError
 from edgeva.schemas.metrics import AppMetrics, ModuleMetrics, TenantMetrics
 from edgeva.schemas.state import DeviceState
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edgeva.cli import main
 from tests.brokers import Broker
 
 NATIVE = {

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from edgeva.agent import mqtt as m
 from edgeva.control.broker import free_port, wait_port
 from edgeva.control.client import EdgevaClient
-
 from tests.brokers import _mosquitto_path
 
 

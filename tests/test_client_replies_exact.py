@@ -16,13 +16,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from edgeva.agent import mqtt as m
 from edgeva.control.client import BadReply, EdgevaClient, RequestTimeout
 from edgeva.schemas.commands import error_reply, ok_reply
 from edgeva.schemas.errors import NOT_FOUND, EdgevaError
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from tests.brokers import Broker
 
 # How the stand-in agent answers one command: (reply topic, payload, correlation data to set);

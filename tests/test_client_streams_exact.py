@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from edgeva.agent import mqtt as m
 from edgeva.control.client import EdgevaClient, Incoming, RequestTimeout, Subscription
 from edgeva.schemas.metrics import AppMetrics, DeviceMetrics, TenantMetrics
 from edgeva.schemas.state import DeviceState
-
 from tests.brokers import Broker
 
 

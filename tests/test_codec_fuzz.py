@@ -13,12 +13,12 @@ import struct
 
 import numpy as np
 import pytest
-from edgeva.agent.dataplane.codec import CodecError, decode, encode
-from edgeva.agent.dataplane.link import parse
-from edgeva.schemas.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeva.agent.dataplane.codec import CodecError, decode, encode
+from edgeva.agent.dataplane.link import parse
+from edgeva.schemas.message import Message
 from tests import link_peer as P
 
 settings.register_profile("edgeva-fuzz", max_examples=2000, deadline=None, database=None,

@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import NO_FRAME, ModuleContext, ModuleError
 from edgeva.modules.decoder import Decoder, DecoderConfig
 from edgeva.modules.sources import capture
 from edgeva.modules.sources.preprocess import Normalize, Preprocess
-from pydantic import ValidationError
-
 from tests.rtsp_peer import FFMPEG, RtspPeer
 
 

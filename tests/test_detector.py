@@ -14,14 +14,14 @@ import cv2
 import msgpack
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.decoder import ASSETS
 from edgeva.modules.detector import COCO80, Detector, DetectorConfig
 from edgeva.modules.detectors.onnx import parse_input_shape
 from edgeva.modules.detectors.triton import split_url
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
-
 from tests.servers.fixtures import Server, free_ports, mlserver_fixture, pytriton_fixture  # noqa: F401
 
 FRAMES = (0, 200, 400, 600)

@@ -13,13 +13,14 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from edgeva.modules.registry import load_registry
 from edgeva.schemas.commands import extract_request_id, parse_command
 from edgeva.schemas.errors import EdgevaError
 from edgeva.schemas.graph import validate_graph
 from edgeva.schemas.topics import VERBS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("EDGEVA_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],

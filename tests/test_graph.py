@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import Field
+
 from edgeva.modules.base import ModuleConfig
 from edgeva.schemas.deployment import Deployment, from_listing1, parse_deployment
 from edgeva.schemas.errors import EdgevaError, format_path
 from edgeva.schemas.graph import validate_graph
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import Field
 
 
 class DecoderConfig(ModuleConfig):

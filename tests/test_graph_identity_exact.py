@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+
 from edgeva.modules.base import ModuleConfig
 from edgeva.schemas.commands import parse_command
 from edgeva.schemas.deployment import Deployment

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.link import Link, LinkMessageTooLarge, LinkTimeout, LinkTLS
 from edgeva.agent.dataplane.segment import segment_name, unlink_segment
 from edgeva.schemas.message import Message

@@ -24,6 +24,7 @@ import uuid
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.link import Link
 from edgeva.agent.dataplane.relay import RingToLink
 from edgeva.agent.dataplane.segment import segment_name, unlink_segment

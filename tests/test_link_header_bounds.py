@@ -17,8 +17,8 @@ import threading
 import time
 
 import numpy as np
-from edgeva.agent.dataplane.link import Link
 
+from edgeva.agent.dataplane.link import Link
 from tests import link_peer as P
 
 CTX = mp.get_context("spawn")
@@ -91,6 +91,7 @@ def test_the_encoder_refuses_a_header_the_decoder_would() -> None:
     """A module or sender learns at the source: a header over ``MAX_HEADER_BYTES`` is refused
     by the ring's and the link's encoder (nothing is sent), one just under it round-trips."""
     import pytest
+
     from edgeva.agent.dataplane.codec import MAX_HEADER_BYTES, HeaderTooLarge, decode, encode
     from edgeva.agent.dataplane.link import LinkMessageTooLarge
     from edgeva.schemas.message import Message

@@ -15,12 +15,12 @@ import threading
 import time
 
 import numpy as np
+
 from edgeva.agent.dataplane.link import Link
 from edgeva.agent.dataplane.relay import LinkToRing
 from edgeva.agent.dataplane.segment import segment_name
 from edgeva.agent.supervisor import Supervisor
 from edgeva.schemas import runner as R
-
 from tests import link_peer as P
 
 CTX = mp.get_context("spawn")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pynng
 import pytest
+
 from edgeva.agent.dataplane import link as L
 from edgeva.agent.dataplane.codec import ARRAYS_OFFSET, CodecError, encode
 from edgeva.agent.dataplane.link import (

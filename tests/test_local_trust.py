@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.link import Link
 from edgeva.agent.dataplane.relay import RingToLink
 from edgeva.agent.dataplane.ring import H_PID, RingConsumer, RingProducer, sweep_segments

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pynng
 import pytest
+
 from edgeva.agent.dataplane.msgpool import MsgPool
 
 _ffi, _lib = pynng.ffi, pynng.lib

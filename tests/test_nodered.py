@@ -19,8 +19,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgeva.control.nodered import build
 
+from edgeva.control.nodered import build
 from tests.agent_harness import AgentProc, Watcher
 from tests.nodered_harness import Chromium, NodeRed, blank, flow_nodes, missing_tools
 

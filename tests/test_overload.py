@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.ring import ring_stats
 from edgeva.agent.dataplane.segment import segment_name, unlink_segment
 from edgeva.agent.supervisor import Supervisor

@@ -10,8 +10,8 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgeva.control.client import EdgevaClient, Incoming, Subscription
 
+from edgeva.control.client import EdgevaClient, Incoming, Subscription
 from tests.brokers import Broker
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgeva.control.client import EdgevaClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeva.control.client import EdgevaClient
 from tests.agent_harness import AgentProc, Commander, Watcher
 from tests.brokers import Broker
 

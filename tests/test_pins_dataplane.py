@@ -8,6 +8,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.codec import (
     ARRAYS_OFFSET,
     MAGIC,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgeva.agent.paths import PathPolicy
 from edgeva.schemas.errors import EdgevaError
 

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+
 from edgeva.agent.dataplane.segment import segment_name
 from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
 from edgeva.schemas import runner as R

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edgeva.control.plan import measured_costs, place
 from edgeva.schemas.deployment import Deployment
 

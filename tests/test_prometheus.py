@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from urllib.request import urlopen
 
 import pytest
+
 from edgeva.agent.exporter import EdgevaCollector
 from edgeva.control.broker import free_port
 from edgeva.control.client import EdgevaClient

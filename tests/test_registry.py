@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+
 from edgeva.modules.registry import BUILTIN, load_registry, module_class
 
 

@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import pydantic
 import pytest
+
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.embedders import CROP_H, CROP_W, fit_crop
 from edgeva.modules.reid import Reid, ReidConfig, Template
 from edgeva.schemas.message import Message
-
 from tests.servers.fixtures import Server, mlserver_reid_fixture  # noqa: F401
 
 DATA = Path(__file__).parent / "data" / "reid"

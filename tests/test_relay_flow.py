@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane import relay as relay_mod
 from edgeva.agent.dataplane.codec import encode
 from edgeva.agent.dataplane.link import Link, Received

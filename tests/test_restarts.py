@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from edgeva.agent.supervisor import WATCH_EVERY_S, RestartPolicy
 
+from edgeva.agent.supervisor import WATCH_EVERY_S, RestartPolicy
 from tests.agent_harness import AgentProc, Commander, Watcher
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.codec import MessageTooLarge
 from edgeva.agent.dataplane.ring import (
     RingConsumer,

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pytest
+
 from edgeva.agent.dataplane.ring import (
     C_WAITING,
     C_WORDS,
@@ -445,6 +446,7 @@ def test_a_consumer_closed_while_its_arrays_live_closes_only_its_own_descriptor(
 
 def test_bad_sizes_and_misuse_are_refused_and_leave_the_ring_usable(prod) -> None:
     import numpy as np
+
     from edgeva.agent.dataplane.codec import MessageTooLarge
     from edgeva.agent.dataplane.ring import producer_pid
 

@@ -7,11 +7,12 @@ import os
 import uuid
 
 import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from edgeva.agent.dataplane import ring as R
 from edgeva.agent.dataplane.segment import segment_name
 from edgeva.schemas.message import Message
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 
 class RingMachine(RuleBasedStateMachine):

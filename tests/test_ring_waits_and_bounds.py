@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgeva.agent.dataplane.codec import MessageTooLarge
 from edgeva.agent.dataplane.ring import (
     C_TOKEN,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import ModuleContext
 from edgeva.modules.roi import Roi, RoiConfig
 from edgeva.modules.scene import SyntheticScene, point_in_polygon
 from edgeva.modules.tracker import Tracker, TrackerConfig
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
 
 POLYGONS = {
     # A slanted quadrilateral in the middle, a U (concave: a figure can enter twice), and a

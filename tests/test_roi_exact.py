@@ -6,10 +6,11 @@ square, 10 fps, hand-placed boxes: every expected value is worked out by hand.""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import ModuleContext
 from edgeva.modules.roi import Roi, RoiConfig
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
 
 SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100]]
 STEP = 100_000_000  # 10 fps

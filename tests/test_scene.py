@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+
 from edgeva.modules.scene import SyntheticScene, point_in_polygon
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from edgeva.control.commands import schema as schema_cmd
 from edgeva.schemas.commands import (
     COMMAND_MODELS,

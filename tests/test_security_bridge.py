@@ -19,10 +19,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pynng
 import pytest
+
 from edgeva.agent.bridge import MAX_COMMAND_BYTES, MAX_INBOUND_PACKET, TENANT_QUEUE_BYTES
 from edgeva.control.broker import free_port
 from edgeva.control.mosquitto import Mosquitto
-
 from tests.agent_harness import AgentProc, Commander, Watcher
 from tests.brokers import TENANT_ACL, Broker, _run_mosquitto
 from tests.test_multidevice import desired

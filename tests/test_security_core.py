@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from edgeva.modules.registry import load_registry
 from edgeva.schemas.deployment import parse_deployment
 from edgeva.schemas.errors import EdgevaError
 from edgeva.schemas.graph import validate_graph
-
 from tests.agent_harness import AgentProc
 from tests.brokers import Broker
 from tests.test_security_control import DEC, Fleet, app, start_fleet, stop_fleet

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from edgeva.agent.dataplane import segment
 from edgeva.agent.dataplane.segment import SegmentError
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from pydantic import BaseModel
+
 from edgeva.agent.bridge import MAX_COMMAND_BYTES
+from edgeva.cli import build_parser
 from edgeva.control.testing import Watcher
 from edgeva.schemas.errors import MAX_MESSAGE
 from edgeva.schemas.state import AppState, DeviceState, ModuleState
-from pydantic import BaseModel
-
-from edgeva.cli import build_parser
 from tests.brokers import Broker, _run_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,16 +20,16 @@ import threading
 import time
 from pathlib import Path
 
-import edgeva.agent.supervisor as S
 import msgpack
 import pytest
+
+import agent.runner
+import edgeva.agent.supervisor as S
 from edgeva.agent.dataplane.ring import RingProducer
 from edgeva.agent.dataplane.segment import SHM_DIR, segment_name
 from edgeva.agent.heartbeat import PROCESS, Heartbeat
 from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
 from edgeva.schemas import runner as R
-
-import agent.runner
 
 WAIT_S = 5.0  # a scripted restart takes milliseconds; generous for a loaded 2-core machine
 ROOT = Path(__file__).resolve().parents[1]

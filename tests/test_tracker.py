@@ -28,11 +28,12 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import ModuleContext
 from edgeva.modules.scene import SyntheticScene
 from edgeva.modules.tracker import Tracker, TrackerConfig
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
 
 BOUNDS = {  # algorithm: (clean, noisy) maximum ID switches
     "centroid": (6, 12),

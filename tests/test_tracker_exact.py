@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.tracker import Tracker, TrackerConfig
 from edgeva.schemas.message import Message
-from pydantic import ValidationError
 
 ALGORITHMS = ["centroid", "centroid_kf", "sort", "iou"]
 

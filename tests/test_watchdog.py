@@ -13,11 +13,11 @@ import uuid
 from collections import defaultdict
 
 import pytest
+
 from edgeva.agent.dataplane.segment import segment_name
 from edgeva.agent.heartbeat import FIRST_CALL_GRACE_S, PROCESS, Heartbeat
 from edgeva.agent.supervisor import Supervisor
 from edgeva.schemas import runner as R
-
 from tests.agent_harness import AgentProc, Commander, Watcher
 from tests.load import budget, slowdown
 

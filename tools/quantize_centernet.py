@@ -178,6 +178,7 @@ def match_count(ref, got, iou: float = 0.5) -> int:
 def verify(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     import numpy as np
+
     from edgeva.modules.base import ModuleContext
     from edgeva.modules.detector import Detector, DetectorConfig
     from edgeva.schemas.message import Message

@@ -22,6 +22,7 @@ import struct
 
 import msgpack
 import numpy as np
+
 from edgeva.schemas.frame import (  # the header's bounds: see schemas.frame
     MAX_ARRAYS,
     MAX_CONTAINER_LEN,

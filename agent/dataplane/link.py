@@ -71,6 +71,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pynng
+
 from edgeva.agent.dataplane.codec import (
     ARRAYS_OFFSET,
     CodecError,

@@ -26,6 +26,7 @@ from typing import Any
 from edgeva.bench.proxy import TcpProxy
 from edgeva.bench.rtsp import RtspPeer
 from edgeva.control.processes import agent_argv
+from edgeva.schemas.topics import parse_topic
 
 LINK_PORTS = 4  # a restarted listener takes the next port while the old one is in TIME_WAIT
 CAMERA_FPS = 10.0
@@ -97,18 +98,19 @@ class Recorder:
 
     def _on(self, _c: Any, _u: Any, msg: Any) -> None:
         now = time.monotonic()
-        parts = msg.topic.split("/")
+        topic = parse_topic(msg.topic)
         try:
             data = json.loads(msg.payload)
         except ValueError:
             return
-        if not isinstance(data, dict):
+        if topic is None or not isinstance(data, dict):
             return
-        if len(parts) == 4:
-            self._state(now, parts[2], data)
-        elif "event" not in data and isinstance(data.get("frame_id"), int) and "latency_ms" in data:
+        if topic.kind == "state":
+            self._state(now, topic.device, data)
+        elif topic.kind == "events" and "event" not in data and isinstance(data.get("frame_id"), int) \
+                and "latency_ms" in data:
             with self.lock:  # a publish sink's per-frame event (not roi's or reid's own events)
-                self.events.setdefault(parts[5], []).append((now, data["frame_id"], float(data.get("ts") or 0)))
+                self.events.setdefault(topic.name, []).append((now, data["frame_id"], float(data.get("ts") or 0)))
 
     def _state(self, now: float, device: str, data: dict) -> None:
         mods = data.get("modules") or {}

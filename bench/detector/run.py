@@ -62,6 +62,7 @@ class DetectorCase:
 def _frames(n: int) -> list[np.ndarray]:
     """n frames spread over the clip (people come and go), decoded up front."""
     import cv2
+
     from edgeva.modules.decoder import resolve_path
 
     cap = cv2.VideoCapture(str(resolve_path("asset:vtest.mp4")))

@@ -33,6 +33,7 @@ from typing import Any
 
 from edgeva.bench.out import out_path, write_json
 from edgeva.control.processes import join_or_kill, tell_all
+from edgeva.schemas.topics import parse_topic
 
 APP = "fleetapp"
 STATUS_TARGET_MS, DEPLOY_TARGET_MS = 2000.0, 10000.0
@@ -125,7 +126,10 @@ class _FirstEvents:
         m.subscribe_wait(self.client, f"edgeva/v1/+/default/events/{APP}")
 
     def _on(self, _c: Any, _u: Any, msg: Any) -> None:
-        dev = msg.topic.split("/")[2]
+        topic = parse_topic(msg.topic)
+        if topic is None:
+            return
+        dev = topic.device
         with self.cond:
             self.first.setdefault(dev, time.monotonic())
             self.cond.notify_all()

@@ -56,6 +56,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
+
 from edgeva.bench.hop.transports import Payload, Transport, transports
 from edgeva.bench.hop.transports.base import touch
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeva.control.processes import agent_argv
+from edgeva.schemas.topics import parse_topic
 
 
 class Agents:
@@ -60,15 +61,17 @@ class Agents:
         return self
 
     def _on(self, _c: Any, _u: Any, msg: Any) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) == 4:
+        topic = parse_topic(msg.topic)
+        if topic is None:
+            return
+        if topic.kind == "state":
             try:
                 dm = json.loads(msg.payload)
             except ValueError:
                 return
-            self.links[parts[2]] = dm.get("links", {})
+            self.links[topic.device] = dm.get("links", {})
             if self.recording:
-                self.modules[parts[2]] = dm.get("modules", {})
+                self.modules[topic.device] = dm.get("modules", {})
             return
         if not self.recording:
             return
@@ -76,11 +79,11 @@ class Agents:
             ev = json.loads(msg.payload)
         except ValueError:
             return
-        if not isinstance(ev, dict) or "latency_ms" not in ev:
+        if topic.kind != "events" or not isinstance(ev, dict) or "latency_ms" not in ev:
             return  # an app's own events (roi counts, reid matches): not the sink's
         now = time.monotonic()
         with self.lock:
-            self.events.setdefault(parts[5], []).append((now, ev["latency_ms"], ev.get("hops")))
+            self.events.setdefault(topic.name, []).append((now, ev["latency_ms"], ev.get("hops")))
 
     def run(self, deps: list[dict], seconds: float, warmup: float = 3.0) -> dict[str, list]:
         """Deploy ``deps`` on the first device (it coordinates the others), let them settle,

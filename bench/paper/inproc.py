@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from edgeva.modules.base import Module, ModuleContext
 from edgeva.modules.registry import module_class
 from edgeva.schemas.message import Message

@@ -33,8 +33,9 @@ def installed_registry() -> dict[str, Any]:
 
 def load_fleet(path: str) -> dict[str, Any]:
     """Device -> ``DeviceState`` from a file of retained states (see the module doc)."""
-    from edgeva.schemas.state import DeviceState
     from pydantic import ValidationError
+
+    from edgeva.schemas.state import DeviceState
 
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from edgeva.control.commands._common import (
     EXIT_OK,
     Payload,
@@ -23,7 +25,6 @@ from edgeva.control.commands._common import (
     table,
 )
 from edgeva.schemas.metrics import DeviceMetrics, TenantMetrics
-from pydantic import ValidationError
 
 HELP = "show an app's (or all the tenant's apps') metrics; --watch keeps redrawing"
 _CLEAR = "\x1b[H\x1b[2J"

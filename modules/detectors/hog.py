@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
 from edgeva.modules.detectors import Backend
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from edgeva.modules.base import ModuleError
 from edgeva.modules.decoder import resolve_path
 from edgeva.modules.detectors import Backend, rows

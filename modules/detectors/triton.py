@@ -41,6 +41,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from edgeva.modules.base import ModuleError
 from edgeva.modules.detectors import Backend, rows
 from edgeva.modules.detectors.onnx import parse_input_shape

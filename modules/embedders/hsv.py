@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise
 
 

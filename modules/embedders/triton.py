@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+
 from edgeva.modules.base import ModuleError
 from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise, to_nchw
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
 from edgeva.bench.hop.transports.base import (
     Received,
     Receiver,

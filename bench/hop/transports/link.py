@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from edgeva.bench.hop.transports.base import Received, Receiver, Sender, Transport, register
 
 STREAM = "bench"

@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 import numpy as np
+
 from edgeva.bench.hop.transports.base import (
     Received,
     Receiver,

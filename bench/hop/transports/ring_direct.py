@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from edgeva.bench.hop.transports.base import Sender, register
 from edgeva.bench.hop.transports.ring import RingTransport, _RingSender
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
 from edgeva.bench.hop.transports.base import Received, Receiver, Sender, Transport, register
 
 _REC = struct.Struct("<qqqq")  # slot, nbytes, frame_id, t0_ns: 32 B, one atomic pipe write

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from edgeva.modules.base import Module, ModuleConfig, ModuleError
 from edgeva.schemas.message import Message
-from pydantic import Field
 
 
 class BrightnessConfig(ModuleConfig):

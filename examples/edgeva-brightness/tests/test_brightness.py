@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from edgeva_brightness.module import Brightness, BrightnessConfig
+
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.schemas.message import Message
-from edgeva_brightness.module import Brightness, BrightnessConfig
 
 DECODER = {"type": "decoder", "args": {"source": "synthetic", "fps": 20, "width": 160, "height": 120}}
 

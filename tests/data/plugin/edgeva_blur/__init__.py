@@ -8,8 +8,9 @@ a dist-info whose ``entry_points.txt`` registers ``blur = edgeva_blur:Blur`` in 
 from typing import Literal
 
 import cv2
-from edgeva.modules.base import Module, ModuleConfig
 from pydantic import Field
+
+from edgeva.modules.base import Module, ModuleConfig
 
 
 class BlurConfig(ModuleConfig):
