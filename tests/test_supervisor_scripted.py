@@ -283,6 +283,14 @@ def test_a_setup_failure_while_restoring_backs_off_then_runs(make, tmp_path) -> 
     assert rec.named("module_recovered") == [{"event": "module_recovered", "module": "boot", "restarts": 1}]
 
 
+def test_a_long_reason_is_cut_to_600_characters(make, tmp_path) -> None:
+    # the state and the event carry the reason, not a module's whole traceback
+    sup, rec = make(RestartPolicy(fast=0, first_s=30.0, cap_s=30.0))
+    inst = sup.start(_spec(tmp_path, "long", [["failed", "setup", "x" * 1000], ["exit", 3]]), retry_setup=True)
+    assert inst.status == "backoff" and inst.error == ("failed in setup (setup: " + "x" * 1000)[:600]
+    assert rec.named("module_backoff")[0]["error"] == inst.error
+
+
 def test_events_metrics_and_refused_messages_are_counted_exactly(make, tmp_path) -> None:
     sup, rec = make()
     m1 = {"op": "metrics", "frames_in": 3, "frames_out": 2, "proc_ms": [1.5, 3.0]}
