@@ -30,6 +30,7 @@ from agent.dataplane.segment import SHM_DIR, segment_name
 from agent.heartbeat import PROCESS, Heartbeat
 from agent.supervisor import Instance, RestartPolicy, Supervisor
 from schemas import runner as R
+from tests.load import budget
 
 WAIT_S = 5.0  # a scripted restart takes milliseconds; generous for a loaded 2-core machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,7 +452,8 @@ def test_the_reader_survives_a_failed_fork(make, tmp_path) -> None:
 
     sup.ctx = _Ctx()
     took = _kill_until_running(inst)
-    assert fails and sup._thread.is_alive() and inst.restarts == 2 and took < 1.0, took
+    # within a second on a quiet machine; the bound grows with the load measured now
+    assert fails and sup._thread.is_alive() and inst.restarts == 2 and took < budget(1.0), took
 
 
 def test_refused_messages_do_not_hide_the_last_words(make, tmp_path) -> None:
@@ -569,7 +571,7 @@ def test_stop_kills_a_module_that_ignores_sigterm_after_2_s(make, tmp_path) -> N
     sup.stop("stub", timeout=0.1)
     took = time.monotonic() - t0
     assert not inst.proc.is_alive() and inst.proc.exitcode == -signal.SIGKILL
-    assert 2.05 <= took < 2.9, took
+    assert 2.05 <= took < 2.0 + budget(0.9), took  # the 2 s grace, then at once (load-scaled)
 
 
 def test_a_supervisor_never_closed_does_not_keep_its_process_alive() -> None:
