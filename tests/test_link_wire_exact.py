@@ -317,7 +317,11 @@ def test_recv_timeouts_none_waits_negative_returns_and_closed_raises() -> None:
         peer.close()
 
 
-def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(caplog: pytest.LogCaptureFixture) -> None:
+def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died: list = []  # threads of the link that end with an exception
+    monkeypatch.setattr(threading, "excepthook", lambda a: died.append((a.thread, a.exc_type)))
     addr = _addr()
     link = Link.listen(addr, name="rx")
     peer = _peer(addr, listen=False)
@@ -366,6 +370,7 @@ def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(caplog: pytes
         time.sleep(0.02)
         lone.close()
         assert lone.stats()["bad"] == 0
+    assert not died, died  # the dispatchers ended cleanly at close
 
 
 def test_a_sender_only_link_reads_with_recv_without_losing_any() -> None:
