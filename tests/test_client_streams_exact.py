@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -33,6 +34,24 @@ def send(dev: EdgevaClient, topic: str, payload: str | bytes, retain: bool = Fal
     dev._client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
 
+def bounded(call: Callable[[], object], limit: float = 5.0) -> object:
+    """``call()`` in a thread: what it returned or raised; a call still running after ``limit``
+    seconds fails the test instead of hanging it."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:  # handed to the test
+            out.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert not worker.is_alive(), f"still running after {limit} s"
+    return out[0]
+
+
 def drain_until(sub: Subscription, marker: bytes) -> list[bytes]:
     """The payloads up to and including ``marker``."""
     got: list[bytes] = []
@@ -47,12 +66,20 @@ def test_iterating_a_subscription_yields_until_it_is_closed(dev: EdgevaClient) -
     assert not sub.closed
     for p in (b"1", b"2", b"3"):
         send(dev, topic, p)
-    seen = []
-    for msg in sub:
-        seen.append(msg.payload)
-        if len(seen) == 2:
-            sub.close()
-    assert seen == [b"1", b"2"] and sub.closed
+    seen: list[bytes] = []
+
+    def read() -> None:  # in a thread: a loop that does not end must fail the test, not hang it
+        for msg in sub:
+            seen.append(msg.payload)
+            if len(seen) == 2:
+                sub.close()
+            if len(seen) > 2:
+                break  # the close did not end the loop
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and seen == [b"1", b"2"] and sub.closed
     assert topic not in dev._filters and sub not in dev._subs
 
 
@@ -171,16 +198,17 @@ def test_wait_state_skips_what_is_not_a_state_and_waits_online_by_default(dev: E
         threading.Timer(0.2, send, (dev, topic, online, True)).start()
         assert dev.wait_state(timeout=5).status == "online"
         t0 = time.monotonic()
-        with pytest.raises(RequestTimeout, match=f"^device {dev.device} is still online after 0.2s \\(waited for offline\\)"):
-            dev.wait_state(online=False, timeout=0.2)
+        exc = bounded(lambda: dev.wait_state(online=False, timeout=0.2))
+        assert isinstance(exc, RequestTimeout), exc
+        assert str(exc) == f"device {dev.device} is still online after 0.2s (waited for offline)"
         assert time.monotonic() - t0 < 0.8  # the deadline holds after a state came in
     finally:
         send(dev, topic, b"", retain=True)
 
 
 def test_wait_state_without_any_state_says_so(dev: EdgevaClient) -> None:
-    with pytest.raises(RequestTimeout, match=f"^no state from device {dev.device} within 0.2s"):
-        dev.wait_state(timeout=0.2)
+    exc = bounded(lambda: dev.wait_state(timeout=0.2))
+    assert isinstance(exc, RequestTimeout) and re.match(f"no state from device {dev.device} within 0.2s", str(exc))
 
 
 # -- metrics ------------------------------------------------------------------------------------

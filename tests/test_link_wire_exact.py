@@ -323,7 +323,11 @@ def test_recv_timeouts_none_waits_negative_returns_and_closed_raises() -> None:
         peer.close()
 
 
-def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(caplog: pytest.LogCaptureFixture) -> None:
+def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died: list = []  # threads of the link that end with an exception
+    monkeypatch.setattr(threading, "excepthook", lambda a: died.append((a.thread, a.exc_type)))
     addr = _addr()
     link = Link.listen(addr, name="rx")
     peer = _peer(addr, listen=False)
@@ -355,7 +359,8 @@ def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(caplog: pytes
         assert got == [1, 2, 4, 5] and st["unrouted"] == 1 and st["bad"] == 0, (got, st)
         assert st["messages_received"] == 6
         failed = [r for r in caplog.records if "handler of stream" in r.getMessage()]
-        assert len(failed) == 1 and failed[0].exc_info is not None  # with its traceback
+        assert len(failed) == 1 and failed[0].exc_info  # with its traceback
+        assert failed[0].exc_info[0] is RuntimeError
         link.off("s")
         peer.send(_frame("s", _msg(6), epoch=4, seq=6))
         _wait(lambda: link.stats()["unrouted"] == 2, what=link.stats)
@@ -365,6 +370,13 @@ def test_dispatch_unrouted_failing_handlers_and_a_switch_from_recv(caplog: pytes
     finally:
         link.close()
         peer.close()
+    for _ in range(6):  # (a dispatcher may see the close between two receives: try a few)
+        lone = Link.listen(_addr(), name="lone")
+        lone.on("s", lambda r: None)
+        time.sleep(0.02)
+        lone.close()
+        assert lone.stats()["bad"] == 0
+    assert not died, died  # the dispatchers ended cleanly at close
 
 
 def test_a_sender_only_link_reads_with_recv_without_losing_any() -> None:
@@ -441,7 +453,7 @@ def test_pause_resume_per_stream_block_waits_drop_oldest_drops() -> None:
         with pytest.raises(LinkTimeout, match="paused by the peer"):
             link.send("a", _msg(0), timeout=0.3)  # waits as on a full queue
         took = time.monotonic() - t0
-        assert 0.25 <= took < 0.9, took
+        assert 0.25 <= took < 1.2, took
         link.send("b", _msg(1))  # other streams go on
         for i in range(3):
             link.send("c", _msg(10 + i))  # a paused live stream drops new messages
@@ -566,7 +578,8 @@ def test_block_stream_holds_depth_plus_the_one_in_flight_then_times_out() -> Non
         link.send("a", _msg(1), timeout=0.5)
         link.send("a", _msg(2), timeout=0.5)
         assert link.stats()["queued"] == 2
-        for timeout, lo, hi in ((0.3, 0.25, 0.9), (None, 0.25, 0.9), (0.6, 0.55, 1.2)):
+        # (upper bounds leave load some room, under the mutants' timeout + 1 s)
+        for timeout, lo, hi in ((0.3, 0.25, 1.2), (None, 0.25, 1.2), (0.6, 0.55, 1.5)):
             t0 = time.monotonic()
             with pytest.raises(LinkTimeout, match="no peer connected"):
                 link.send("a", _msg(99), timeout=timeout)
@@ -656,6 +669,7 @@ def test_close_waits_for_the_message_in_flight_and_no_longer() -> None:
             peer.close()
     link = Link.dial(_addr(), name="nobody")
     link.send("a", _msg(0))  # in flight, no peer
+    _wait(lambda: link.stats()["queued"] == 0)  # the sender thread holds it, retrying
     t0 = time.monotonic()
     link.close(drain=3.0)  # not connected: nothing to drain, the sender stops within a slice
     assert time.monotonic() - t0 < 1.0

@@ -85,10 +85,19 @@ def pair() -> Iterator[tuple[Link, Link]]:
         assert tx.wait_connected(5) and rx.wait_connected(5)
         yield tx, rx
     finally:
-        tx.close(drain=0, linger=0)
-        rx.close(drain=0, linger=0)
+        _close_both(tx, rx)
         if os.path.exists(path):
             os.unlink(path)
+
+
+def _close_both(tx: Link, rx: Link | None) -> None:
+    """Close the dialer, then the listener once it has seen the dialer go: closing a listener
+    while nng still reports the peer's pipe going aborted the process (SIGABRT in nng), now and
+    then under load."""
+    tx.close(drain=0, linger=0)
+    if rx is not None:
+        _until(lambda: not rx.connected, 3.0)
+        rx.close(drain=0, linger=0)
 
 
 def _deaf(tx: Link) -> Link:
@@ -546,9 +555,7 @@ def test_without_a_peer_sends_time_out_and_are_retried_until_one_comes(prod) -> 
         assert _until(lambda: relay.sent == 3)
     finally:
         relay.stop()
-        tx.close(drain=0, linger=0)
-        if rx is not None:
-            rx.close(drain=0, linger=0)
+        _close_both(tx, rx)
         if os.path.exists(path):
             os.unlink(path)
 
@@ -574,8 +581,7 @@ def test_a_message_too_large_for_the_link_is_skipped_and_counted(ring_name) -> N
         if relay is not None:
             relay.stop()
         p.close()
-        tx.close(drain=0, linger=0)
-        rx.close(drain=0, linger=0)
+        _close_both(tx, rx)
         if os.path.exists(path):
             os.unlink(path)
 
@@ -611,7 +617,7 @@ def test_an_unexpected_failure_ends_the_relay_and_says_so(pair, prod, caplog) ->
 # -- process exit ------------------------------------------------------------------------------
 
 _LEFT_RUNNING = """
-import sys
+import sys, time
 sys.path.insert(0, {root!r})
 from edgeva.agent.dataplane.link import Link
 from edgeva.agent.dataplane.relay import LinkToRing, RingToLink
@@ -625,6 +631,9 @@ b = LinkToRing(rx, "s", {dst!r}, 4096)
 # The links go (nng may abort a process that exits with its sockets open); the relays' threads
 # stay: one waits for the ring, one for a backlog.
 tx.close(drain=0, linger=0)
+end = time.monotonic() + 3
+while rx.connected and time.monotonic() < end:  # see _close_both
+    time.sleep(0.01)
 rx.close(drain=0, linger=0)
 assert a._thread.is_alive() and b._thread.is_alive()
 print("running", flush=True)

@@ -23,13 +23,23 @@ from pathlib import Path
 import msgpack
 import pytest
 
-import agent.runner
+import edgeva.agent.runner
+<<<<<<< HEAD
 import edgeva.agent.supervisor as S
 from edgeva.agent.dataplane.ring import RingProducer
 from edgeva.agent.dataplane.segment import SHM_DIR, segment_name
 from edgeva.agent.heartbeat import PROCESS, Heartbeat
 from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
 from edgeva.schemas import runner as R
+=======
+import edgeva.agent.supervisor as S
+from edgeva.agent.dataplane.ring import RingProducer
+from edgeva.agent.dataplane.segment import SHM_DIR, segment_name
+from edgeva.agent.heartbeat import PROCESS, Heartbeat
+from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
+from edgeva.schemas import runner as R
+from tests.load import budget
+>>>>>>> main
 
 WAIT_S = 5.0  # a scripted restart takes milliseconds; generous for a loaded 2-core machine
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +74,7 @@ def _serve(conn, cfg: dict, hb: Heartbeat) -> None:
 
 
 def _scripted(spec_json: str, conn, heartbeat=None) -> None:
-    """Stands in for agent.runner.run_module: plays ``config["runs"][n]`` on the module's n-th
+    """Stands in for edgeva.agent.runner.run_module: plays ``config["runs"][n]`` on the module's n-th
     start (the last run repeats), and notes each start in ``<dir>/<name>.starts``."""
     spec = R.RunnerSpec.model_validate_json(spec_json)
     cfg = spec.config
@@ -156,7 +166,7 @@ def make(monkeypatch, tmp_path):
     closed at the end."""
     monkeypatch.setattr(S, "_context", lambda: mp.get_context("fork"))
     monkeypatch.setattr(S, "_warm_up", lambda: None)
-    monkeypatch.setattr(agent.runner, "run_module", _scripted)
+    monkeypatch.setattr(edgeva.agent.runner, "run_module", _scripted)
     made: list[Supervisor] = []
 
     def _make(policy: RestartPolicy | None = None, rec: _Rec | None = None, **cb):
@@ -281,6 +291,14 @@ def test_a_setup_failure_while_restoring_backs_off_then_runs(make, tmp_path) -> 
     assert rec.statuses("boot") == ["backoff", "restarting", "running"] and inst.restarts == 1
     assert [s["unattended"] for s in _starts(tmp_path, "boot")] == [True, True]  # restoring: unattended
     assert rec.named("module_recovered") == [{"event": "module_recovered", "module": "boot", "restarts": 1}]
+
+
+def test_a_long_reason_is_cut_to_600_characters(make, tmp_path) -> None:
+    # the state and the event carry the reason, not a module's whole traceback
+    sup, rec = make(RestartPolicy(fast=0, first_s=30.0, cap_s=30.0))
+    inst = sup.start(_spec(tmp_path, "long", [["failed", "setup", "x" * 1000], ["exit", 3]]), retry_setup=True)
+    assert inst.status == "backoff" and inst.error == ("failed in setup (setup: " + "x" * 1000)[:600]
+    assert rec.named("module_backoff")[0]["error"] == inst.error
 
 
 def test_events_metrics_and_refused_messages_are_counted_exactly(make, tmp_path) -> None:
@@ -443,7 +461,8 @@ def test_the_reader_survives_a_failed_fork(make, tmp_path) -> None:
 
     sup.ctx = _Ctx()
     took = _kill_until_running(inst)
-    assert fails and sup._thread.is_alive() and inst.restarts == 2 and took < 1.0, took
+    # within a second on a quiet machine; the bound grows with the load measured now
+    assert fails and sup._thread.is_alive() and inst.restarts == 2 and took < budget(1.0), took
 
 
 def test_refused_messages_do_not_hide_the_last_words(make, tmp_path) -> None:
@@ -561,7 +580,7 @@ def test_stop_kills_a_module_that_ignores_sigterm_after_2_s(make, tmp_path) -> N
     sup.stop("stub", timeout=0.1)
     took = time.monotonic() - t0
     assert not inst.proc.is_alive() and inst.proc.exitcode == -signal.SIGKILL
-    assert 2.05 <= took < 2.9, took
+    assert 2.05 <= took < 2.0 + budget(0.9), took  # the 2 s grace, then at once (load-scaled)
 
 
 def test_a_supervisor_never_closed_does_not_keep_its_process_alive() -> None:
