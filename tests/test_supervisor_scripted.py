@@ -24,14 +24,6 @@ import msgpack
 import pytest
 
 import edgeva.agent.runner
-<<<<<<< HEAD
-import edgeva.agent.supervisor as S
-from edgeva.agent.dataplane.ring import RingProducer
-from edgeva.agent.dataplane.segment import SHM_DIR, segment_name
-from edgeva.agent.heartbeat import PROCESS, Heartbeat
-from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
-from edgeva.schemas import runner as R
-=======
 import edgeva.agent.supervisor as S
 from edgeva.agent.dataplane.ring import RingProducer
 from edgeva.agent.dataplane.segment import SHM_DIR, segment_name
@@ -39,7 +31,6 @@ from edgeva.agent.heartbeat import PROCESS, Heartbeat
 from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
 from edgeva.schemas import runner as R
 from tests.load import budget
->>>>>>> main
 
 WAIT_S = 5.0  # a scripted restart takes milliseconds; generous for a loaded 2-core machine
 ROOT = Path(__file__).resolve().parents[1]
