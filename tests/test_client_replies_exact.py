@@ -262,7 +262,7 @@ def test_the_default_request_and_state_timeouts_are_10_s(mosquitto: Broker, agen
 
     agent.answer = lambda c: []
     with EdgevaClient(mosquitto.url, agent.device) as dev:
-        monkeypatch.setattr("control.client.time", Jumpy())
+        monkeypatch.setattr("edgeva.control.client.time", Jumpy())
         with pytest.raises(RequestTimeout, match=r"^no reply from device \S+ within 10s"):
             dev.request("status")
         state: list[BaseException] = []
