@@ -266,7 +266,14 @@ def _root_cause(procs: dict[str, mp.Process], outs: dict[str, Connection], resul
         if o == failed or o in results:
             continue
         proc.join(timeout=1.0)
-        if proc.exitcode not in (None, 0) and not outs[o].poll():
+        if proc.exitcode in (None, 0):
+            continue
+        # a dead child's pipe polls readable at its end: only a report read from it counts
+        try:
+            reported = outs[o].poll() and outs[o].recv()
+        except (EOFError, OSError):
+            reported = None
+        if not reported:
             return {"error": f"{o} died (exit code {proc.exitcode}) without reporting"}
     return results[failed]
 
