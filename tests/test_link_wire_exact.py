@@ -51,10 +51,20 @@ def _wait(pred, timeout: float = 3.0, what=lambda: "") -> None:
 def _within(fn, secs: float = 3.0):
     """fn() run in a thread: its result, or a failure (not a hang) when it takes over ``secs``."""
     out: list = []
-    th = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            err.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
     th.start()
     th.join(secs)
-    assert not th.is_alive() and out, f"{fn} did not return within {secs} s"
+    assert not th.is_alive(), f"{fn} did not return within {secs} s"
+    if err:
+        raise err[0]
     return out[0]
 
 
@@ -242,7 +252,7 @@ def test_receive_accounting_lost_epochs_bad_and_network_time() -> None:
 
         def rx(n: int) -> None:
             for _ in range(n):
-                r = link.recv(2.0)
+                r = _within(lambda: link.recv(2.0), 4.0)
                 assert r is not None
                 got.append((r.message.frame_id, r.lease.seq))
                 assert _same(r.message, _msg(r.message.frame_id))
@@ -450,8 +460,12 @@ def test_pause_resume_per_stream_block_waits_drop_oldest_drops() -> None:
         st = link.stats()
         assert st["pauses_received"] == 2 and st["bad"] == 0, st
         t0 = time.monotonic()
-        with pytest.raises(LinkTimeout, match="paused by the peer"):
-            link.send("a", _msg(0), timeout=0.3)  # waits as on a full queue
+
+        def paused() -> None:
+            with pytest.raises(LinkTimeout, match="paused by the peer"):
+                link.send("a", _msg(0), timeout=0.3)  # waits as on a full queue
+
+        _within(paused)
         took = time.monotonic() - t0
         assert 0.25 <= took < 1.2, took
         link.send("b", _msg(1))  # other streams go on
@@ -581,8 +595,12 @@ def test_block_stream_holds_depth_plus_the_one_in_flight_then_times_out() -> Non
         # (upper bounds leave load some room, under the mutants' timeout + 1 s)
         for timeout, lo, hi in ((0.3, 0.25, 1.2), (None, 0.25, 1.2), (0.6, 0.55, 1.5)):
             t0 = time.monotonic()
-            with pytest.raises(LinkTimeout, match="no peer connected"):
-                link.send("a", _msg(99), timeout=timeout)
+
+            def full(timeout=timeout) -> None:
+                with pytest.raises(LinkTimeout, match="no peer connected"):
+                    link.send("a", _msg(99), timeout=timeout)
+
+            _within(full)  # a wait that never ends fails here
             took = time.monotonic() - t0
             assert lo <= took < hi, (timeout, took)
         assert link.stats()["send_timeouts"] == 3 and link.stats()["dropped"] == 0

@@ -195,6 +195,12 @@ def serve(work: Path) -> None:
     import importlib
 
     sys.dont_write_bytecode = True
+    # cosmic-ray's ExceptionReplacer writes `except CosmicRayTestingException:`; its own workers
+    # define the name, and so must ours, or evaluating that clause raises NameError instead of
+    # letting the original exception pass the handler by
+    import builtins
+
+    builtins.CosmicRayTestingException = type("CosmicRayTestingException", (Exception,), {})  # type: ignore[attr-defined]
     for mod in PRELOAD:
         try:
             importlib.import_module(mod)
