@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+import pytest
 
 from edgeva.agent.limits import TenantLimits, mib
 from edgeva.control.commands import agent as agent_cmd
@@ -29,3 +32,12 @@ def test_sizes_read_in_mib() -> None:
     assert mib(3 << 20) == "3.0 MiB"
     assert mib(1536 << 10) == "1.5 MiB"
     assert mib((2 << 30) + 1) == "2048.0 MiB"
+
+
+def test_limits_cannot_be_changed_after_they_are_made() -> None:
+    """One TenantLimits is shared by every tenant's checks: a check that assigned to it (a
+    typo, a "temporary" raise for one deploy) would change every tenant's limit."""
+    lim = TenantLimits()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lim.max_apps = 10_000  # type: ignore[misc]
+    assert lim.max_apps == 32
