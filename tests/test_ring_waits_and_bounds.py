@@ -38,14 +38,9 @@ from edgeva.agent.dataplane.ring import (
     ring_stats,
     sweep_segments,
 )
-<<<<<<< HEAD
-from edgeva.agent.dataplane.segment import SHM_DIR, segment_name, unlink_segment
-from edgeva.schemas.message import Message
-=======
 from edgeva.agent.dataplane.segment import SHM_DIR, segment_name, unlink_segment
 from edgeva.schemas.message import Message
 from tests.load import budget
->>>>>>> main
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
