@@ -559,6 +559,8 @@ def main() -> int:
     if a.changed is not None:
         base = a.changed or marker_base()
         chosen, tests_changed = changed_files(base, files)
+        if a.files:  # `--changed BASE FILE...`: only those of the changed files
+            chosen = [f for f in chosen if f in a.files]
         print(f"--changed: base {base[:12]}, mapped files changed (or their tests): {', '.join(chosen) or 'none'}")
     else:
         unknown = [f for f in a.files if f not in files]
