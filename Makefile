@@ -45,11 +45,11 @@ demo: setup
 	$(BIN)/edgeva demo --seconds $(SECONDS) --json out/demo.json --out out
 
 # Tests run in TEST_WORKERS processes (pytest-xdist): most of them wait on real processes, brokers
-# and timers, not on the CPU, so 3 workers fit 2 cores (and one: `taskset -c 0 make test`). Tests
-# marked xdist_group(NAME) run in one worker (they share a fixed device name).
+# and timers, not on the CPU, so 3 workers fit 2 cores (and one: `taskset -c 0 make test`). Each
+# file's tests run in one worker, in order (module fixtures such as the Node-RED stack rely on it).
 TEST_WORKERS ?= 3
 test: setup $(MLSERVER) $(PYTRITON) nodered
-	$(BIN)/python -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadfile
 	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 # The committed JSON Schemas and module reference, regenerated from the code (tests check them).

@@ -26,11 +26,7 @@ from tests.nodered_harness import Chromium, NodeRed, blank, flow_nodes, missing_
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "nodered"
-DEVICE = "nr-cam"
-# The flow's inject nodes name this device, so its tests share one stack (a module-scoped
-# fixture): under pytest-xdist they all run in one worker, or two stacks' agents would both
-# name their rings edgeva.nr-cam.*
-pytestmark = pytest.mark.xdist_group("nodered")
+DEVICE = "nr-cam"  # the flow's inject nodes name it: one stack per run (`make test`: --dist loadfile)
 FPS = "3"  # every decoder of the demo's deployments, through EDGEVA_FPS: keep the CPU load modest
 APPS = ("tracking", "roi", "reid")
 
