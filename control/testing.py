@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,11 +133,12 @@ class AgentProcess:
     to ``state_dir/agent.log``. ``extra``: more ``edgeva agent`` arguments; unless they hold a
     ``--url-host``, modules may reach 127.0.0.1 (a test's RTSP or inference server; an agent
     reaches no host by default). ``metrics_port``: serve Prometheus metrics there (0: a free
-    port), at ``.metrics_url``."""
+    port), at ``.metrics_url``. ``wrap``: a command the agent's command line is appended to
+    (it must ``exec`` it, so the agent keeps the pid: e.g. ``unshare`` for a private /dev/shm)."""
 
     def __init__(self, url: str, device: str, state_dir: Path, watcher: Watcher, *extra: str,
                  metrics_interval: float = 0.5, metrics_port: int | None = None, cwd: Path | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, wrap: Sequence[str] = ()) -> None:
         self.device, self.url, self.state_dir = device, url, state_dir
         if "--url-host" not in extra:
             extra = (*extra, "--url-host", "127.0.0.1")
@@ -152,7 +153,8 @@ class AgentProcess:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            agent_argv(device, url, "--state-dir", str(state_dir), "--metrics-interval", str(metrics_interval), *extra),
+            [*wrap, *agent_argv(device, url, "--state-dir", str(state_dir), "--metrics-interval",
+                                str(metrics_interval), *extra)],
             cwd=cwd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         topic = f"edgeva/v1/{device}/state"

@@ -205,7 +205,9 @@ class Chromium:
             if pred(text):
                 return text
             if time.monotonic() > deadline:
-                raise AssertionError(f"the page never showed {what}; it shows:\n{text[:3000]}")
+                # the head (what the page is) and the tail (where replies and messages land)
+                shown = text if len(text) <= 4000 else f"{text[:2000]}\n[...]\n{text[-2000:]}"
+                raise AssertionError(f"the page never showed {what}; it shows:\n{shown}")
             time.sleep(0.5)
 
     def screenshot(self, path: Path, clip: dict | None = None) -> bytes:

@@ -181,6 +181,11 @@ def test_block_stream_complete_and_in_order() -> None:
             for i in range(n):
                 link.send("cam", Message(i, "cam", arrays={"frame": frame(i)}), timeout=5)
             _, got, bad, rx = _expect(q, "done")
+            # The sender counts a message after nng's send returns, so the receiver can be
+            # done first: wait for the count, then read it once.
+            deadline = time.monotonic() + 5
+            while link.messages_sent < n and time.monotonic() < deadline:  # metrics() drains samples
+                time.sleep(0.01)
             m = link.metrics()
         assert got["cam"] == list(range(n))
         assert bad == []
