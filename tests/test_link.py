@@ -24,6 +24,7 @@ import pytest
 from edgeva.agent.dataplane.link import Link, LinkMessageTooLarge, LinkTimeout, LinkTLS
 from edgeva.agent.dataplane.segment import segment_name, unlink_segment
 from edgeva.schemas.message import Message
+from tests.load import budget
 
 CTX = mp.get_context("spawn")
 SHAPE = (48, 64, 3)
@@ -65,7 +66,7 @@ def _receiver(addr: str, q, streams: list[str], n: int, tls: LinkTLS | None, sec
     for s in streams:
         link.on(s, handler)
     q.put(("addr", link.address))
-    total.wait(secs)
+    total.wait(budget(secs))
     st = link.stats()
     q.put(("done", got, bad, st))
     time.sleep(0.2)
@@ -145,8 +146,10 @@ def _remote_agent(ring: str, n: int, q) -> None:
     link.close()
 
 
-def _expect(q, kind: str, timeout: float = 10.0):
-    end = time.monotonic() + timeout
+def _expect(q, kind: str, timeout: float | None = None):
+    """The next item of ``kind`` from a child; 10 s, more on a loaded machine (a spawned child
+    imports numpy and pynng first)."""
+    end = time.monotonic() + (budget(10.0) if timeout is None else timeout)
     while True:
         item = q.get(timeout=max(0.01, end - time.monotonic()))
         if item[0] == kind:

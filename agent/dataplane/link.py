@@ -112,6 +112,7 @@ _SEQ_I64, _TS_I64 = 2, 3  # int64 indices of seq and sent_ns in the envelope
 _SMALL = 64 << 10  # below this, encode into a reused buffer and copy (cheaper than a big alloc)
 _SEND_SLICE_MS = 100  # sender thread's blocking-send slice: how fast it notices close/staleness
 _RECV_SLICE_MS = 200  # dispatch thread's receive slice: how fast it notices close
+_CLOSE_JOIN_S = 30.0  # close() waits this long for each of its threads to leave nng (one slice when well)
 _MAX_NAMES = 1024  # stream names remembered (decoded once); more are decoded per message
 FLAG_PAUSE, FLAG_RESUME = 1, 2  # envelope flags of flow-control messages (see the docstring)
 _CTRL = FLAG_PAUSE | FLAG_RESUME
@@ -976,16 +977,16 @@ class Link:
             self._space.notify_all()
             while self._queue:
                 self._queue.popleft().free()
-        # The sender's blocking sends last one slice (_SEND_SLICE_MS) and it stops once it sees
-        # _closed: let it leave nng_sendmsg before the socket goes. Closing the socket under a
-        # blocked send once aborted the whole process (SIGABRT inside nng, seen in CI-like runs).
-        if threading.current_thread() is not self._sender:
-            self._sender.join(timeout=2.0)
-        self._sock.close()  # aborts the dispatcher's blocked receive
+        # Our threads' blocking sends and receives last one slice (_SEND_SLICE_MS,
+        # _RECV_SLICE_MS) and they stop once they see _closed: let both leave nng before the
+        # socket goes. Closing the socket under a blocked send or receive aborted the whole
+        # process (SIGABRT inside nng) on a loaded machine, where 2 s was not always enough.
+        me = threading.current_thread()
+        for t in (self._sender, self._dispatcher):
+            if t is not None and t is not me:
+                t.join(timeout=_CLOSE_JOIN_S)
+        self._sock.close()  # aborts a receive of recv()'s caller
         self._pool.close()  # messages still in use are let go when their user returns them
-        d = self._dispatcher
-        if d is not None and threading.current_thread() is not d:
-            d.join(timeout=2.0)
 
     def __enter__(self) -> Link:
         return self
