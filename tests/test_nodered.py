@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgeva.control.nodered import build
-from tests.agent_harness import AgentProc, Watcher
+from tests.agent_harness import AgentProc, Commander, Watcher
 from tests.nodered_harness import Chromium, NodeRed, blank, flow_nodes, missing_tools
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +227,7 @@ _CLICK = ("(() => { const b = [...document.querySelectorAll('button')]"
           ".find(b => b.innerText.trim().toLowerCase() === '%s'); if (b) b.click(); return !!b; })()")
 
 
-def _click_until(browser: Chromium, label: str, pred, what: str, tries: int = 3, each_s: float = 30) -> None:
+def _click_until(browser: Chromium, label: str, pred, what: str, tries: int = 3, each_s: float = 60) -> None:
     """Click the dashboard button ``label`` until the page shows ``what``: as a user would click
     again, since a click made while the page's socket is reconnecting (a loaded machine) is lost.
     The commands clicked here (status, stop, start) give the same reply when repeated."""
@@ -242,7 +242,9 @@ def _click_until(browser: Chromium, label: str, pred, what: str, tries: int = 3,
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)  # chromium on a loaded 2-core machine: minutes, not seconds
+# Chromium on one core shared with the suite's workers: minutes, not seconds (seen: a page
+# call blocked 3 minutes, the page's socket dropped on ping timeouts four times)
+@pytest.mark.timeout(900)
 def test_dashboard_shows_devices_and_moving_fps(stack: Stack, tmp_path: Path) -> None:
     why = missing_tools(chromium=True)
     if why:
@@ -384,8 +386,11 @@ def test_hostile_messages_are_dropped(stack: Stack) -> None:
 @pytest.mark.timeout(120)
 def test_device_offline_from_last_will(stack: Stack) -> None:
     """Last in this file: it kills the agent; the broker's last will reaches the flow."""
-    if app_status(stack.retained_state(), "tracking") is None:
+    status = app_status(stack.retained_state(), "tracking")
+    if status is None:
         stack.red.inject("deploy tracking")
+    elif status != "running":  # an earlier test of this file stopped it and failed before its start
+        assert Commander(stack.watcher, DEVICE).send("start", {"app": "tracking"}, timeout=60)["ok"]
     stack.red.wait_summary(lambda s: s["devices"].get(DEVICE, {}).get("apps", {}).get("tracking") == "running",
                            "tracking running, as the flow sees it", 60)
     stack.agent.kill()
