@@ -25,17 +25,17 @@ Results never depend on how frames were grouped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, Union
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edgeva.modules.base import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
-    MAX_PATH_CHARS,
     MAX_THREADS,
     NOT_A_PATH,
     ClassIds,
@@ -44,12 +44,11 @@ from edgeva.modules.base import (
     ModuleError,
     Side,
 )
-from edgeva.modules.detectors import Backend, make_backend
+from edgeva.modules.detectors import DEFAULT, Backend, BackendConfig, load_backends, make_backend
 from edgeva.schemas.message import Message
 
-_NONE = np.empty((0, 6), np.float32)
+_NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
 CropSide = Annotated[int, Field(ge=1, le=1024)]
-MAX_HEADER_CHARS = 4096  # one triton header's value (an access token)  # no rows: a frame skipped by interval
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -64,11 +63,15 @@ COCO80 = (
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 
-_TRITON_ONLY = {"url", "protocol", "model_name", "model_version", "shared_memory", "binary",
-                "cuda_device", "timeout_s", "headers"}
 # Post-processing knobs: changing them needs no new session/connection and does not change the
 # output size (forward_frame, crops, max_crops do: the output ring must be resized: restart).
 _LIVE = {"score_threshold", "classes", "nms_iou", "nms_contain", "crop_classes", "class_names", "interval"}
+
+#: Backend name -> its config class: the built-ins and the installed plugins
+#: (``modules/detectors``), read once, at import, to build the config's union.
+BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {n: b.config_class for n, b in load_backends().items()}
+#: One backend's config, told apart by its ``type``.
+AnyBackendConfig = Annotated[Union[tuple(BACKEND_CONFIGS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
@@ -83,25 +86,136 @@ def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
     return ~((inside > frac) & better & same).any(axis=1)
 
 
-#: Longest a triton request may take (a model loading on a CPU server): ``timeout_s``.
-MAX_REQUEST_S = 300.0
+def _owners(common: set[str]) -> dict[str, list[str]]:
+    """Flat arg -> the backends that have it (a backend's args that are not the detector's)."""
+    out: dict[str, list[str]] = {}
+    for tag, cfg in BACKEND_CONFIGS.items():
+        for key in cfg.model_fields:
+            if key != "type" and key not in common:
+                out.setdefault(key, []).append(tag)
+    return out
+
+
+def _wrong_backend(key: str, value: Any, owners: list[str], tag: str) -> InitErrorDetails:
+    which = ", ".join(owners)
+    return InitErrorDetails(
+        type=PydanticCustomError(
+            "wrong_backend", f"{key} is only for backend{'s' if len(owners) > 1 else ''} {which} "
+            f"(this detector's backend is {tag})"),
+        loc=(key,), input=value)
+
+
+def _nest(data: dict[str, Any], common: set[str]) -> tuple[dict[str, Any], str | None, bool, list[InitErrorDetails]]:
+    """Args in either form -> the nested form, the backend's name, whether it was flat, and
+    errors for the args of another backend (``data`` is not changed)."""
+    owners = _owners(common)
+    backend = data.get("backend", DEFAULT)
+    if isinstance(backend, BackendConfig):  # an instance (a config built in code): nested
+        backend = backend.model_dump()
+    if isinstance(backend, Mapping):
+        tag = backend.get("type")
+        # Flat args beside a nested backend: one place per arg, or which one would win?
+        wrong = [InitErrorDetails(
+            type=PydanticCustomError("flat_and_nested", f"{key} goes inside backend when backend is an "
+                                     f"object (it is an arg of backend {', '.join(owners[key])})"),
+            loc=(key,), input=data[key]) for key in data if key in owners]
+        rest = {k: v for k, v in data.items() if k not in owners}
+        return rest, tag if isinstance(tag, str) else None, False, wrong
+    if not isinstance(backend, str):
+        bad = InitErrorDetails(type=PydanticCustomError(
+            "backend_type", f"backend is a backend's name ({', '.join(BACKEND_CONFIGS)}) or an object "
+            "with its type and args"), loc=("backend",), input=backend)
+        return {k: v for k, v in data.items() if k != "backend" and k not in owners}, None, False, [bad]
+    own = BACKEND_CONFIGS.get(backend)
+    nested: dict[str, Any] = {"type": backend}
+    rest = {}
+    wrong = []
+    for key, value in data.items():
+        if key == "backend":
+            continue
+        if key in common or key not in owners:  # the detector's own, or unknown: refused by pydantic
+            rest[key] = value
+        elif own is not None and key in own.model_fields:
+            nested[key] = value
+        elif own is not None:  # of another backend (with an unknown backend: its error is enough)
+            wrong.append(_wrong_backend(key, value, owners[key], backend))
+    rest["backend"] = nested
+    return rest, backend, True, wrong
+
+
+def _relocated(errors: list[dict[str, Any]], tag: str | None, flat: bool) -> list[InitErrorDetails]:
+    """Pydantic's errors at the paths the deployment wrote: a discriminated union puts the tag
+    in the path (``backend.triton.url``); the flat form has the arg beside the name (``url``),
+    the nested one inside ``backend`` (``backend.url``)."""
+    out = []
+    for err in errors:
+        loc, kind, msg, value = tuple(err["loc"]), err["type"], err["msg"], err.get("input")
+        if tag is not None and loc[:2] == ("backend", tag):
+            loc = loc[2:] if flat and len(loc) > 2 else ("backend", *loc[2:])
+        elif loc == ("backend",) and kind in ("union_tag_invalid", "union_tag_not_found"):
+            known = ", ".join(BACKEND_CONFIGS)
+            if kind == "union_tag_invalid":
+                msg = f"unknown backend (installed: {known})"
+                value = tag if flat else value  # as written: the name, not the object made of it
+            else:
+                msg = f"backend needs its type: one of {known}"
+        out.append(InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value))
+    return out
+
+
+def _flat_schema(schema: dict[str, Any], cls: type) -> None:
+    """JSON Schema of both forms of the backend args (``json_schema_extra``): ``backend`` is a
+    backend's name or its config object; each backend's args are also accepted flat, beside
+    its name, and ``allOf`` rules refuse those of another backend, as the agent does."""
+    props = schema["properties"]
+    union = props.pop("backend")
+    union.pop("discriminator", None)  # its mapping would name $defs that export renames
+    desc = union.pop("description", "")
+    union.pop("default", None)
+    props["backend"] = {
+        "anyOf": [{"type": "string", "enum": list(BACKEND_CONFIGS),
+                   "description": "flat form: the backend's name, its args beside it"}, union],
+        "default": DEFAULT, "description": desc,
+    }
+    common = set(props)
+    owners = _owners(common)
+    for key, tags in owners.items():
+        sub = dict(BACKEND_CONFIGS[tags[0]].model_json_schema()["properties"][key])
+        sub["description"] = f"backend {', '.join(tags)} only (flat form of backend.{key}): " + sub.get("description", "")
+        props[key] = sub
+    rules: list[dict[str, Any]] = []
+    for tag, cfg in BACKEND_CONFIGS.items():
+        then: dict[str, Any] = {"properties": {k: False for k in owners if tag not in owners[k]}}
+        required = [k for k, f in cfg.model_fields.items() if f.is_required() and k in owners]
+        if required:
+            then["required"] = required
+        named: dict[str, Any] = {"properties": {"backend": {"const": tag}}, "required": ["backend"]}
+        rules.append({"if": {"anyOf": [named, {"not": {"required": ["backend"]}}]} if tag == DEFAULT else named,
+                      "then": then})
+    rules.append({"if": {"properties": {"backend": {"type": "object"}}, "required": ["backend"]},
+                  "then": {"properties": {k: False for k in owners}}})
+    schema["allOf"] = rules
 
 
 class DetectorConfig(ModuleConfig):
-    """Args of ``detector``. Knobs of another backend than the chosen one are refused."""
+    """Args of ``detector``.
+
+    ``backend`` is the backend's name with its args beside the detector's (``{"backend":
+    "triton", "url": "gpu:8001", "model_name": "yolo", "score_threshold": 0.5}``), or an
+    object holding the backend's args (``{"backend": {"type": "triton", "url": "gpu:8001",
+    "model_name": "yolo"}, "score_threshold": 0.5}``); both mean the same. The ``backend.*``
+    rows below are each backend's own args; an arg of another backend than the chosen one is
+    refused, naming the backend it belongs to."""
+
+    model_config = ConfigDict(json_schema_extra=_flat_schema)
 
     type: Literal["detector"] = "detector"
-    backend: Literal["onnx", "opencv-hog", "triton"] = Field(
-        "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
-        "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
-    model: str | None = Field(
-        None, max_length=MAX_PATH_CHARS, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
-        "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
-        "See modules/detectors/onnx.py for the input/output layouts a model must have.",
-        json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="onnx: onnxruntime graph optimisation level (all: layout and fusion "
-        "passes too; lower levels only to rule out an optimiser problem)")
+    backend: AnyBackendConfig = Field(
+        default_factory=lambda: BACKEND_CONFIGS[DEFAULT](), description="onnx: in-process onnxruntime; "
+        "opencv-hog: OpenCV HOG people detector (no model, persons only, slow on large frames); "
+        "triton: a KServe V2 server (Triton, MLServer); a plugin's name (entry point group "
+        "edgeva.detector_backends). Its args (backend.* below): flat beside the name, or in an "
+        "object with the name as its type", examples=["opencv-hog"])
     interval: int = Field(
         1, ge=1, le=100, description="run inference on every interval-th frame of each stream; the "
         "frames between pass on with no detections and fields['predicted'] = true, for a tracker "
@@ -143,46 +257,29 @@ class DetectorConfig(ModuleConfig):
     max_batch: int = Field(
         4, ge=1, le=64, description="most frames per model call in process_batch (capped by the "
         "model's own batch size: 1 for the bundled model)")
-    hog_scale: float = Field(
-        1.0, gt=0.0, le=4.0, description="opencv-hog: resize frames by this first (0.5: ~4x "
-        "faster, misses people under ~250 px; 1.5: finds people down to ~85 px, slower)")
-    url: str = Field("localhost:8000", max_length=MAX_PATH_CHARS, json_schema_extra={"edgeva_path": "server"},
-                     description="triton: server host:port (HTTP 8000, gRPC 8001 by default); the agent's "
-                     "--url-host must allow the host")
-    protocol: Literal["http", "grpc"] = Field("http", description="triton: protocol of url")
-    model_name: str | None = Field(None, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
-                                   description="triton: served model name (required)")
-    model_version: str = Field("", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH, description="triton: model version ('' = the server's default)")
-    shared_memory: Literal["auto", "none", "system", "cuda"] = Field(
-        "auto", description="triton: how the input tensor reaches the server: system (POSIX shm, "
-        "server on this host), cuda (CUDA IPC, discrete GPUs; not on Jetson), none (in the "
-        "request), auto (system when local and supported, else none)")
-    binary: bool | None = Field(
-        None, description="triton over HTTP: binary tensors (null: when the server supports them; "
-        "MLServer does not)")
-    cuda_device: int = Field(0, ge=0, le=64, description="triton with shared_memory cuda: GPU index")
-    timeout_s: float = Field(5.0, gt=0.0, le=MAX_REQUEST_S,
-                             description="triton: connection and request timeout in seconds (a cold server's first "
-                             "inference may take minutes)")
-    headers: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[str, Field(max_length=MAX_HEADER_CHARS)]] = Field(
-        {}, max_length=16, description="triton: headers sent with every request, e.g. the access token of a server "
-        "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "
-        "{triton-access-token: SECRET}; over gRPC the key is triton-grpc-protocol-triton-access-token)")
 
-    @model_validator(mode="after")
-    def _backend_knobs(self) -> DetectorConfig:
-        set_ = self.model_fields_set
-        if self.backend != "triton" and (bad := sorted(set_ & _TRITON_ONLY)):
-            raise ValueError(f"{', '.join(bad)}: only for backend triton (backend is {self.backend})")
-        if self.backend == "triton" and not self.model_name:
-            raise ValueError("backend triton needs model_name (the model as the server names it)")
-        if self.backend != "onnx" and "model" in set_:
-            raise ValueError("model is for backend onnx (triton: model_name)")
-        if self.backend != "onnx" and "graph_optimization" in set_:
-            raise ValueError("graph_optimization is only for backend onnx")
-        if self.backend != "opencv-hog" and "hog_scale" in set_:
-            raise ValueError("hog_scale is only for backend opencv-hog")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _backend_args(cls, data: Any, handler: Callable[[Any], DetectorConfig]) -> DetectorConfig:
+        """Accept the flat form (a backend's args beside its name) and the nested one; refuse
+        an arg of another backend at its path, naming the backend it belongs to."""
+        if not isinstance(data, Mapping):
+            return handler(data)  # a DetectorConfig already (model_copy, revalidation) or junk
+        nested, tag, flat, wrong = _nest(dict(data), set(cls.model_fields))
+        try:
+            config = handler(nested)
+        except ValidationError as e:
+            raise ValidationError.from_exception_data(
+                cls.__name__, wrong + _relocated(e.errors(include_url=False), tag, flat)) from None
+        if wrong:
+            raise ValidationError.from_exception_data(cls.__name__, wrong)
+        return config
+
+    @classmethod
+    def known_args(cls) -> list[str]:
+        """Every arg a deployment may write, flat backend args included (for error hints)."""
+        common = set(cls.model_fields) - {"type"}
+        return sorted(common | set(_owners(common | {"type"})))
 
 
 class Detector(Module[DetectorConfig]):
@@ -192,7 +289,7 @@ class Detector(Module[DetectorConfig]):
 
     def setup(self) -> None:
         self._backend: Backend | None = None
-        self._backend = make_backend(self.config, self.ctx.log)
+        self._backend = make_backend(self.config.backend, self.config, self.ctx.log)
         b = self._backend
         if b.takes_tensor:
             w, h = b.input_size
@@ -203,7 +300,7 @@ class Detector(Module[DetectorConfig]):
             # One inference now: onnxruntime plans memory and spins up threads on the first run
             # (several times a normal frame's cost), which would otherwise land on frame 0 and
             # delay the frames queued behind it. In-process only: a server warms its own.
-            if self.config.backend == "onnx":
+            if b.warm_up:
                 b.infer(1)
         self.max_batch = max(1, b.max_batch)  # the runtime batches frames of several inputs up to this
         self._last_run: dict[str, int] = {}  # stream -> frame id of its last inference (interval)
