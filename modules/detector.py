@@ -25,6 +25,7 @@ Results never depend on how frames were grouped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
@@ -86,12 +87,14 @@ def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
     return ~((inside > frac) & better & same).any(axis=1)
 
 
-def _owners(common: set[str]) -> dict[str, list[str]]:
-    """Flat arg -> the backends that have it (a backend's args that are not the detector's)."""
+@functools.cache
+def _owners() -> dict[str, list[str]]:
+    """Flat arg -> the backends that have it: every backend arg but ``type`` and those named
+    like one of the detector's own (a plugin's ``threads`` is reachable nested only)."""
     out: dict[str, list[str]] = {}
     for tag, cfg in BACKEND_CONFIGS.items():
         for key in cfg.model_fields:
-            if key != "type" and key not in common:
+            if key != "type" and key not in DetectorConfig.model_fields:
                 out.setdefault(key, []).append(tag)
     return out
 
@@ -105,10 +108,10 @@ def _wrong_backend(key: str, value: Any, owners: list[str], tag: str) -> InitErr
         loc=(key,), input=value)
 
 
-def _nest(data: dict[str, Any], common: set[str]) -> tuple[dict[str, Any], str | None, bool, list[InitErrorDetails]]:
+def _nest(data: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, bool, list[InitErrorDetails]]:
     """Args in either form -> the nested form, the backend's name, whether it was flat, and
     errors for the args of another backend (``data`` is not changed)."""
-    owners = _owners(common)
+    owners = _owners()
     backend = data.get("backend", DEFAULT)
     if isinstance(backend, BackendConfig):  # an instance (a config built in code): nested
         backend = backend.model_dump()
@@ -133,7 +136,7 @@ def _nest(data: dict[str, Any], common: set[str]) -> tuple[dict[str, Any], str |
     for key, value in data.items():
         if key == "backend":
             continue
-        if key in common or key not in owners:  # the detector's own, or unknown: refused by pydantic
+        if key not in owners:  # the detector's own, or unknown: pydantic refuses it at its path
             rest[key] = value
         elif own is not None and key in own.model_fields:
             nested[key] = value
@@ -177,8 +180,7 @@ def _flat_schema(schema: dict[str, Any], cls: type) -> None:
                    "description": "flat form: the backend's name, its args beside it"}, union],
         "default": DEFAULT, "description": desc,
     }
-    common = set(props)
-    owners = _owners(common)
+    owners = _owners()
     for key, tags in owners.items():
         sub = dict(BACKEND_CONFIGS[tags[0]].model_json_schema()["properties"][key])
         sub["description"] = f"backend {', '.join(tags)} only (flat form of backend.{key}): " + sub.get("description", "")
@@ -265,7 +267,7 @@ class DetectorConfig(ModuleConfig):
         an arg of another backend at its path, naming the backend it belongs to."""
         if not isinstance(data, Mapping):
             return handler(data)  # a DetectorConfig already (model_copy, revalidation) or junk
-        nested, tag, flat, wrong = _nest(dict(data), set(cls.model_fields))
+        nested, tag, flat, wrong = _nest(data)
         try:
             config = handler(nested)
         except ValidationError as e:
@@ -278,8 +280,7 @@ class DetectorConfig(ModuleConfig):
     @classmethod
     def known_args(cls) -> list[str]:
         """Every arg a deployment may write, flat backend args included (for error hints)."""
-        common = set(cls.model_fields) - {"type"}
-        return sorted(common | set(_owners(common | {"type"})))
+        return sorted((set(cls.model_fields) - {"type"}) | set(_owners()))
 
 
 class Detector(Module[DetectorConfig]):
