@@ -17,7 +17,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edgeva.modules.detector import BACKEND_CONFIGS, DetectorConfig
+import edgeva.modules.detector as detector_module
+from edgeva.modules.detector import DetectorConfig
 from edgeva.modules.registry import load_registry
 from edgeva.schemas.check import check_deployment
 from edgeva.schemas.deployment import Deployment
@@ -273,4 +274,4 @@ def test_a_third_party_backend_and_embedder_register_from_entry_points(tmp_path:
     assert out["schema_enum"] == ["onnx", "opencv-hog", "triton", "box"]
     assert "backend 'mean' needs an explicit threshold" in out["no_threshold"]
     assert out["reid_parts"] == ["MeanColour"]
-    assert set(BACKEND_CONFIGS) == {"onnx", "opencv-hog", "triton"}  # this process: built-ins only
+    assert set(detector_module.BACKEND_CONFIGS) == {"onnx", "opencv-hog", "triton"}  # this process: built-ins only

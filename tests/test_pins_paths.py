@@ -219,3 +219,37 @@ def test_an_output_dir_with_any_group_or_other_bit_is_made_private(tmp_path: Pat
     (out / "acme").chmod(mode)
     PathPolicy.make(media_dirs=[tmp_path], output_root=out).check("acme", "output", str(out / "acme" / "v"), "w")
     assert (out / "acme").stat().st_mode & 0o777 == 0o700
+
+
+SECRET = "/etc/hostname"
+FAR = "10.9.9.9:8001"
+
+
+@pytest.mark.parametrize("args, where", [
+    ({"model": SECRET}, "model"),  # flat, the default backend (onnx)
+    ({"backend": "onnx", "model": SECRET}, "model"),
+    ({"backend": {"type": "onnx", "model": SECRET}}, "backend.model"),
+    ({"backend": "triton", "model_name": "m", "url": FAR}, "url"),
+    ({"backend": {"type": "triton", "model_name": "m", "url": FAR}}, "backend.url"),
+])
+def test_a_detector_backends_paths_are_confined_in_either_form(tmp_path: Path, args: dict, where: str) -> None:
+    """A backend's args live in its own config (``modules/detectors``): written flat beside the
+    backend's name or inside ``backend``, each is checked where the deployment wrote it."""
+    from edgeva.modules.registry import load_registry
+
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    with pytest.raises(EdgevaError) as e:
+        policy.check_args("acme", "detector", args, load_registry(), "modules.det.args")
+    assert e.value.code == "bad_args" and e.value.path == f"modules.det.args.{where}"
+
+
+def test_a_detector_backends_paths_inside_the_media_pass(tmp_path: Path) -> None:
+    from edgeva.modules.registry import load_registry
+
+    policy, reg, inside = PathPolicy.make(media_dirs=[tmp_path]), load_registry(), str(tmp_path / "m.onnx")
+    for args in ({"model": inside}, {"backend": {"type": "onnx", "model": inside}}, {"backend": "opencv-hog"},
+                 {"backend": {"type": "triton", "model_name": "m"}},  # the type's default url: not the tenant's
+                 # another or no backend: validation refuses them, opening nothing
+                 {"backend": "opencv-hog", "model": SECRET}, {"backend": "nope", "model": SECRET},
+                 {"backend": {"type": "nope", "model": SECRET}}, {"backend": {"model": SECRET}}):
+        policy.check_args("acme", "detector", args, reg, "modules.det.args")
