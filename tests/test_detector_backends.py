@@ -76,6 +76,17 @@ def test_edgeva_check_lists_a_wrong_backend_arg_with_the_other_errors() -> None:
     ]
 
 
+def test_an_unknown_arg_hint_lists_the_backend_args_too() -> None:
+    hint = "(known args: backend, binary, class_names, classes, crop_classes, crop_size, crops, cuda_device, forward_frame, " \
+        "graph_optimization, headers, hog_scale, input_name, input_scale, input_size, interval, max_batch, " \
+        "max_crops, max_frame_size, model, model_name, model_version, nms_contain, nms_iou, output_name, " \
+        "protocol, score_threshold, shared_memory, threads, timeout_s, url)"
+    assert refused({"modle": "x.onnx"}).message == "unknown field " + hint
+    dep = {"app": "a", "modules": {"det": {"type": "detector", "args": {"modle": "x.onnx"}}}}
+    assert [e.message for e in check_deployment(dep, load_registry()).errors if e.path == "modules.det.args.modle"] \
+        == ["unknown field " + hint]
+
+
 def identities(args: dict) -> tuple[DetectorConfig, str]:
     dep = Deployment.model_validate({"app": "a", "modules": {
         "dec": {"type": "decoder", "args": {"source": "synthetic"}, "outputs": ["det"]},
