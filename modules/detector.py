@@ -26,13 +26,12 @@ Results never depend on how frames were grouped.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Union
 
 import cv2
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import ConfigDict, Field, model_validator
 
 from edgeva.modules.base import (
     MAX_CLASSES,
@@ -46,6 +45,7 @@ from edgeva.modules.base import (
     Side,
 )
 from edgeva.modules.detectors import DEFAULT, Backend, BackendConfig, load_backends, make_backend
+from edgeva.modules.detectors.forms import BackendForms
 from edgeva.schemas.message import Message
 
 _NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
@@ -87,118 +87,6 @@ def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
     return ~((inside > frac) & better & same).any(axis=1)
 
 
-@functools.cache
-def _owners() -> dict[str, list[str]]:
-    """Flat arg -> the backends that have it: every backend arg but ``type`` and those named
-    like one of the detector's own (a plugin's ``threads`` is reachable nested only)."""
-    out: dict[str, list[str]] = {}
-    for tag, cfg in BACKEND_CONFIGS.items():
-        for key in cfg.model_fields:
-            if key != "type" and key not in DetectorConfig.model_fields:
-                out.setdefault(key, []).append(tag)
-    return out
-
-
-def _wrong_backend(key: str, value: Any, owners: list[str], tag: str) -> InitErrorDetails:
-    which = ", ".join(owners)
-    return InitErrorDetails(
-        type=PydanticCustomError(
-            "wrong_backend", f"{key} is only for backend{'s' if len(owners) > 1 else ''} {which} "
-            f"(this detector's backend is {tag})"),
-        loc=(key,), input=value)
-
-
-def _nest(data: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, bool, list[InitErrorDetails]]:
-    """Args in either form -> the nested form, the backend's name, whether it was flat, and
-    errors for the args of another backend (``data`` is not changed)."""
-    owners = _owners()
-    backend = data.get("backend", DEFAULT)
-    if isinstance(backend, BackendConfig):  # an instance (a config built in code): nested
-        backend = backend.model_dump()
-    if isinstance(backend, Mapping):
-        tag = backend.get("type")
-        # Flat args beside a nested backend: one place per arg, or which one would win?
-        wrong = [InitErrorDetails(
-            type=PydanticCustomError("flat_and_nested", f"{key} goes inside backend when backend is an "
-                                     f"object (it is an arg of backend {', '.join(owners[key])})"),
-            loc=(key,), input=data[key]) for key in data if key in owners]
-        rest = {k: v for k, v in data.items() if k not in owners}
-        return rest, tag if isinstance(tag, str) else None, False, wrong
-    if not isinstance(backend, str):
-        bad = InitErrorDetails(type=PydanticCustomError(
-            "backend_type", f"backend is a backend's name ({', '.join(BACKEND_CONFIGS)}) or an object "
-            "with its type and args"), loc=("backend",), input=backend)
-        return {k: v for k, v in data.items() if k != "backend" and k not in owners}, None, False, [bad]
-    own = BACKEND_CONFIGS.get(backend)
-    nested: dict[str, Any] = {"type": backend}
-    rest = {}
-    wrong = []
-    for key, value in data.items():
-        if key == "backend":
-            continue
-        if key not in owners:  # the detector's own, or unknown: pydantic refuses it at its path
-            rest[key] = value
-        elif own is not None and key in own.model_fields:
-            nested[key] = value
-        elif own is not None:  # of another backend (with an unknown backend: its error is enough)
-            wrong.append(_wrong_backend(key, value, owners[key], backend))
-    rest["backend"] = nested
-    return rest, backend, True, wrong
-
-
-def _relocated(errors: list[dict[str, Any]], tag: str | None, flat: bool) -> list[InitErrorDetails]:
-    """Pydantic's errors at the paths the deployment wrote: a discriminated union puts the tag
-    in the path (``backend.triton.url``); the flat form has the arg beside the name (``url``),
-    the nested one inside ``backend`` (``backend.url``)."""
-    out = []
-    for err in errors:
-        loc, kind, msg, value = tuple(err["loc"]), err["type"], err["msg"], err.get("input")
-        if tag is not None and loc[:2] == ("backend", tag):
-            loc = loc[2:] if flat and len(loc) > 2 else ("backend", *loc[2:])
-        elif loc == ("backend",) and kind in ("union_tag_invalid", "union_tag_not_found"):
-            known = ", ".join(BACKEND_CONFIGS)
-            if kind == "union_tag_invalid":
-                msg = f"unknown backend (installed: {known})"
-                value = tag if flat else value  # as written: the name, not the object made of it
-            else:
-                msg = f"backend needs its type: one of {known}"
-        out.append(InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value))
-    return out
-
-
-def _flat_schema(schema: dict[str, Any], cls: type) -> None:
-    """JSON Schema of both forms of the backend args (``json_schema_extra``): ``backend`` is a
-    backend's name or its config object; each backend's args are also accepted flat, beside
-    its name, and ``allOf`` rules refuse those of another backend, as the agent does."""
-    props = schema["properties"]
-    union = props.pop("backend")
-    union.pop("discriminator", None)  # its mapping would name $defs that export renames
-    desc = union.pop("description", "")
-    union.pop("default", None)
-    props["backend"] = {
-        "anyOf": [{"type": "string", "enum": list(BACKEND_CONFIGS),
-                   "description": "flat form: the backend's name, its args beside it"}, union],
-        "default": DEFAULT, "description": desc,
-    }
-    owners = _owners()
-    for key, tags in owners.items():
-        sub = dict(BACKEND_CONFIGS[tags[0]].model_json_schema()["properties"][key])
-        sub["description"] = f"backend {', '.join(tags)} only (flat form of backend.{key}): " + sub.get("description", "")
-        props[key] = sub
-    rules: list[dict[str, Any]] = []
-    for tag, cfg in BACKEND_CONFIGS.items():
-        then: dict[str, Any] = {"properties": {k: False for k in owners if tag not in owners[k]}}
-        required = [k for k, f in cfg.model_fields.items() if f.is_required() and k in owners]
-        if required:
-            then["required"] = required
-        named: dict[str, Any] = {"properties": {"backend": {"const": tag}}, "required": ["backend"]}
-        rules.append({"if": {"anyOf": [named, {"not": {"required": ["backend"]}}]} if tag == DEFAULT else named,
-                      "then": then})
-    rules.append({"if": {"properties": {"backend": {"type": "object"}}, "required": ["backend"]},
-                  "then": {"properties": {k: False for k in owners}}})
-    schema["allOf"] = rules
-
-
 class DetectorConfig(ModuleConfig):
     """Args of ``detector``.
 
@@ -209,7 +97,7 @@ class DetectorConfig(ModuleConfig):
     rows below are each backend's own args; an arg of another backend than the chosen one is
     refused, naming the backend it belongs to."""
 
-    model_config = ConfigDict(json_schema_extra=_flat_schema)
+    model_config = ConfigDict(json_schema_extra=lambda schema, cls: _forms().json_schema(schema))
 
     type: Literal["detector"] = "detector"
     backend: AnyBackendConfig = Field(
@@ -265,22 +153,17 @@ class DetectorConfig(ModuleConfig):
     def _backend_args(cls, data: Any, handler: Callable[[Any], DetectorConfig]) -> DetectorConfig:
         """Accept the flat form (a backend's args beside its name) and the nested one; refuse
         an arg of another backend at its path, naming the backend it belongs to."""
-        if not isinstance(data, Mapping):
-            return handler(data)  # a DetectorConfig already (model_copy, revalidation) or junk
-        nested, tag, flat, wrong = _nest(data)
-        try:
-            config = handler(nested)
-        except ValidationError as e:
-            raise ValidationError.from_exception_data(
-                cls.__name__, wrong + _relocated(e.errors(include_url=False), tag, flat)) from None
-        if wrong:
-            raise ValidationError.from_exception_data(cls.__name__, wrong)
-        return config
+        return _forms().validate(data, handler, cls.__name__)
 
     @classmethod
     def known_args(cls) -> list[str]:
         """Every arg a deployment may write, flat backend args included (for error hints)."""
-        return sorted((set(cls.model_fields) - {"type"}) | set(_owners()))
+        return _forms().known_args()
+
+
+@functools.cache
+def _forms() -> BackendForms:
+    return BackendForms(BACKEND_CONFIGS, DetectorConfig.model_fields, DEFAULT)
 
 
 class Detector(Module[DetectorConfig]):
