@@ -109,6 +109,18 @@ def test_both_forms_are_one_config_and_one_identity() -> None:
     assert DetectorConfig.model_validate(c) == c
 
 
+def test_what_the_agent_sends_a_module_reads_back_as_the_same_config() -> None:
+    from edgeva.modules.detectors.triton import TritonConfig
+
+    # the agent sends a module model_dump(mode="json", exclude_unset=True) of its config
+    for c in (DetectorConfig.model_validate({"type": "detector"}),
+              DetectorConfig.model_validate({"type": "detector", "backend": "triton", **TRITON}),
+              DetectorConfig.model_validate({"type": "detector", "backend": {"type": "opencv-hog", "hog_scale": 0.5}}),
+              DetectorConfig(backend=TritonConfig(model_name="m"))):  # built in code
+        sent = c.model_dump(mode="json", exclude_unset=True)
+        assert sent["backend"]["type"] == c.backend.type and DetectorConfig.model_validate(sent) == c
+
+
 # -- schema and docs -----------------------------------------------------------------------------
 
 def test_the_schema_lists_each_backend_and_takes_both_forms() -> None:

@@ -68,7 +68,9 @@ class BackendForms:
         errors for the args of another backend (``data`` is not changed)."""
         owners = self.owners
         backend = data.get(FIELD, self.default)
-        if isinstance(backend, BackendConfig):  # an instance (a config built in code): nested
+        if isinstance(backend, BackendConfig):
+            # An instance (a config built in code): as its dict, so that its type counts as set
+            # and an exclude_unset dump (what the agent sends a module) still names it.
             backend = backend.model_dump()
         if isinstance(backend, Mapping):
             tag = backend.get("type")
@@ -77,6 +79,7 @@ class BackendForms:
                             f"(it is an arg of backend {', '.join(owners[key])})", (key,), data[key])
                      for key in data if key in owners]
             rest = {k: v for k, v in data.items() if k not in owners}
+            rest[FIELD] = backend
             return rest, tag if isinstance(tag, str) else None, False, wrong
         if not isinstance(backend, str):
             bad = _error("backend_type", f"{FIELD} is a backend's name ({', '.join(self.configs)}) or an "
