@@ -71,8 +71,7 @@ def _tagged_members(info: Any) -> dict[Any, type[BaseModel]]:
     key = info.discriminator
     if not isinstance(key, str):
         return {}
-    return {m.model_fields[key].default: m for m in get_args(info.annotation)
-            if isinstance(m, type) and issubclass(m, BaseModel) and key in m.model_fields}
+    return {m.model_fields[key].default: m for m in get_args(info.annotation) if key in getattr(m, "model_fields", ())}
 
 
 def _url_host(value: str) -> str:
