@@ -10,7 +10,8 @@ A module config marks the args that are paths with ``json_schema_extra={"edgeva_
   ``concat:``, ``file:``, ``subfile:``) is refused; anything else is a file to read.
 - ``read`` (detector and reid ``model``, reid gallery ``image``): a file to read
   (``asset:<name>`` and ``base64:`` data pass). Models nested in a config (a list of
-  templates) are walked.
+  templates) are walked, and so is the chosen member of a discriminated union (a detector's
+  ``backend``), whether its args are inside the field or flat beside its name.
 - ``server`` (the triton backends' ``url``, ``host:port``): a server a module connects to; its
   host must be listed like a URL source's (``--url-host``). Checked when the tenant gives it
   (the default is the type author's, not the tenant's).
@@ -62,6 +63,15 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def _tagged_members(info: Any) -> dict[Any, type[BaseModel]]:
+    """Tag -> model of a field holding one of several models told apart by a discriminator
+    (a detector's ``backend``); empty for any other field."""
+    key = info.discriminator
+    if not isinstance(key, str):
+        return {}
+    return {m.model_fields[key].default: m for m in get_args(info.annotation) if key in getattr(m, "model_fields", ())}
 
 
 def _url_host(value: str) -> str:
@@ -258,6 +268,21 @@ class PathPolicy:
             if kind is not None:
                 if isinstance(value, str):
                     self.check(tenant, str(kind), value, f"{where}.{fname}")
+                continue
+            members = _tagged_members(info)
+            if members:
+                if isinstance(value, Mapping):  # the model's args inside the field
+                    member = members.get(value.get(info.discriminator))
+                    if member is not None:
+                        self._check_model(tenant, member, value, f"{where}.{fname}")
+                    continue
+                # Flat: the field holds the tag (or is left out: the default's), the model's
+                # args lie beside it, where the config's validator picks them up.
+                tag = value if fname in args else getattr(info.get_default(call_default_factory=True),
+                                                           str(info.discriminator), None)
+                member = members.get(tag) if isinstance(tag, str) else None
+                if member is not None:
+                    self._check_model(tenant, member, args, where)
                 continue
             nested = _nested_model(info.annotation)
             if nested is None:

@@ -25,17 +25,17 @@ Results never depend on how frames were grouped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Literal
+import functools
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, Union
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from edgeva.modules.base import (
     MAX_CLASSES,
     MAX_NAME_CHARS,
-    MAX_PATH_CHARS,
     MAX_THREADS,
     NOT_A_PATH,
     ClassIds,
@@ -44,12 +44,12 @@ from edgeva.modules.base import (
     ModuleError,
     Side,
 )
-from edgeva.modules.detectors import Backend, make_backend
+from edgeva.modules.detectors import DEFAULT, Backend, BackendConfig, load_backends, make_backend
+from edgeva.modules.detectors.forms import BackendForms
 from edgeva.schemas.message import Message
 
-_NONE = np.empty((0, 6), np.float32)
+_NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
 CropSide = Annotated[int, Field(ge=1, le=1024)]
-MAX_HEADER_CHARS = 4096  # one triton header's value (an access token)  # no rows: a frame skipped by interval
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -64,11 +64,15 @@ COCO80 = (
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 
-_TRITON_ONLY = {"url", "protocol", "model_name", "model_version", "shared_memory", "binary",
-                "cuda_device", "timeout_s", "headers"}
 # Post-processing knobs: changing them needs no new session/connection and does not change the
 # output size (forward_frame, crops, max_crops do: the output ring must be resized: restart).
 _LIVE = {"score_threshold", "classes", "nms_iou", "nms_contain", "crop_classes", "class_names", "interval"}
+
+#: Backend name -> its config class: the built-ins and the installed plugins
+#: (``modules/detectors``), read once, at import, to build the config's union.
+BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {n: b.config_class for n, b in load_backends().items()}
+#: One backend's config, told apart by its ``type``.
+AnyBackendConfig = Annotated[Union[tuple(BACKEND_CONFIGS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
@@ -83,25 +87,25 @@ def _not_contained(r: np.ndarray, frac: float) -> np.ndarray:
     return ~((inside > frac) & better & same).any(axis=1)
 
 
-#: Longest a triton request may take (a model loading on a CPU server): ``timeout_s``.
-MAX_REQUEST_S = 300.0
-
-
 class DetectorConfig(ModuleConfig):
-    """Args of ``detector``. Knobs of another backend than the chosen one are refused."""
+    """Args of ``detector``.
+
+    ``backend`` is the backend's name with its args beside the detector's (``{"backend":
+    "triton", "url": "gpu:8001", "model_name": "yolo", "score_threshold": 0.5}``), or an
+    object holding the backend's args (``{"backend": {"type": "triton", "url": "gpu:8001",
+    "model_name": "yolo"}, "score_threshold": 0.5}``); both mean the same. The ``backend.*``
+    rows below are each backend's own args; an arg of another backend than the chosen one is
+    refused, naming the backend it belongs to."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema, cls: _forms().json_schema(schema))
 
     type: Literal["detector"] = "detector"
-    backend: Literal["onnx", "opencv-hog", "triton"] = Field(
-        "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
-        "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
-    model: str | None = Field(
-        None, max_length=MAX_PATH_CHARS, description="onnx: model path or asset:<name> (default asset:centernet_mnv3_coco.onnx; "
-        "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
-        "See modules/detectors/onnx.py for the input/output layouts a model must have.",
-        json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="onnx: onnxruntime graph optimisation level (all: layout and fusion "
-        "passes too; lower levels only to rule out an optimiser problem)")
+    backend: AnyBackendConfig = Field(
+        default_factory=lambda: BACKEND_CONFIGS[DEFAULT](), description="onnx: in-process onnxruntime; "
+        "opencv-hog: OpenCV HOG people detector (no model, persons only, slow on large frames); "
+        "triton: a KServe V2 server (Triton, MLServer); a plugin's name (entry point group "
+        "edgeva.detector_backends). Its args (backend.* below): flat beside the name, or in an "
+        "object with the name as its type", examples=["opencv-hog"])
     interval: int = Field(
         1, ge=1, le=100, description="run inference on every interval-th frame of each stream; the "
         "frames between pass on with no detections and fields['predicted'] = true, for a tracker "
@@ -143,46 +147,23 @@ class DetectorConfig(ModuleConfig):
     max_batch: int = Field(
         4, ge=1, le=64, description="most frames per model call in process_batch (capped by the "
         "model's own batch size: 1 for the bundled model)")
-    hog_scale: float = Field(
-        1.0, gt=0.0, le=4.0, description="opencv-hog: resize frames by this first (0.5: ~4x "
-        "faster, misses people under ~250 px; 1.5: finds people down to ~85 px, slower)")
-    url: str = Field("localhost:8000", max_length=MAX_PATH_CHARS, json_schema_extra={"edgeva_path": "server"},
-                     description="triton: server host:port (HTTP 8000, gRPC 8001 by default); the agent's "
-                     "--url-host must allow the host")
-    protocol: Literal["http", "grpc"] = Field("http", description="triton: protocol of url")
-    model_name: str | None = Field(None, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
-                                   description="triton: served model name (required)")
-    model_version: str = Field("", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH, description="triton: model version ('' = the server's default)")
-    shared_memory: Literal["auto", "none", "system", "cuda"] = Field(
-        "auto", description="triton: how the input tensor reaches the server: system (POSIX shm, "
-        "server on this host), cuda (CUDA IPC, discrete GPUs; not on Jetson), none (in the "
-        "request), auto (system when local and supported, else none)")
-    binary: bool | None = Field(
-        None, description="triton over HTTP: binary tensors (null: when the server supports them; "
-        "MLServer does not)")
-    cuda_device: int = Field(0, ge=0, le=64, description="triton with shared_memory cuda: GPU index")
-    timeout_s: float = Field(5.0, gt=0.0, le=MAX_REQUEST_S,
-                             description="triton: connection and request timeout in seconds (a cold server's first "
-                             "inference may take minutes)")
-    headers: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[str, Field(max_length=MAX_HEADER_CHARS)]] = Field(
-        {}, max_length=16, description="triton: headers sent with every request, e.g. the access token of a server "
-        "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "
-        "{triton-access-token: SECRET}; over gRPC the key is triton-grpc-protocol-triton-access-token)")
 
-    @model_validator(mode="after")
-    def _backend_knobs(self) -> DetectorConfig:
-        set_ = self.model_fields_set
-        if self.backend != "triton" and (bad := sorted(set_ & _TRITON_ONLY)):
-            raise ValueError(f"{', '.join(bad)}: only for backend triton (backend is {self.backend})")
-        if self.backend == "triton" and not self.model_name:
-            raise ValueError("backend triton needs model_name (the model as the server names it)")
-        if self.backend != "onnx" and "model" in set_:
-            raise ValueError("model is for backend onnx (triton: model_name)")
-        if self.backend != "onnx" and "graph_optimization" in set_:
-            raise ValueError("graph_optimization is only for backend onnx")
-        if self.backend != "opencv-hog" and "hog_scale" in set_:
-            raise ValueError("hog_scale is only for backend opencv-hog")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _backend_args(cls, data: Any, handler: Callable[[Any], DetectorConfig]) -> DetectorConfig:
+        """Accept the flat form (a backend's args beside its name) and the nested one; refuse
+        an arg of another backend at its path, naming the backend it belongs to."""
+        return _forms().validate(data, handler, cls.__name__)
+
+    @classmethod
+    def known_args(cls) -> list[str]:
+        """Every arg a deployment may write, flat backend args included (for error hints)."""
+        return _forms().known_args()
+
+
+@functools.cache
+def _forms() -> BackendForms:
+    return BackendForms(BACKEND_CONFIGS, DetectorConfig.model_fields, DEFAULT)
 
 
 class Detector(Module[DetectorConfig]):
@@ -192,7 +173,7 @@ class Detector(Module[DetectorConfig]):
 
     def setup(self) -> None:
         self._backend: Backend | None = None
-        self._backend = make_backend(self.config, self.ctx.log)
+        self._backend = make_backend(self.config.backend, self.config, self.ctx.log)
         b = self._backend
         if b.takes_tensor:
             w, h = b.input_size
@@ -203,7 +184,7 @@ class Detector(Module[DetectorConfig]):
             # One inference now: onnxruntime plans memory and spins up threads on the first run
             # (several times a normal frame's cost), which would otherwise land on frame 0 and
             # delay the frames queued behind it. In-process only: a server warms its own.
-            if self.config.backend == "onnx":
+            if b.warm_up:
                 b.infer(1)
         self.max_batch = max(1, b.max_batch)  # the runtime batches frames of several inputs up to this
         self._last_run: dict[str, int] = {}  # stream -> frame id of its last inference (interval)

@@ -24,7 +24,14 @@ from edgeva.modules.base import (
     ModuleError,
 )
 from edgeva.modules.decoder import resolve_path
-from edgeva.modules.embedders import CROP_H, CROP_W, CombinedEmbedder, Embedder, fit_crop
+from edgeva.modules.embedders import (
+    CROP_H,
+    CROP_W,
+    CombinedEmbedder,
+    Embedder,
+    fit_crop,
+    load_embedders,
+)
 from edgeva.modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
 from edgeva.schemas.message import Message
 
@@ -87,6 +94,11 @@ class Template(BaseModel):
         return v
 
 
+#: Names reid's ``backend`` takes: the built-ins (``combined``: onnx and hsv, weighted), then the
+#: installed plugin embedders (entry point group ``edgeva.embedders``).
+BACKENDS = ("onnx", "hsv", "combined", "triton", *sorted(set(load_embedders()) - {"onnx", "hsv", "triton"}))
+
+
 class TritonOptions(BaseModel):
     """Where the ``triton`` backend's model is served (Triton or another KServe-V2 server)."""
 
@@ -114,7 +126,7 @@ class ReidConfig(ModuleConfig):
         min_length=1, max_length=MAX_GALLERY, description="People to look for: [{name, image}, ...].",
         examples=[[{"name": "person-1", "image": "asset:demo_person.png"}]],
     )
-    backend: Literal["onnx", "hsv", "combined", "triton"] = Field(
+    backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]
         "combined",
         description=(
             "onnx: CNN embedding (model) with onnxruntime, ~2-9 ms a crop on CPU. hsv: colour "
@@ -172,8 +184,8 @@ class ReidConfig(ModuleConfig):
 
     @model_validator(mode="after")
     def _threshold_known(self) -> ReidConfig:
-        if self.backend == "triton" and self.threshold is None:
-            raise ValueError("backend 'triton' needs an explicit threshold (it depends on the model)")
+        if self.threshold is None and self.backend not in DEFAULT_THRESHOLD:  # triton, a plugin
+            raise ValueError(f"backend {self.backend!r} needs an explicit threshold (it depends on the model)")
         return self
 
     @property
@@ -272,26 +284,8 @@ class Reid(Module[ReidConfig]):
         }
 
     def _make_parts(self, c: ReidConfig) -> list[Embedder]:
-        from edgeva.modules.embedders.hsv import HsvEmbedder
-
-        parts: list[Embedder] = []
-        if c.backend in ("onnx", "combined"):
-            from edgeva.modules.embedders.onnx import OnnxEmbedder
-
-            parts.append(OnnxEmbedder(resolve_path(c.model), c.threads, c.max_batch))
-        if c.backend in ("hsv", "combined"):
-            parts.append(HsvEmbedder(max_batch=c.max_batch))
-        if c.backend == "triton":
-            from edgeva.modules.embedders.triton import TritonEmbedder
-
-            t = c.triton
-            parts.append(
-                TritonEmbedder(
-                    t.url, t.model_name, t.protocol, t.input_name, t.output_name,
-                    t.model_version, c.max_batch, t.binary,
-                )
-            )
-        return parts
+        embedders = load_embedders()
+        return [embedders[name].from_args(c) for name in (("onnx", "hsv") if c.backend == "combined" else (c.backend,))]
 
     def _combine(self, c: ReidConfig) -> Embedder:
         if c.backend != "combined":

@@ -57,7 +57,13 @@ from edgeva.schemas.errors import (
     describe,
     format_path,
 )
-from edgeva.schemas.graph import _config_class, _find_cycle, unfed_module, validate_graph
+from edgeva.schemas.graph import (
+    _config_class,
+    _find_cycle,
+    known_args,
+    unfed_module,
+    validate_graph,
+)
 from edgeva.schemas.jsonio import duplicate_error, duplicate_keys, loads_object
 from edgeva.schemas.state import DeviceState
 
@@ -111,8 +117,7 @@ def _args_errors(name: str, spec: ModuleSpec, cls: Any) -> tuple[Any, list[Edgev
     try:
         return cls.model_validate({"type": spec.type, **spec.args}), []
     except ValidationError as exc:
-        known = sorted(f for f in cls.model_fields if f != "type")
-        hint = "known args: " + (", ".join(known) or "none")
+        hint = "known args: " + (", ".join(known_args(cls)) or "none")
         return None, _pydantic_errors(exc, (*where, "args"), BAD_ARGS, hint, type_prefix=where)
 
 

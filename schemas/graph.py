@@ -119,6 +119,14 @@ def _path(*loc: str | int) -> str:
     return format_path(("modules", *loc))
 
 
+def known_args(cls: Any) -> list[str]:
+    """The args a config takes, for the hint of an unknown one: its own ``known_args()`` where
+    it has one (a detector's backend args, accepted flat beside the backend's name), else its
+    fields but ``type``."""
+    own = getattr(cls, "known_args", None)
+    return list(own()) if callable(own) else sorted(f for f in cls.model_fields if f != "type")
+
+
 def check_args(type_name: str, args: dict[str, Any], cls: type[BaseModel], where: tuple = ()) -> BaseModel:
     """Validate a module's args into its config; a ``bad_args`` error with the path under
     ``where`` (e.g. ``("modules", "det")``) and, for an unknown arg, the known ones."""
@@ -130,8 +138,7 @@ def check_args(type_name: str, args: dict[str, Any], cls: type[BaseModel], where
         first = exc.errors(include_url=False)[0]
         hint = ""
         if first["type"] == "extra_forbidden":
-            known = sorted(f for f in cls.model_fields if f != "type")
-            hint = "known args: " + (", ".join(known) or "none")
+            hint = "known args: " + (", ".join(known_args(cls)) or "none")
         # a 'type' error means the registry name and the config's Literal disagree
         prefix = where if first["loc"][:1] == ("type",) else (*where, "args")
         raise from_validation_error(exc, prefix, BAD_ARGS, hint) from None

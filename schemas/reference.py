@@ -5,7 +5,8 @@ lengths, patterns) and description from its JSON Schema, its example from the fi
 ``examples`` (else a value derived from its type, range and default), a section's text from
 the config's and the module's docstrings. A new arg or a new module type therefore appears
 by regenerating (``edgeva schema docs``); CI compares the committed file with the code.
-Nested models are listed with dotted names (``triton.url``, ``gallery[].image``).
+Nested models are listed with dotted names (``triton.url``, ``gallery[].image``); each member
+of a discriminated union with its tag (``backend.url (triton)``).
 """
 
 from __future__ import annotations
@@ -135,14 +136,14 @@ def _code(value: Any) -> str:
 
 
 def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "",
-          parent_example: Any = None) -> list[list[str]]:
+          parent_example: Any = None, member: str = "") -> list[list[str]]:
     schema = model.model_json_schema()
     defs = {**defs, **schema.get("$defs", {})}
     props = schema.get("properties", {})
     rows: list[list[str]] = []
     for name, field in model.model_fields.items():
-        if name == "type" and not prefix:
-            continue
+        if name == "type" and (member or not prefix):
+            continue  # the module's type, or a union member's tag (in the row's name)
         node = props.get(field.alias or name, {})
         required = field.is_required()
         default = None if required else _default(field)
@@ -151,19 +152,35 @@ def _rows(model: type[BaseModel], defs: dict[str, Any], prefix: str = "",
             examples = [parent_example[name]]  # from the enclosing field's example
         example = examples[0] if examples else _derived_example(node, defs, default)
         rows.append([
-            f"`{prefix}{name}`",
+            f"`{prefix}{name}`" + (f" ({member})" if member else ""),
             _cell(type_text(node, defs)),
             "required" if required else _code(default),
             _cell(range_text(node)),
             _cell(field.description or ""),
             "" if example is None else _code(example),
         ])
+        members = _tagged_members(field)
+        if members:  # one of several models (a detector's backend): each one's args, by its tag
+            for tag, sub in members.items():
+                rows += _rows(sub, defs, f"{prefix}{name}.", None, str(tag))
+            continue
         nested = _nested_model(field.annotation)
         if nested is not None:
             sub, is_list = nested
             inner = example[0] if is_list and isinstance(example, list) and example else example
             rows += _rows(sub, defs, f"{prefix}{name}{'[]' if is_list else ''}.", inner)
     return rows
+
+
+def _tagged_members(field: Any) -> dict[Any, type[BaseModel]]:
+    """Tag -> model of a field holding one of several models told apart by a discriminator."""
+    import typing
+
+    key = field.discriminator
+    if not isinstance(key, str):
+        return {}
+    return {m.model_fields[key].default: m for m in typing.get_args(field.annotation)
+            if isinstance(m, type) and issubclass(m, BaseModel) and key in m.model_fields}
 
 
 def _nested_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:

@@ -231,7 +231,7 @@ def test_hog_finds_large_people(frames, onnx_det: Detector) -> None:
     ({"treshold": 0.3}, "treshold"),
     ({"backend": "triton"}, "model_name"),
     ({"url": "localhost:8000"}, "only for backend triton"),
-    ({"backend": "opencv-hog", "model": "x.onnx"}, "model is for backend onnx"),
+    ({"backend": "opencv-hog", "model": "x.onnx"}, "model is only for backend onnx"),
     ({"hog_scale": 0.5}, "hog_scale"),
     ({"graph_optimization": "max"}, "graph_optimization"),
     ({"backend": "opencv-hog", "graph_optimization": "basic"}, "only for backend onnx"),

@@ -96,6 +96,21 @@ def test_bad_args(args, path, words):
     assert words in msg
 
 
+class FlatArgsConfig(ModuleConfig):
+    type: Literal["flat"] = "flat"
+
+    @classmethod
+    def known_args(cls) -> list[str]:  # args it takes beyond its fields (a detector's backend args)
+        return ["gain", "url"]
+
+
+def test_an_unknown_arg_hint_lists_the_args_a_config_says_it_takes():
+    dep = Deployment.model_validate({"app": "a", "modules": {"f": {"type": "flat", "args": {"gian": 2}}}})
+    with pytest.raises(EdgevaError) as info:
+        validate_graph(dep, {"flat": FlatArgsConfig}, None, "local")
+    assert (info.value.path, info.value.message) == ("modules.f.args.gian", "unknown field (known args: gain, url)")
+
+
 def test_registry_name_differs_from_config_literal():
     with pytest.raises(EdgevaError) as info:
         validate_graph(dep({"t": {"type": "trk2"}}), {"trk2": TrackerConfig}, None, "c")

@@ -6,8 +6,10 @@ through symbolic links as the agent resolves them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import pytest
+from pydantic import BaseModel, Field
 
 from edgeva.agent.paths import PathPolicy
 from edgeva.schemas.errors import EdgevaError
@@ -219,3 +221,87 @@ def test_an_output_dir_with_any_group_or_other_bit_is_made_private(tmp_path: Pat
     (out / "acme").chmod(mode)
     PathPolicy.make(media_dirs=[tmp_path], output_root=out).check("acme", "output", str(out / "acme" / "v"), "w")
     assert (out / "acme").stat().st_mode & 0o777 == 0o700
+
+
+SECRET = "/etc/hostname"
+FAR = "10.9.9.9:8001"
+
+
+@pytest.mark.parametrize("args, where", [
+    ({"model": SECRET}, "model"),  # flat, the default backend (onnx)
+    ({"backend": "onnx", "model": SECRET}, "model"),
+    ({"backend": {"type": "onnx", "model": SECRET}}, "backend.model"),
+    ({"backend": "triton", "model_name": "m", "url": FAR}, "url"),
+    ({"backend": {"type": "triton", "model_name": "m", "url": FAR}}, "backend.url"),
+])
+def test_a_detector_backends_paths_are_confined_in_either_form(tmp_path: Path, args: dict, where: str) -> None:
+    """A backend's args live in its own config (``modules/detectors``): written flat beside the
+    backend's name or inside ``backend``, each is checked where the deployment wrote it."""
+    from edgeva.modules.registry import load_registry
+
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    with pytest.raises(EdgevaError) as e:
+        policy.check_args("acme", "detector", args, load_registry(), "modules.det.args")
+    assert e.value.code == "bad_args" and e.value.path == f"modules.det.args.{where}"
+
+
+def test_a_detector_backends_paths_inside_the_media_pass(tmp_path: Path) -> None:
+    from edgeva.modules.registry import load_registry
+
+    policy, reg, inside = PathPolicy.make(media_dirs=[tmp_path]), load_registry(), str(tmp_path / "m.onnx")
+    for args in ({"model": inside}, {"backend": {"type": "onnx", "model": inside}}, {"backend": "opencv-hog"},
+                 {"backend": {"type": "triton", "model_name": "m"}},  # the type's default url: not the tenant's
+                 # another or no backend: validation refuses them, opening nothing
+                 {"backend": "opencv-hog", "model": SECRET}, {"backend": "nope", "model": SECRET},
+                 {"backend": {"type": "nope", "model": SECRET}}, {"backend": {"model": SECRET}}):
+        policy.check_args("acme", "detector", args, reg, "modules.det.args")
+
+
+class _Local(BaseModel):
+    type: Literal["local"] = "local"
+    file: str | None = Field(None, json_schema_extra={"edgeva_path": "read"})
+
+
+class _Remote(BaseModel):
+    type: Literal["remote"] = "remote"
+    url: str = Field("localhost:1", json_schema_extra={"edgeva_path": "server"})
+
+
+class _TwoPlaces(BaseModel):
+    """A union field with a path field after it (and one before): each is checked."""
+
+    type: Literal["two"] = "two"
+    first: str | None = Field(None, json_schema_extra={"edgeva_path": "read"})
+    where: Annotated[Union[_Local, _Remote, None], Field(discriminator="type")] = Field(default_factory=_Local)  # noqa: UP007
+    last: str | None = Field(None, json_schema_extra={"edgeva_path": "read"})
+
+
+@pytest.mark.parametrize("args, path", [
+    ({"where": {"type": "local", "file": SECRET}}, "where.file"),
+    ({"where": "local", "file": SECRET}, "file"),
+    ({"file": SECRET}, "file"),  # no tag: the default's
+    ({"where": "remote", "url": FAR}, "url"),
+    ({"where": {"type": "remote", "url": FAR}}, "where.url"),
+    # the fields after the union are checked too, whichever form it takes
+    ({"where": {"type": "local"}, "last": SECRET}, "last"),
+    ({"where": "remote", "last": SECRET}, "last"),
+    ({"where": {"type": "nope"}, "last": SECRET}, "last"),
+    ({"where": "nope", "last": SECRET}, "last"),
+    ({"first": str(Path(__file__)), "last": SECRET}, "last"),  # after a path field that passes
+])
+def test_every_path_field_is_checked_around_a_union(tmp_path: Path, args: dict, path: str) -> None:
+    policy = PathPolicy.make(media_dirs=[Path(__file__).parent])
+    with pytest.raises(EdgevaError) as e:
+        policy.check_args("acme", "two", args, {"two": _TwoPlaces}, "m")
+    assert e.value.path == f"m.{path}"
+
+
+def test_a_reid_models_path_then_its_server_are_both_checked(tmp_path: Path) -> None:
+    from edgeva.modules.registry import load_registry
+
+    policy = PathPolicy.make(media_dirs=[tmp_path])
+    args = {"gallery": [{"name": "p", "image": "asset:demo_person.png"}], "backend": "triton", "threshold": 0.5,
+            "model": str(tmp_path / "m.onnx"), "triton": {"url": FAR}}
+    with pytest.raises(EdgevaError) as e:
+        policy.check_args("acme", "reid", args, load_registry(), "modules.r.args")
+    assert e.value.path == "modules.r.args.triton.url"

@@ -1,6 +1,24 @@
-"""Inference backends of the ``detector`` module (``modules/detector.py``).
+"""Inference backends of the ``detector`` module (``modules/detector.py``): the plugin contract.
 
-A backend wraps one loaded model and knows nothing about messages. Two kinds:
+A backend is two classes in one file: its **config** (a :class:`BackendConfig` whose ``type``
+is a ``Literal`` of the backend's name, holding the args only it uses) and its **runner** (a
+:class:`Backend` with ``config_class`` set to that config). The detector's config takes the
+backends' configs as a union discriminated by ``type``, so a deployment writes either::
+
+    "args": {"backend": {"type": "triton", "url": "gpu-box:8001", "model_name": "yolo"}, ...}
+    "args": {"backend": "triton", "url": "gpu-box:8001", "model_name": "yolo", ...}   # flat
+
+(the flat form, the backend's args beside its name, is what deployments wrote before backends
+had configs of their own; both mean the same). The args every backend shares (thresholds,
+classes, NMS, batching, ``threads``, the model's input and output names) stay in the detector's
+config; a backend reads them through :class:`DetectorArgs`.
+
+Registration: the built-ins are listed in ``BUILTIN``; a package adds its own under the entry
+point group ``edgeva.detector_backends`` (``mybackend = "mypkg.mod:MyBackend"``), as module types
+do (``modules/registry.py``). This package imports nothing of ``modules/detector.py`` (the
+detector imports the backends: one direction only).
+
+A runner wraps one loaded model and knows nothing about messages. Two kinds:
 
 - tensor backends (``onnx``, ``triton``): the module resizes each frame to ``input_size``,
   converts BGR -> RGB float32 and writes it into ``input_buffer()`` (preallocated once; for
@@ -16,27 +34,83 @@ backend only has to produce raw rows in that layout.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import functools
+import logging
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    import logging
+from edgeva.modules.registry import declared_type, discover
 
-    from edgeva.modules.detector import DetectorConfig
+log = logging.getLogger("edgeva.registry")
+
+#: Entry point group of third-party detector backends.
+GROUP = "edgeva.detector_backends"
+#: Built-in backends: name -> ``"module:Backend class"``.
+BUILTIN = {
+    "onnx": "edgeva.modules.detectors.onnx:OnnxBackend",
+    "opencv-hog": "edgeva.modules.detectors.hog:HogBackend",
+    "triton": "edgeva.modules.detectors.triton:TritonBackend",
+}
+#: The backend of a detector config that names none.
+DEFAULT = "onnx"
+
+
+def _tag_required(schema: dict[str, Any], cls: type) -> None:
+    # In a deployment a backend's config object must say which backend it is: its ``type``
+    # (which has a default in Python, where the class already says it) is the union's tag.
+    schema["required"] = ["type", *[r for r in schema.get("required", []) if r != "type"]]
+
+
+class BackendConfig(BaseModel):
+    """Base of a backend's config: unknown keys refused, frozen (part of the module's
+    identity). A subclass sets ``type: Literal["<name>"] = "<name>"`` and adds the args only
+    its backend uses, each bounded and described (they reach the JSON Schema and the docs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_tag_required)
+
+    type: str
+
+
+class DetectorArgs(Protocol):
+    """What a backend may read of the detector's own config (the args all backends share)."""
+
+    @property
+    def threads(self) -> int: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def input_size(self) -> tuple[int, int] | None: ...
+    @property
+    def input_name(self) -> str | None: ...
+    @property
+    def output_name(self) -> str | None: ...
 
 
 class Backend:
-    """Base of the detector backends; see the package docstring for the contract."""
+    """Base of the detector backends; see the package docstring for the contract.
 
+    ``__init__(config, args, log)`` loads the model (or connects) and fails with a
+    ``ModuleError`` that says what to fix: ``config`` is the backend's own config (an instance
+    of ``config_class``), ``args`` the detector's shared args (:class:`DetectorArgs`)."""
+
+    #: The backend's config class (its ``type`` Literal is the backend's name).
+    config_class: ClassVar[type[BackendConfig]]
     #: False for backends that take BGR frames (``infer_frames``) instead of a tensor.
     takes_tensor: bool = True
+    #: Run one inference at setup (an in-process runtime plans memory and starts threads on
+    #: its first run, which would otherwise delay frame 0); a server warms up on its own.
+    warm_up: bool = False
     #: (width, height) of one model input image (tensor backends).
     input_size: tuple[int, int] = (0, 0)
     #: "nhwc" ([N, H, W, 3], the bundled CenterNet) or "nchw" ([N, 3, H, W], most PyTorch exports).
     layout: Literal["nhwc", "nchw"] = "nhwc"
     #: Most images one ``infer`` call takes (1: the model has a fixed batch of one).
     max_batch: int = 1
+
+    def __init__(self, config: BackendConfig, args: DetectorArgs, log: logging.Logger) -> None:
+        raise NotImplementedError
 
     def input_buffer(self) -> np.ndarray:
         """The [max_batch, ...] float32 array the module writes preprocessed images into."""
@@ -54,19 +128,24 @@ class Backend:
         """Release sessions, connections, shared memory. Idempotent."""
 
 
-def make_backend(config: DetectorConfig, log: logging.Logger) -> Backend:
-    """Load the backend ``config.backend`` names (imports its library only now)."""
-    if config.backend == "onnx":
-        from edgeva.modules.detectors.onnx import OnnxBackend
+@functools.cache
+def load_backends() -> dict[str, type[Backend]]:
+    """Every installed backend by name (built-ins first, then entry points). One whose
+    config's ``type`` is not its name is logged and left out. Cached: the detector's config
+    class is built from it once, at import."""
+    found: dict[str, type[Backend]] = {}
+    for name, (ref, cls) in discover(BUILTIN, GROUP, "detector backend").items():
+        declared = declared_type(getattr(cls, "config_class", None))
+        if declared != name:
+            log.warning("detector backend %r (%s) declares type %r: ignored", name, ref, declared)
+            continue
+        found[name] = cls
+    return found
 
-        return OnnxBackend(config, log)
-    if config.backend == "opencv-hog":
-        from edgeva.modules.detectors.hog import HogBackend
 
-        return HogBackend(config, log)
-    from edgeva.modules.detectors.triton import TritonBackend
-
-    return TritonBackend(config, log)
+def make_backend(config: BackendConfig, args: DetectorArgs, log: logging.Logger) -> Backend:
+    """Load the backend ``config`` configures (its heavy library is imported only now)."""
+    return load_backends()[config.type](config, args, log)
 
 
 def rows(raw: np.ndarray) -> np.ndarray:

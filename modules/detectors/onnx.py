@@ -3,7 +3,7 @@
 Expected model (the bundled ``asset:centernet_mnv3_coco.onnx`` is one):
 
 - one float32 input, NHWC ``[N, H, W, 3]`` or NCHW ``[N, 3, H, W]``, RGB. Pixel values are
-  0-255 times the config's ``input_scale`` (1.0 for the bundled model; 1/255 for models trained
+  0-255 times the detector's ``input_scale`` (1.0 for the bundled model; 1/255 for models trained
   on 0-1). ``N`` may be fixed (1: no batching) or dynamic (batches of up to ``max_batch``).
   ``H``/``W`` come from the model when fixed, else from the config's ``input_size``.
 - one output (or the one ``output_name`` names) of rows ``x1, y1, x2, y2, score, class``: shape
@@ -21,27 +21,45 @@ or an accelerator, serve the model with Triton and use ``backend: triton``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from edgeva.modules.base import ModuleError
+from edgeva.modules.base import MAX_PATH_CHARS, ModuleError
 from edgeva.modules.decoder import resolve_path
-from edgeva.modules.detectors import Backend, rows
+from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs, rows
 
-if TYPE_CHECKING:
-    from edgeva.modules.detector import DetectorConfig
+#: The model of a config that names none: the bundled CenterNet MobileNetV3 (COCO-80).
+DEFAULT_MODEL = "asset:centernet_mnv3_coco.onnx"
+
+
+class OnnxConfig(BackendConfig):
+    """``backend: onnx``: an ONNX model run in-process by onnxruntime (CPU provider)."""
+
+    type: Literal["onnx"] = "onnx"
+    model: str | None = Field(
+        None, max_length=MAX_PATH_CHARS, description=f"model path or asset:<name> (default {DEFAULT_MODEL}; "
+        "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
+        "See modules/detectors/onnx.py for the input/output layouts a model must have.",
+        json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level (all: layout and fusion "
+        "passes too; lower levels only to rule out an optimiser problem)")
 
 
 class OnnxBackend(Backend):
-    def __init__(self, config: DetectorConfig, log: logging.Logger) -> None:
+    config_class = OnnxConfig
+    warm_up = True  # onnxruntime plans memory and starts its threads on the first run
+
+    def __init__(self, config: OnnxConfig, args: DetectorArgs, log: logging.Logger) -> None:
         import onnxruntime as ort  # heavy: only when this backend is used
 
-        path = resolve_path(config.model or "asset:centernet_mnv3_coco.onnx")
+        path = resolve_path(config.model or DEFAULT_MODEL)
         if not path.is_file():
             raise ModuleError(f"detector: no ONNX model at {path} (model: {config.model!r})")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.threads
+        opts.intra_op_num_threads = args.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -57,8 +75,8 @@ class OnnxBackend(Backend):
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModuleError(f"detector: cannot load ONNX model {path}: {e}") from e
         inputs = self._sess.get_inputs()
-        if config.input_name:
-            inputs = [i for i in inputs if i.name == config.input_name]
+        if args.input_name:
+            inputs = [i for i in inputs if i.name == args.input_name]
         if len(inputs) != 1:
             names = [i.name for i in self._sess.get_inputs()]
             raise ModuleError(f"detector: {path.name}: set input_name to one of {names}")
@@ -69,17 +87,17 @@ class OnnxBackend(Backend):
                 "expected float32 [N, H, W, 3] or [N, 3, H, W]"
             )
         outs = [o.name for o in self._sess.get_outputs()]
-        if config.output_name and config.output_name not in outs:
-            raise ModuleError(f"detector: {path.name} has no output {config.output_name!r} ({outs})")
-        self._in, self._out = inp.name, config.output_name or outs[0]
+        if args.output_name and args.output_name not in outs:
+            raise ModuleError(f"detector: {path.name} has no output {args.output_name!r} ({outs})")
+        self._in, self._out = inp.name, args.output_name or outs[0]
         self.layout, self.input_size, self.max_batch = parse_input_shape(
-            list(inp.shape), config.input_size, config.max_batch, f"{path.name} input {inp.name!r}"
+            list(inp.shape), args.input_size, args.max_batch, f"{path.name} input {inp.name!r}"
         )
         w, h = self.input_size
         shape = (self.max_batch, h, w, 3) if self.layout == "nhwc" else (self.max_batch, 3, h, w)
         self._x = np.zeros(shape, np.float32)
         log.info("detector: %s, input %s %s %dx%d, batch <= %d, %d thread(s), optimisation %s",
-                 path.name, inp.name, self.layout, w, h, self.max_batch, config.threads,
+                 path.name, inp.name, self.layout, w, h, self.max_batch, args.threads,
                  config.graph_optimization)
 
     def input_buffer(self) -> np.ndarray:

@@ -38,18 +38,50 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from edgeva.modules.base import ModuleError
-from edgeva.modules.detectors import Backend, rows
+from edgeva.modules.base import MAX_NAME_CHARS, MAX_PATH_CHARS, NOT_A_PATH, ModuleError
+from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs, rows
 from edgeva.modules.detectors.onnx import parse_input_shape
 
-if TYPE_CHECKING:
-    from edgeva.modules.detector import DetectorConfig
-
 _LOCAL = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"}
+#: Longest a request may take (a model loading on a CPU server): ``timeout_s``.
+MAX_REQUEST_S = 300.0
+#: Longest value of one header (an access token).
+MAX_HEADER_CHARS = 4096
+
+
+class TritonConfig(BackendConfig):
+    """``backend: triton``: a model served by a KServe V2 server (Triton, MLServer)."""
+
+    type: Literal["triton"] = "triton"
+    url: str = Field("localhost:8000", max_length=MAX_PATH_CHARS, json_schema_extra={"edgeva_path": "server"},
+                     description="server host:port (HTTP 8000, gRPC 8001 by default); the agent's "
+                     "--url-host must allow the host")
+    protocol: Literal["http", "grpc"] = Field("http", description="protocol of url")
+    model_name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                            description="served model name, as the server names it (required)",
+                            examples=["centernet"])
+    model_version: str = Field("", max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
+                               description="model version ('' = the server's default)")
+    shared_memory: Literal["auto", "none", "system", "cuda"] = Field(
+        "auto", description="how the input tensor reaches the server: system (POSIX shm, "
+        "server on this host), cuda (CUDA IPC, discrete GPUs; not on Jetson), none (in the "
+        "request), auto (system when local and supported, else none)")
+    binary: bool | None = Field(
+        None, description="over HTTP: binary tensors (null: when the server supports them; "
+        "MLServer does not)")
+    cuda_device: int = Field(0, ge=0, le=64, description="with shared_memory cuda: GPU index")
+    timeout_s: float = Field(5.0, gt=0.0, le=MAX_REQUEST_S,
+                             description="connection and request timeout in seconds (a cold server's first "
+                             "inference may take minutes)")
+    headers: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Annotated[str, Field(max_length=MAX_HEADER_CHARS)]] = Field(
+        {}, max_length=16, description="headers sent with every request, e.g. the access token of a server "
+        "that restricts APIs (--http-restricted-api=shared-memory:triton-access-token=SECRET -> "
+        "{triton-access-token: SECRET}; over gRPC the key is triton-grpc-protocol-triton-access-token)")
 
 
 def _brief(e: BaseException) -> str:
@@ -66,8 +98,10 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 class TritonBackend(Backend):
-    def __init__(self, config: DetectorConfig, log: logging.Logger) -> None:
-        self._c, self._log = config, log
+    config_class = TritonConfig
+
+    def __init__(self, config: TritonConfig, args: DetectorArgs, log: logging.Logger) -> None:
+        self._c, self._args, self._log = config, args, log
         self._region: str | None = None
         self._shm_handle: Any = None
         self._cuda_handle: Any = None
@@ -149,8 +183,8 @@ class TritonBackend(Backend):
             )
         md = self._json(self._client.get_model_metadata(name, version, **self._kw))
         ins, outs = md.get("inputs", []), md.get("outputs", [])
-        inp = self._pick(ins, c.input_name, "input", name)
-        out = self._pick(outs, c.output_name, "output", name)
+        inp = self._pick(ins, self._args.input_name, "input", name)
+        out = self._pick(outs, self._args.output_name, "output", name)
         if inp["datatype"] != "FP32":
             raise ModuleError(f"detector: model {name!r} input {inp['name']!r} is "
                               f"{inp['datatype']}; expected FP32")
@@ -166,7 +200,7 @@ class TritonBackend(Backend):
                               f"{oshape}; expected rows of 6 (x1, y1, x2, y2, score, class)")
         self._in, self._out = inp["name"], out["name"]
         self.layout, self.input_size, self.max_batch = parse_input_shape(
-            shape, c.input_size, c.max_batch, f"model {name!r} input {self._in!r}"
+            shape, self._args.input_size, self._args.max_batch, f"model {name!r} input {self._in!r}"
         )
         w, h = self.input_size
         self._item = (h, w, 3) if self.layout == "nhwc" else (3, h, w)

@@ -3,15 +3,33 @@
 Every embedder takes a batch of person crops already resized to ``CROP_H x CROP_W`` (uint8
 BGR, ``[N, 256, 128, 3]``, the detector's ``arrays["crops"]`` format) and returns
 ``[N, dim]`` float32 rows of unit length, so that a dot product is a cosine similarity.
-A new backend implements :class:`Embedder` and is added to ``make_embedder``.
+
+Registration, as for module types and detector backends (``modules/registry.py``): the
+built-ins are listed in ``BUILTIN``; a package adds its own under the entry point group
+``edgeva.embedders`` (``myembedder = "mypkg.mod:MyEmbedder"``), and reid's ``backend`` then
+accepts its name (with an explicit ``threshold``: its scale is the model's). An embedder
+implements :class:`Embedder`, ``from_args`` included (how it is built from reid's args).
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from edgeva.modules.registry import discover
+
+#: Entry point group of third-party embedders.
+GROUP = "edgeva.embedders"
+#: Built-in embedders: name -> ``"module:Embedder class"`` (reid's ``combined`` is onnx + hsv).
+BUILTIN = {
+    "onnx": "edgeva.modules.embedders.onnx:OnnxEmbedder",
+    "hsv": "edgeva.modules.embedders.hsv:HsvEmbedder",
+    "triton": "edgeva.modules.embedders.triton:TritonEmbedder",
+}
 
 #: Crop size every embedder takes (H, W): the usual person re-id input, and the detector's
 #: ``arrays["crops"]`` size.
@@ -21,10 +39,29 @@ MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 
 
+class EmbedderArgs(Protocol):
+    """What an embedder may read of reid's config to build itself."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def triton(self) -> Any: ...
+
+
 class Embedder(ABC):
     """One appearance model. ``dim`` is the length of a feature row."""
 
     dim: int
+
+    @classmethod
+    def from_args(cls, args: EmbedderArgs) -> Embedder:
+        """One built from reid's args (each embedder reads those it uses); loads the model or
+        connects, failing with a ``ModuleError`` that says what to fix."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to build it from reid's args")
 
     @abstractmethod
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -96,3 +133,11 @@ class CombinedEmbedder(Embedder):
     def close(self) -> None:
         for e, _ in self.parts:
             e.close()
+
+
+@functools.cache
+def load_embedders() -> dict[str, type[Embedder]]:
+    """Every installed embedder by name (built-ins first, then entry points); a class that is
+    no :class:`Embedder` is left out, as a plugin that fails to import."""
+    return {name: cls for name, (_, cls) in discover(BUILTIN, GROUP, "embedder").items()
+            if isinstance(cls, type) and issubclass(cls, Embedder)}

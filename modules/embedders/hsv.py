@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise
+from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, EmbedderArgs, l2_normalise
 
 
 class HsvEmbedder(Embedder):
@@ -37,6 +37,10 @@ class HsvEmbedder(Embedder):
         self._out = np.empty((max_batch, self.dim), np.float32)
         edges = np.linspace(0, CROP_H, stripes + 1).astype(int)
         self._rows = list(zip(edges[:-1], edges[1:], strict=True))
+
+    @classmethod
+    def from_args(cls, args: EmbedderArgs) -> HsvEmbedder:
+        return cls(max_batch=args.max_batch)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         n = len(crops)

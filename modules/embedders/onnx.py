@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeva.modules.base import ModuleError
-from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise, to_nchw
+from edgeva.modules.decoder import resolve_path
+from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, EmbedderArgs, l2_normalise, to_nchw
 
 
 class OnnxEmbedder(Embedder):
@@ -50,6 +51,10 @@ class OnnxEmbedder(Embedder):
         self.max_batch = max_batch
         self._x = np.empty((max_batch, 3, CROP_H, CROP_W), np.float32)
         self._out = np.empty((max_batch, self.dim), np.float32)
+
+    @classmethod
+    def from_args(cls, args: EmbedderArgs) -> OnnxEmbedder:
+        return cls(resolve_path(args.model), args.threads, args.max_batch)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         n = len(crops)

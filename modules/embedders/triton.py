@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from edgeva.modules.base import ModuleError
-from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, l2_normalise, to_nchw
+from edgeva.modules.embedders import CROP_H, CROP_W, Embedder, EmbedderArgs, l2_normalise, to_nchw
 
 
 class TritonEmbedder(Embedder):
@@ -63,6 +63,12 @@ class TritonEmbedder(Embedder):
         self._inputs: dict[int, object] = {}
         self.dim = 0  # known after the first reply
         self._out: np.ndarray | None = None
+
+    @classmethod
+    def from_args(cls, args: EmbedderArgs) -> TritonEmbedder:
+        t = args.triton
+        return cls(t.url, t.model_name, t.protocol, t.input_name, t.output_name, t.model_version,
+                   args.max_batch, t.binary)
 
     def _input(self, n: int):
         # One InferInput per batch size seen: they are cheap but not free to build.
