@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from edgeva.agent.settings import DEFAULT_BROKER
 from edgeva.schemas.errors import EdgevaError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 Payload = dict[str, Any]
 Render = Callable[[argparse.Namespace, Payload], None]
