@@ -23,8 +23,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
-#: the broker every ``edgeva`` command dials when given no ``--broker`` (nor ``EDGEVA_BROKER``)
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+#: where ``edgeva broker`` (``control.broker.EmbeddedBroker``) listens when given no flags ...
+DEFAULT_BROKER_HOST, DEFAULT_BROKER_PORT = "127.0.0.1", 1883
+#: ... and so the broker every ``edgeva`` command dials when given no ``--broker`` (nor ``EDGEVA_BROKER``)
+DEFAULT_BROKER = f"mqtt://{DEFAULT_BROKER_HOST}:{DEFAULT_BROKER_PORT}"
 
 
 @dataclass(frozen=True)
