@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -200,3 +202,25 @@ def test_a_default_is_a_copy_and_a_required_setting_has_none() -> None:
         default("device")
     with pytest.raises(KeyError):
         default("no_such_setting")
+
+
+def test_the_security_docs_limits_table_says_the_defaults() -> None:
+    """docs/security.md's table of limits repeats the defaults for operators: it must say the
+    model's (a row per flag: `| what | default | `--flag` | when |`)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    rows = re.findall(r"^\|[^|]+\| ([0-9.,]+)(?: MiB|/s)? \| `(--[a-z-]+)` \|", doc, re.M)
+    assert len(rows) >= 8, rows
+    for value, flag in rows:
+        name = flag[2:].replace("-", "_")
+        assert float(value.replace(",", "")) == default(name), (flag, value, default(name))
+
+
+@pytest.mark.parametrize(("doc", "pattern", "flag"), [
+    ("protocol.md", r"`--link-timeout`, default\s+([0-9.]+) s", "--link-timeout"),
+    ("protocol.md", r"`--part-timeout`, default\s+([0-9.]+) s", "--part-timeout"),
+    ("prometheus.md", r"`--metrics-interval`, ([0-9.]+) s by default", "--metrics-interval"),
+])
+def test_the_docs_say_the_defaults(doc: str, pattern: str, flag: str) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    found = re.findall(pattern, text)
+    assert found and all(float(v) == default(flag[2:].replace("-", "_")) for v in found), (doc, flag, found)
