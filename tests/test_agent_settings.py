@@ -104,19 +104,22 @@ def test_help_shows_every_default() -> None:
     assert "default: ~/.local/state/edgeva/DEVICE" in lines["--state-dir"]
 
 
-@pytest.mark.parametrize(("flag", "value"), [
-    ("--slots", "1"), ("--slots", "eight"), ("--metrics-interval", "0"), ("--event-rate", "-1"),
-    ("--metrics-port", "65536"), ("--metrics-port", "-1"), ("--max-apps", "-1"), ("--max-modules", "-1"),
-    ("--max-slot-mb", "0"), ("--max-shm-mb", "-5"), ("--restart-backoff-first", "0"),
-    ("--restart-backoff-cap", "-1"), ("--link-max-mb", "0"), ("--link-slot-mb", "0"),
-    ("--part-timeout", "0"), ("--link-timeout", "0"), ("--protocol", "4"),
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--slots", "1", "must be >= 2"), ("--slots", "eight", "valid integer"), ("--metrics-interval", "0", "> 0"),
+    ("--event-rate", "-1", ">= 0"), ("--metrics-port", "65536", "0..65535"), ("--metrics-port", "-1", "0..65535"),
+    ("--max-apps", "-1", ">= 0"), ("--max-modules", "-1", ">= 0"), ("--max-slot-mb", "0", "> 0"),
+    ("--max-shm-mb", "-5", "> 0"), ("--restart-backoff-first", "0", "> 0"), ("--restart-backoff-cap", "-1", "> 0"),
+    ("--link-max-mb", "0", "> 0"), ("--link-slot-mb", "0", "> 0"), ("--part-timeout", "0", "> 0"),
+    ("--link-timeout", "0", "> 0"), ("--protocol", "4", "invalid choice"),
 ])
-def test_a_bad_value_is_a_usage_error_naming_its_flag(flag: str, value: str, capsys) -> None:
+def test_a_bad_value_is_a_usage_error_naming_its_flag(flag: str, value: str, says: str, capsys) -> None:
+    """Refused as the flag is parsed (exit code 2, before the agent touches anything), with the
+    flag, the value and the bounds."""
     top, _ = _parser()
     with pytest.raises(SystemExit) as e:
         top.parse_args(["agent", "--device", "d", flag, value])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and f"argument {flag}:" in err and repr(value) in err, err
+    assert e.value.code == 2 and f"argument {flag}: " in err and repr(value) in err and says in err, err
 
 
 def test_values_from_the_environment_are_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,19 @@ def _help(info: FieldInfo, flag: Flag) -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _range(constraints: list[Any]) -> str:
+    """The bounds as an operator reads them: ``0..65535``, ``> 0``, ``>= 2``."""
+    bound = {op: getattr(c, attr) for c in constraints
+             for op, attr in ((">=", "ge"), (">", "gt"), ("<=", "le"), ("<", "lt"))
+             if getattr(c, attr, None) is not None}
+    if ">=" in bound and "<=" in bound:
+        return f"{bound['>=']}..{bound['<=']}"
+    return " and ".join(f"{op} {v}" for op, v in bound.items())
+
+
 def _checker(name: str, info: FieldInfo) -> Callable[[str], Any]:
     """An argparse ``type``: one value checked against the field's type and bounds."""
     ann = _value_type(info)
@@ -78,7 +91,9 @@ def _checker(name: str, info: FieldInfo) -> Callable[[str], Any]:
         try:
             return adapter.validate_python(text)
         except ValidationError as e:
-            raise argparse.ArgumentTypeError(f"{text!r}: {e.errors()[0]['msg']}") from None
+            err = e.errors()[0]
+            why = f"must be {_range(constraints)}" if err["type"] in _BOUNDS else err["msg"]
+            raise argparse.ArgumentTypeError(f"{text!r}: {why}") from None
 
     check.__name__ = getattr(ann, "__name__", name)  # argparse names it in some messages
     return check
