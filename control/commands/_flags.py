@@ -19,12 +19,14 @@ import argparse
 import os
 import types
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from edgeva.agent.settings import Flag
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def flag_name(field: str) -> str:
@@ -100,7 +102,7 @@ def _checker(name: str, info: FieldInfo) -> Callable[[str], Any]:
 
 
 def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
-                    groups: Mapping[str, tuple[str, str]] = {}) -> None:  # noqa: B006 - read only
+                    groups: Mapping[str, tuple[str, str]] | None = None) -> None:
     """One flag per field of ``model`` (see the module docstring); ``groups``: a ``Flag.group``
     -> (title, description) of its argument group, in the order the fields first name them."""
     made: dict[str, Any] = {}
@@ -109,12 +111,14 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
         where: Any = parser
         if flag.group is not None:
             if flag.group not in made:
-                made[flag.group] = parser.add_argument_group(*groups[flag.group])
+                made[flag.group] = parser.add_argument_group(*(groups or {})[flag.group])
             where = made[flag.group]
         kw: dict[str, Any] = {"help": _help(info, flag), "dest": name}
         env = os.environ.get(flag.env) if flag.env else None
         if info.annotation is bool:
-            # a switch: given, it is True; the model's default is False (asserted by the tests)
+            # a switch: given, it is True; so its default must be False (a True one could not be turned off)
+            if info.default is not False:
+                raise TypeError(f"{model.__name__}.{name}: a flag's bool setting defaults to False")
             kw["action"] = "store_true"
         elif get_origin(_value_type(info)) is Literal:
             kw.update(choices=list(get_args(_value_type(info))), default=env or info.default)
@@ -130,7 +134,7 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
         where.add_argument(flag_name(name), **kw)
 
 
-def model_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
+def model_from_args(model: type[M], args: argparse.Namespace) -> M:
     """``model`` from the parsed flags: a flag that is None (not given, no default) is left
     out, so that the model's own default applies. Raises ``ValidationError``."""
     values = {n: getattr(args, n) for n in model.model_fields if getattr(args, n, None) is not None}

@@ -54,7 +54,6 @@ def _run(args: argparse.Namespace) -> int:
         s = model_from_args(AgentSettings, args)
     except ValidationError as e:
         return fail(2, f"edgeva agent: {flag_errors(e)}")
-    assert isinstance(s, AgentSettings)
     password = s.password
     if s.password_file:
         if password:
@@ -80,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         tls_files = (s.link_tls_ca, s.link_tls_cert, s.link_tls_key)
         if any(tls_files) and not all(tls_files):
             return fail(2, "edgeva agent: --link-tls-ca, --link-tls-cert and --link-tls-key go together")
-        tls = LinkTLS(*tls_files) if all(tls_files) else None  # type: ignore[arg-type]
+        tls = LinkTLS(*tls_files) if all(tls_files) else None  # type: ignore[arg-type]  # all given
         peers = {"bind": s.data_bind, "advertise": s.data_advertise, "tls": tls,
                  "tls_check_name": s.link_tls_check_name, "max_message_size": mb_to_bytes(s.link_max_mb)}
     # The metrics port first: a bad one stops the agent before it touches anything (shared
