@@ -36,8 +36,8 @@ class Flag:
     when the flag is absent; ``metavar``: the value's name in ``--help``; ``group``: the argument
     group it is listed under (see ``GROUPS`` in ``control/commands/agent.py``); ``shown``: what
     ``--help`` says the default is, where the field's default (None: computed when the agent
-    starts) would not say it; ``repeat``: the flag may be given several times (each value may
-    also be comma-separated; from ``env``, values are separated by ``os.pathsep``)."""
+    starts) would not say it; ``repeat``: the flag may be given several times (from ``env``,
+    values are separated by ``os.pathsep``)."""
 
     env: str | None = None
     metavar: str | None = None
