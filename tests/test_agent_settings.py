@@ -158,6 +158,7 @@ def test_what_embedders_get_without_the_flags_is_the_agents_default() -> None:
     from edgeva.agent.core import AgentCore
     from edgeva.agent.dataplane.link import Link
     from edgeva.agent.dataplane.relay import LinkToRing
+    from edgeva.agent.exporter import MetricsServer
     from edgeva.agent.limits import TenantLimits
     from edgeva.agent.mqtt import PROTOCOLS, MqttOptions
     from edgeva.agent.paths import PathPolicy
@@ -187,6 +188,7 @@ def test_what_embedders_get_without_the_flags_is_the_agents_default() -> None:
     assert defaults(Peers.__init__)["max_message_size"] == defaults(Link.__init__)["max_message_size"] == link_max
     assert link_max == 16 << 20
     assert defaults(LinkToRing.__init__)["nslots"] == default("slots")
+    assert defaults(MetricsServer.__init__)["host"] == default("metrics_host") == "127.0.0.1"
     paths = PathPolicy.make()
     assert sorted(paths.url_schemes) == default("url_scheme") == ["rtsp", "rtsps"]
     assert paths.output_root is not None and paths.output_root.name == default("output_root") == "out"
