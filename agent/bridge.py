@@ -57,6 +57,7 @@ from edgeva.agent.outbox import Outbox
 from edgeva.agent.peers import Peers
 from edgeva.agent.replies import MUTATING, ReplyCache
 from edgeva.agent.restore_gate import RestoreGate
+from edgeva.agent.settings import default
 from edgeva.schemas.commands import (
     RemoveCommand,
     StartCommand,
@@ -102,8 +103,8 @@ log = logging.getLogger("edgeva.bridge")
 # span devices, so only an agent with a data plane listens to them (every agent hearing every
 # agent's metrics grows the broker's traffic with the square of the fleet).
 FLEET_STATES, FLEET_METRICS = "edgeva/v1/+/state", "edgeva/v1/+/metrics"
-PART_TIMEOUT_S = 45.0  # a part's modules have 30 s to become ready
-LINK_TIMEOUT_S = 15.0  # a part's links to its peers must be up this long after its start
+PART_TIMEOUT_S: float = default("part_timeout")  # --part-timeout
+LINK_TIMEOUT_S: float = default("link_timeout")  # --link-timeout
 RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
 FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
 #: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
@@ -205,8 +206,8 @@ class AgentBridge:
         core_args: dict[str, Any],
         broker: str,
         options: MqttOptions | None = None,
-        metrics_period: float = 2.0,
-        event_rate: float = 100.0,
+        metrics_period: float = default("metrics_interval"),
+        event_rate: float = default("event_rate"),
         data_addr: str | None = None,
         peers: dict[str, Any] | None = None,
         part_timeout: float = PART_TIMEOUT_S,

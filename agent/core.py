@@ -39,6 +39,7 @@ from edgeva.agent.dataplane.segment import segment_name, shm_free_bytes, shm_unc
 from edgeva.agent.limits import TenantLimits, mib
 from edgeva.agent.paths import PathPolicy
 from edgeva.agent.peers import Peers
+from edgeva.agent.settings import default, mb_to_bytes
 from edgeva.agent.store import DesiredState
 from edgeva.agent.supervisor import Instance, RestartPolicy, Supervisor
 from edgeva.modules.registry import load_registry
@@ -144,10 +145,10 @@ class AgentCore:
         prefix: str | None = None,
         emit_event: Callable[[str, str, dict], None] = lambda t, a, e: None,
         state_changed: Callable[[], None] = lambda: None,
-        nslots: int = 8,
-        metrics_interval: float = 1.0,
+        nslots: int = default("slots"),
+        metrics_interval: float = default("metrics_interval"),
         peers: Peers | None = None,
-        link_slot_bytes: int = 8 << 20,
+        link_slot_bytes: int = mb_to_bytes(default("link_slot_mb")),
         paths: PathPolicy | None = None,
         limits: TenantLimits | None = None,
         restart: RestartPolicy | None = None,

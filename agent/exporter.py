@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from edgeva.agent.settings import default
 from edgeva.schemas.metrics import P2, DeviceMetrics, TenantMetrics
 from edgeva.schemas.state import DeviceState
 
@@ -208,7 +209,7 @@ class MetricsServer:
     """The ``/metrics`` HTTP endpoint of one agent: its own registry (the agent's families
     plus the ``process_*`` ones of the agent process), served from a daemon thread."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = default("metrics_host")) -> None:
         self.collector = EdgevaCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)

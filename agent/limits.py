@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeva.agent.settings import default, mb_to_bytes
+
 
 @dataclass(frozen=True)
 class TenantLimits:
     """``max_apps``: apps a tenant may have deployed on the device; ``max_modules``: module
     instances its apps may run; ``max_slot_bytes``: the largest output message of one of its
     modules (a frame plus crops: the ring slot size); ``max_shm_bytes``: shared memory all its
-    modules' output rings may take (slot size x slots, summed)."""
+    modules' output rings may take (slot size x slots, summed). Defaults: ``edgeva agent``'s."""
 
-    max_apps: int = 32
-    max_modules: int = 64
-    max_slot_bytes: int = 64 << 20
-    max_shm_bytes: int = 2 << 30
+    max_apps: int = default("max_apps")
+    max_modules: int = default("max_modules")
+    max_slot_bytes: int = mb_to_bytes(default("max_slot_mb"))
+    max_shm_bytes: int = mb_to_bytes(default("max_shm_mb"))
 
 
 def mib(n: int) -> str:

@@ -41,11 +41,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from edgeva.agent.settings import default
 from edgeva.schemas.deployment import Deployment
 from edgeva.schemas.errors import BAD_ARGS, EdgevaError, shown
 
 PATH_MARK = "edgeva_path"
-DEFAULT_SCHEMES = ("rtsp", "rtsps")
+DEFAULT_SCHEMES: tuple[str, ...] = tuple(default("url_scheme"))  # --url-scheme
 ANY_HOST = "*"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # FFmpeg reads "concat:a|b", "file:x", ...
@@ -136,7 +137,7 @@ class PathPolicy:
         return cls(
             media_dirs=tuple(res(d) for d in media_dirs),
             tenant_media_root=res(tenant_media_root) if tenant_media_root else None,
-            output_root=res(output_root if output_root is not None else "out"),
+            output_root=res(output_root if output_root is not None else default("output_root")),
             output_dirs={t: res(d) for t, d in (output_dirs or {}).items()},
             url_schemes=frozenset(s.lower() for s in (url_schemes if url_schemes is not None else DEFAULT_SCHEMES)),
             url_hosts=frozenset(h.lower() for h in (url_hosts or ()) if "/" not in h),

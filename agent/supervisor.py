@@ -32,13 +32,14 @@ from edgeva.agent.dataplane.ring import producer_pid
 from edgeva.agent.dataplane.segment import pid_alive, unlink_segment
 from edgeva.agent.heartbeat import Heartbeat
 from edgeva.agent.jsonsafe import UnsafeValue, json_safe
+from edgeva.agent.settings import default
 from edgeva.schemas import runner as R
 
 log = logging.getLogger("edgeva.supervisor")
 MAX_RESTARTS = 5  # restarts at once within RESTART_WINDOW_S, before back-off
 RESTART_WINDOW_S = 60.0
-BACKOFF_FIRST_S = 1.0
-BACKOFF_CAP_S = 300.0  # Kubernetes' cap for a crash-looping container
+BACKOFF_FIRST_S: float = default("restart_backoff_first")  # --restart-backoff-first
+BACKOFF_CAP_S: float = default("restart_backoff_cap")  # --restart-backoff-cap
 BACKOFF_RESET_S = 120.0  # running this long forgets earlier crashes
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0

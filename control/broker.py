@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+from edgeva.agent.settings import DEFAULT_BROKER_HOST, DEFAULT_BROKER_PORT
+
 log = logging.getLogger(__name__)
 
 # amqtt logs every connection and packet at INFO; a demo's terminal should stay readable.
@@ -95,7 +97,7 @@ class EmbeddedBroker:
     itself is going away) and is safe to call twice.
     """
 
-    def __init__(self, port: int = 1883, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int = DEFAULT_BROKER_PORT, host: str = DEFAULT_BROKER_HOST) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -83,6 +83,7 @@ from edgeva.agent.dataplane.codec import (
 )
 from edgeva.agent.dataplane.msgpool import MsgPool
 from edgeva.agent.dataplane.quietlog import QuietLog
+from edgeva.agent.settings import default, mb_to_bytes
 from edgeva.schemas.message import Message
 from edgeva.schemas.metrics import P2, LinkMetrics
 
@@ -104,7 +105,7 @@ log = logging.getLogger("edgeva.link")
 _ffi, _lib = pynng.ffi, pynng.lib
 
 Policy = Literal["block", "drop_oldest"]
-DEFAULT_MAX_MESSAGE = 16 << 20  # a 1080p RGB frame (6.2 MB) fits; 4K needs more on both peers
+DEFAULT_MAX_MESSAGE = mb_to_bytes(default("link_max_mb"))  # --link-max-mb
 ENV_MAGIC = b"EVL1"
 ENV = struct.Struct("<4sBBHIIqq")  # see the module docstring; 32 bytes
 MAX_NAME = 200

@@ -19,6 +19,7 @@ from edgeva.agent.dataplane.codec import MessageTooLarge
 from edgeva.agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
 from edgeva.agent.dataplane.quietlog import QuietLog
 from edgeva.agent.dataplane.ring import RingConsumer, RingFull, RingProducer
+from edgeva.agent.settings import default
 from edgeva.schemas.message import Message
 
 __all__ = ["LinkToRing", "RingToLink"]
@@ -146,7 +147,7 @@ class LinkToRing:
         stream: str,
         ring_name: str,
         slot_size: int,
-        nslots: int = 8,
+        nslots: int = default("slots"),
         max_consumers: int = 16,
         reserve_timeout: float | None = None,
     ) -> None:

@@ -225,10 +225,10 @@ def analyse(faults: list[dict], events: dict[str, list], modules: list, t0: floa
     return {app: {"down_gap_s": gap[app], "frames_lost_before_faults": lost[app][0]} for app in rel}
 
 
-def run_chaos(minutes: float, seed: int = 1, json_path: str | None = None, plot_path: str | None = None,
-              kinds: list[str] | None = None, busy: int = 2, nice: int = 0,
-              say: Callable[[str], None] = print) -> dict:
-    """Run the chaos soak; returns ``{"faults", "checks", ...}`` (see the module docstring)."""
+def run_chaos(minutes: float, seed: int, json_path: str | None, plot_path: str | None,
+              kinds: list[str] | None, busy: int, nice: int, say: Callable[[str], None] = print) -> dict:
+    """Run the chaos soak; returns ``{"faults", "checks", ...}`` (see the module docstring). The
+    arguments are ``edgeva bench chaos``'s flags, whose defaults are in its parser (cli.py)."""
     from edgeva.bench.chaos.rig import Rig
 
     hang_s = _hang_timeout()

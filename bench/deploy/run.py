@@ -28,7 +28,7 @@ def _first_event(sub, timeout: float = 30.0) -> dict:
     return sub.get(timeout=timeout).json()
 
 
-def run_deploy_bench(runs: int = 5, json_path: str | None = None, progress=print) -> dict:
+def run_deploy_bench(runs: int, json_path: str | None = None, progress=print) -> dict:
     from edgeva.agent.bridge import AgentBridge
     from edgeva.control.broker import EmbeddedBroker, free_port
     from edgeva.control.client import EdgevaClient

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgeva.agent.settings import default
 from edgeva.bench.cli_common import csv_list, outputs
 
 
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--workers", type=int, help="processes hosting the agents (default: 4)")
     f.add_argument("--idle", type=float, default=5.0, metavar="S",
                    help="seconds the idle broker rate is measured over (default: %(default)s)")
-    f.add_argument("--metrics-interval", type=float, default=2.0, metavar="S",
+    f.add_argument("--metrics-interval", type=float, default=default("metrics_interval"), metavar="S",
                    help="each agent's metrics period, as deployed (default: %(default)s)")
     outputs(f)
     f.set_defaults(func=run)

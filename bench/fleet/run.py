@@ -56,8 +56,10 @@ def _host(url: str, devices: list[str], root: str, metrics_period: float, conn: 
     bridges = []
     try:
         for i, dev in enumerate(devices):
-            b = AgentBridge({"device": dev, "state_dir": Path(root) / dev, "prefix": f"fl{os.getpid()}x{i}"},
-                            url, metrics_period=metrics_period)
+            # one metrics period for the modules' reports and the published metrics, as
+            # `edgeva agent --metrics-interval` sets both
+            b = AgentBridge({"device": dev, "state_dir": Path(root) / dev, "prefix": f"fl{os.getpid()}x{i}",
+                             "metrics_interval": metrics_period}, url, metrics_period=metrics_period)
             b.start()
             bridges.append(b)
         conn.send(("up", len(bridges)))
@@ -282,10 +284,11 @@ def write_plot(path: str, sizes: list[dict]) -> None:
     plt.close(fig)
 
 
-def run_fleet_bench(agents: int, sizes: list[int] | None = None, workers: int | None = None,
-                    idle_s: float = 5.0, metrics_period: float = 2.0, json_path: str | None = None,
-                    plot_path: str | None = None, say: Callable[[str], None] = print) -> dict:
-    """Run every size, then write the JSON / plot; returns the whole result."""
+def run_fleet_bench(agents: int, sizes: list[int] | None, workers: int | None, idle_s: float,
+                    metrics_period: float, json_path: str | None = None, plot_path: str | None = None,
+                    say: Callable[[str], None] = print) -> dict:
+    """Run every size, then write the JSON / plot; returns the whole result. The arguments are
+    ``edgeva bench fleet``'s flags, whose defaults are in its parser (cli.py)."""
     sizes = sorted(set(sizes or [max(2, agents // 4), max(2, agents // 2), agents]))
     rows = []
     for n in sizes:

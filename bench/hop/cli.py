@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from edgeva.bench.cli_common import csv_list
+from edgeva.bench.hop import PAYLOADS, ROUNDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--json", metavar="FILE", help="write the results as JSON")
     h.add_argument("--plot", metavar="FILE.png", help="write a PNG chart (matplotlib)")
     h.add_argument("--transports", type=csv_list, metavar="A,B", help="subset, e.g. ring,shm-pipe")
-    h.add_argument("--payloads", type=csv_list, default=["frame", "meta"], metavar="A,B",
-                   help="frame, meta (default both)")
-    h.add_argument("--rounds", type=int, default=3,
-                   help="runs per case, transports taking turns; the median is reported (default: 3)")
+    h.add_argument("--payloads", type=csv_list, default=list(PAYLOADS), metavar="A,B",
+                   help=f"{', '.join(PAYLOADS)} (default: all)")
+    h.add_argument("--rounds", type=int, default=ROUNDS,
+                   help="runs per case, transports taking turns; the median is reported (default: %(default)s)")
     h.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the scheduler place producer and consumer (default: each pinned to "
                    "its own CPU, so that runs compare like with like)")
@@ -41,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     known = transports()
     bad = [t for t in args.transports or [] if t not in known]
-    bad += [p for p in args.payloads if p not in ("frame", "meta")]
+    bad += [p for p in args.payloads if p not in PAYLOADS]
     if bad:
         print(f"edgeva bench hop: unknown {', '.join(bad)}; transports: {', '.join(known)}; "
-              f"payloads: frame, meta", file=sys.stderr)
+              f"payloads: {', '.join(PAYLOADS)}", file=sys.stderr)
         return 2
 
     def progress(r: CaseResult) -> None:

@@ -57,10 +57,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeva.bench.hop import PAYLOADS, ROUNDS
 from edgeva.bench.hop.transports import Payload, Transport, transports
 from edgeva.bench.hop.transports.base import touch
-
-PAYLOADS = ("frame", "meta")
 
 
 @dataclass(frozen=True)
@@ -367,12 +366,12 @@ def run_hop(
 
     ``names`` picks transports (default: all registered); ``plans`` overrides the sample counts
     per payload kind (tests use tiny ones); ``progress`` is called after each case. Each case
-    runs ``rounds`` times (default 3), the transports taking turns, and reports the median of
+    runs ``rounds`` times (default ``ROUNDS``), the transports taking turns, and reports the median of
     its rounds: on a shared VM, wake-up latency drifts by tens of microseconds from one second
     to the next, and interleaving gives every transport the same weather. ``pin``: producer and
     consumer on two distinct CPUs (see the module docstring).
     """
-    rounds = rounds or 3
+    rounds = rounds or ROUNDS
     cpus = pin_cpus() if pin else None
     registry = transports()
     chosen = list(registry) if names is None else list(names)

@@ -85,8 +85,7 @@ def _gaps(events: list, path: tuple[str, ...]) -> dict[str, float]:
     return {k: round(statistics.median(v), 3) for k, v in gaps.items()}
 
 
-def run_paper(quick: bool = True, video: str | None = None, json_path: str | None = None,
-              out_dir: str = "out/paper", scalability: bool = False,
+def run_paper(quick: bool, video: str | None, json_path: str | None, out_dir: str, scalability: bool,
               say: Callable[[str], None] = print) -> dict:
     from edgeva.bench.paper.agents import Agents
     from edgeva.bench.paper.monolith import run_monolith

@@ -158,10 +158,11 @@ def write_plot(path: str, samples: list[dict], kills: list[dict], outages: list[
     plt.close(fig)
 
 
-def run_soak(minutes: float, kill_every: float = 120.0, broker_every: float = 180.0, broker_down: float = 5.0,
-             sample_every: float = 5.0, json_path: str | None = None, plot_path: str | None = None,
+def run_soak(minutes: float, kill_every: float, broker_every: float, broker_down: float,
+             sample_every: float, json_path: str | None = None, plot_path: str | None = None,
              say: Callable[[str], None] = print) -> dict:
-    """Run the soak; returns ``{"samples", "kills", "outages", "summary"}``."""
+    """Run the soak; returns ``{"samples", "kills", "outages", "summary"}``. The arguments are
+    ``edgeva bench soak``'s flags, whose defaults are in its parser (cli.py)."""
     from edgeva.control.client import EdgevaClient
     from edgeva.control.demo.apps import demo_apps
     from edgeva.control.fleet_client import FleetClient

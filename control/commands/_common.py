@@ -11,12 +11,17 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
+from edgeva.agent.settings import DEFAULT_BROKER, AgentSettings, default
 from edgeva.schemas.errors import EdgevaError
+from edgeva.schemas.topics import DEFAULT_TENANT
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+#: how long a command waits for the device's reply unless it says (``add_verb(timeout=...)``) or ``--timeout`` does
+REPLY_TIMEOUT_S = 10.0
+#: the MQTT versions ``--protocol`` takes, as ``edgeva agent``'s (agent/settings.py)
+PROTOCOLS = list(get_args(AgentSettings.model_fields["protocol"].annotation))
 
 Payload = dict[str, Any]
 Render = Callable[[argparse.Namespace, Payload], None]
@@ -30,10 +35,10 @@ class InvalidInput(Exception):
     """An input file the device would refuse, caught before sending: exit code 1."""
 
 
-def add_connection_args(p: argparse.ArgumentParser, timeout: float = 10.0) -> None:
+def add_connection_args(p: argparse.ArgumentParser, timeout: float = REPLY_TIMEOUT_S) -> None:
     """``--device`` and everything needed to reach it; defaults come from the environment."""
     p.add_argument("--device", required=True, help="device id (as given to `edgeva agent --device`)")
-    p.add_argument("--tenant", default=os.environ.get("EDGEVA_TENANT", "default"),
+    p.add_argument("--tenant", default=os.environ.get("EDGEVA_TENANT", DEFAULT_TENANT),
                    help="tenant whose apps to address (env EDGEVA_TENANT; default: %(default)s)")
     p.add_argument("--broker", default=os.environ.get("EDGEVA_BROKER", DEFAULT_BROKER),
                    help="mqtt://HOST:PORT or mqtts://HOST:PORT (env EDGEVA_BROKER; default: %(default)s)")
@@ -46,7 +51,7 @@ def add_connection_args(p: argparse.ArgumentParser, timeout: float = 10.0) -> No
     p.add_argument("--tls-key", metavar="PEM", help="client certificate's key (mqtts://)")
     p.add_argument("--tls-insecure", action="store_true",
                    help="do not check that the broker's certificate names its host")
-    p.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto",
+    p.add_argument("--protocol", choices=PROTOCOLS, default=default("protocol"),
                    help="MQTT version; auto tries 5 then 3.1.1 (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=timeout, metavar="S",
                    help="seconds to wait for the device's reply (default: %(default)s)")
@@ -130,7 +135,7 @@ def add_verb(
     app_help: str | None = None,
     payload: Callable[[argparse.Namespace], Payload] | None = None,
     render: Render | None = None,
-    timeout: float = 10.0,
+    timeout: float = REPLY_TIMEOUT_S,
 ) -> argparse.ArgumentParser:
     """Register ``edgeva VERB --device ID [--app A]`` sending ``{"app": A}`` (or ``payload``).
 

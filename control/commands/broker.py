@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import threading
 
+from edgeva.agent.settings import DEFAULT_BROKER_HOST, DEFAULT_BROKER_PORT
+
 
 def _run(args: argparse.Namespace) -> int:
     from edgeva.control.broker import EmbeddedBroker
@@ -28,8 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "broker", help="run the embedded MQTT broker (amqtt: 3.1.1, no auth; use mosquitto "
         "for tenants and ACLs)")
-    p.add_argument("--port", type=int, default=1883, help="TCP port (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT, help="TCP port (default: %(default)s)")
+    p.add_argument("--host", default=DEFAULT_BROKER_HOST,
                    help="address to bind (default: %(default)s; 0.0.0.0 for every interface: "
                         "anyone reaching it can command every agent)")
     p.set_defaults(func=_run)

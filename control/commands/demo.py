@@ -28,15 +28,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from edgeva.control.demo.apps import CLIP, Tuning
+    from edgeva.control.demo.apps import CLIP, FPS, OUT_DIR, SECONDS, Tuning
 
     p = subparsers.add_parser("demo", help="run three apps sharing one decoder and detector on a bundled clip")
-    p.add_argument("--seconds", type=float, default=60.0, help="how long to run (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=SECONDS, help="how long to run (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write the summary here")
-    p.add_argument("--out", default="out", help="folder for the annotated video and plot (default: %(default)s)")
+    p.add_argument("--out", default=OUT_DIR, help="folder for the annotated video and plot (default: %(default)s)")
     p.add_argument("--broker", help="use this MQTT broker instead of starting an embedded one")
     p.add_argument("--source", default=CLIP, help="video source for the decoder (default: %(default)s)")
-    p.add_argument("--fps", type=float, default=10.0, help="source frame rate (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=FPS, help="source frame rate (default: %(default)s)")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
     d = Tuning()
     p.add_argument("--interval", type=int, default=d.interval,

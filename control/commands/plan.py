@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from edgeva.control.commands._common import DEFAULT_BROKER, UsageError, fail, guarded
+from edgeva.control.plan import LINK_MS
+from edgeva.schemas.topics import DEFAULT_TENANT
 
 HELP = "propose a placement of apps over the online devices (and deploy it)"
 
@@ -93,13 +95,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help=HELP, description=__doc__)
     p.add_argument("files", nargs="+", metavar="FILE", help="deployment files (modules with a device stay there)")
     p.add_argument("--broker", default=os.environ.get("EDGEVA_BROKER", DEFAULT_BROKER), help="mqtt://HOST:PORT")
-    p.add_argument("--tenant", default=os.environ.get("EDGEVA_TENANT", "default"))
+    p.add_argument("--tenant", default=os.environ.get("EDGEVA_TENANT", DEFAULT_TENANT))
     p.add_argument("--username", default=os.environ.get("EDGEVA_USERNAME"))
     p.add_argument("--password", default=os.environ.get("EDGEVA_PASSWORD"))
     p.add_argument("--devices", help="comma-separated devices to use instead of the online ones (no broker needed)")
     p.add_argument("--costs", metavar="JSON", help='{"type": ms per frame} for types nothing measured yet')
     p.add_argument("--cores", type=float, default=4.0, help="cores per device (default: 4)")
-    p.add_argument("--link-ms", type=float, default=3.0, help="cost of a frame crossing a link, ms (default: 3)")
+    p.add_argument("--link-ms", type=float, default=LINK_MS,
+                   help="cost of a frame crossing a link, ms (default: %(default)g)")
     p.add_argument("--listen", type=float, default=1.5, metavar="S", help="seconds to gather states and metrics")
     p.add_argument("--json", action="store_true", help="also print the placed deployments")
     p.add_argument("--deploy", action="store_true", help="deploy the placement")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLIP = "asset:vtest.mp4"
+#: ``edgeva demo``'s defaults (``--seconds``, ``--fps``, ``--out``), also ``run_demo``'s
+SECONDS, FPS, OUT_DIR = 60.0, 10.0, "out"
 # A bundled image, named as an asset: no path of this machine in a deployment (the agent confines
 # paths to its media directories; an asset is allowed everywhere).
 TEMPLATE = "asset:demo_person.png"

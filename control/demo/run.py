@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeva.control.demo.apps import CLIP, Tuning, demo_apps
+from edgeva.control.demo.apps import CLIP, FPS, OUT_DIR, SECONDS, Tuning, demo_apps
 from edgeva.control.demo.report import plot_latency, summarize
 
 log = logging.getLogger("edgeva.demo")
@@ -55,13 +55,18 @@ class _Live:
         self.drawn = len(lines)
 
 
+#: the demo agent's metrics period (the modules' reports and the published metrics alike):
+#: shorter than a deployed agent's, so that a short run still gathers a few
+METRICS_S = 1.0
+
+
 def run_demo(
-    seconds: float = 60.0,
+    seconds: float = SECONDS,
     json_path: Path | None = None,
-    out_dir: Path = Path("out"),
+    out_dir: Path = Path(OUT_DIR),
     broker_url: str | None = None,
     source: str = CLIP,
-    fps: float = 10.0,
+    fps: float = FPS,
     annotate: bool = True,
     tuning: Tuning | None = None,
 ) -> dict:
@@ -82,13 +87,13 @@ def run_demo(
         print(f"embedded MQTT broker on {broker_url}")
     state = Path(tempfile.mkdtemp(prefix="edgeva-demo-"))
     bridge = AgentBridge(
-        {"device": DEVICE, "state_dir": state, "prefix": f"demo{os.getpid()}", "metrics_interval": 1.0,
+        {"device": DEVICE, "state_dir": state, "prefix": f"demo{os.getpid()}", "metrics_interval": METRICS_S,
          # the video goes straight into --out; a --source file is read where it lies
          "paths": PathPolicy.make(media_dirs=[Path.cwd(), *([Path(source).expanduser().resolve().parent]
                                                            if Path(source).expanduser().is_file() else [])],
                                   output_dirs={"default": out_dir},
                                   url_hosts=[ANY_HOST])},  # one user, its own --source
-        broker_url, metrics_period=1.0,
+        broker_url, metrics_period=METRICS_S,
     )
     bridge.start()
     core = bridge.core
