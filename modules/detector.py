@@ -26,7 +26,7 @@ Results never depend on how frames were grouped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -46,6 +46,7 @@ from edgeva.modules.base import (
 )
 from edgeva.modules.detectors import Backend, make_backend
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 _NONE = np.empty((0, 6), np.float32)
 CropSide = Annotated[int, Field(ge=1, le=1024)]
@@ -91,6 +92,9 @@ class DetectorConfig(ModuleConfig):
     """Args of ``detector``. Knobs of another backend than the chosen one are refused."""
 
     type: Literal["detector"] = "detector"
+    ports: ClassVar[Ports] = Ports(consumes="frame", produces="detections labels predicted crop_index",
+                                   arrays="crops", passes="frame",
+                                   when={"crops": "crops", "crop_index": "crops", "frame": "forward_frame"})
     backend: Literal["onnx", "opencv-hog", "triton"] = Field(
         "onnx", description="onnx: in-process onnxruntime; opencv-hog: OpenCV HOG people detector "
         "(no model, persons only, slow on large frames); triton: a KServe V2 server (Triton, MLServer)")
