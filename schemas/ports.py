@@ -168,6 +168,7 @@ def wiring_errors(
     """
     gives: dict[str, tuple[set[str], set[str]] | None] = {}  # (fields, arrays); None: no messages
     errors: list[EdgevaError] = []
+    where: dict[str, dict[str, int]] = {}  # upstream -> {output: its first index}, built when needed
     for name in order:
         p, ups = ports[name], upstream[name]
         live = [u for u in ups if gives[u] is not None]
@@ -184,8 +185,10 @@ def wiring_errors(
                 why = f"{mods[live[0]].type} {shown(live[0])} gives {_listed(got)}"
             else:
                 why = f"its inputs give {_listed(got)}"
+            if first not in where:  # a dict, not outputs.index per error: one module may feed thousands
+                where[first] = {o: i for i, o in reversed(list(enumerate(mods[first].outputs)))}
             errors.append(EdgevaError(BAD_WIRING, f"{mods[name].type} {shown(name)} needs {p.needs()}; {why}",
-                                      format_path(("modules", first, "outputs", mods[first].outputs.index(name)))))
+                                      format_path(("modules", first, "outputs", where[first][name]))))
         if p is None:
             gives[name] = ({ANY}, {ANY})
         elif not p.emits:
