@@ -106,7 +106,7 @@ class Ports(BaseModel):
     @property
     def emits(self) -> bool:
         """Whether the module sends messages on at all (a sink such as annotate does not)."""
-        return self.forwards != "nothing" or bool(self.produces or self.arrays)
+        return self.forwards != "nothing" or bool(self.produces or self.arrays or self.passes)
 
     def needs(self) -> str:
         """``tracks or detections``; ``any message`` when it needs nothing in particular."""

@@ -119,6 +119,10 @@ def test_args_decide_what_goes_on() -> None:
     got = verdict(chain(("dec", DEC), ("det", crops), ("trk", {"type": "tracker"}), ("reid", reid)))
     assert got[:2] == ("bad_wiring", "modules.trk.outputs[0]")
     assert got[2].startswith("reid 'reid' needs crops + crop_index + detections or frame + tracks or frame + detections;")
+    # a tracker passes on the frame it gets (forward_frame), not one it does not get
+    fwd = {"type": "tracker", "args": {"forward_frame": True}}
+    got = verdict(chain(("dec", DEC), ("det", no_crops), ("trk", fwd), ("ann", ann)))
+    assert got[:2] == ("bad_wiring", "modules.trk.outputs[0]") and got[2].startswith("annotate 'ann' needs frame; ")
     # a sink gives no messages at all, whatever reads after it
     got = verdict(chain(("dec", DEC), ("ann", ann), ("pub", {"type": "publish"})))
     assert got == ("bad_wiring", "modules.ann.outputs[0]", "publish 'pub' needs any message; annotate 'ann' "
@@ -151,6 +155,9 @@ def test_an_undeclared_type_is_never_refused_and_satisfies_what_follows() -> Non
                          ("m", mystery)), reg) is None
     # after a tracker (which passes only fields, and the frame when asked): still accepted
     assert verdict(chain(("dec", DEC), ("m", mystery), ("trk", {"type": "tracker"}), ("roi", roi)), reg) is None
+    # an undeclared type may give a frame: a tracker asked to forward it then may too
+    fwd, ann = {"type": "tracker", "args": {"forward_frame": True}}, {"type": "annotate", "args": {"output": "x.avi"}}
+    assert verdict(chain(("dec", DEC), ("m", mystery), ("trk", fwd), ("ann", ann)), reg) is None
     # a config class that is not even a ModuleConfig (a registry may map to any model)
     class Bare(pydantic.BaseModel):
         type: Literal["bare"] = "bare"
@@ -195,6 +202,28 @@ def test_multi_input_message_names_the_inputs() -> None:
     # one of two inputs sends: named alone
     errs = wiring_errors(mods, {**sinks, "b": Ports(produces="y")}, ups, ["a", "b", "c"])
     assert [e.message for e in errs] == ["tc 'c' needs z; tb 'b' gives y"]
+
+
+def test_what_goes_on_by_forwards_and_passes() -> None:
+    """A module that returns its input passes its arrays on; one that passes an array on only
+    passes what arrives; a module that emits messages with nothing in them."""
+    def run(*chain_ports: Ports) -> list[str]:
+        names = [f"m{i}" for i in range(len(chain_ports))]
+        mods = {n: SimpleNamespace(type=f"t{i}", outputs=names[i + 1:i + 2]) for i, n in enumerate(names)}
+        ups = {n: names[i - 1:i] for i, n in enumerate(names)}
+        return [e.message for e in wiring_errors(mods, dict(zip(names, chain_ports, strict=True)), ups, names)]
+
+    source = Ports(arrays="frame", forwards="nothing")
+    needs_frame = Ports(consumes="frame")
+    assert run(source, needs_frame) == []  # exactly what it needs
+    assert run(source, Ports(consumes="frame", forwards="message"), needs_frame) == []
+    assert run(source, Ports(consumes="frame"), needs_frame) == ["t2 'm2' needs frame; t1 'm1' gives no fields or arrays"]
+    relay = Ports(forwards="nothing", passes="frame")  # passes the frame on, adds nothing
+    assert run(source, relay, needs_frame) == []
+    assert run(Ports(produces="x", forwards="nothing"), relay, needs_frame) == [
+        "t2 'm2' needs frame; t1 'm1' gives no fields or arrays"]
+    assert run(Ports(produces="x", forwards="nothing"), Ports(forwards="nothing"), Ports()) == [
+        "t2 'm2' needs any message; t1 'm1' sends no messages on"]
 
 
 def test_declarations_are_checked_where_they_are_written() -> None:
