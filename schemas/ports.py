@@ -112,7 +112,7 @@ class Ports(BaseModel):
         """``tracks or detections``; ``any message`` when it needs nothing in particular."""
         return " or ".join(" + ".join(alt) for alt in self.consumes) or "any message"
 
-    def summary(self, source: bool = False) -> str:
+    def summary(self, *, source: bool) -> str:
         """One line for docs/modules.md: what it consumes, produces and passes on."""
         def cond(n: str, kind: str = "") -> str:
             notes = [kind] if kind else []
@@ -182,7 +182,8 @@ def wiring_errors(
                 why = f"{mods[first].type} {shown(first)} sends no messages on" if len(ups) == 1 else \
                     "none of its inputs sends messages on"
             elif len(live) == 1:
-                why = f"{mods[live[0]].type} {shown(live[0])} gives {_listed(got)}"
+                (u,) = live
+                why = f"{mods[u].type} {shown(u)} gives {_listed(got)}"
             else:
                 why = f"its inputs give {_listed(got)}"
             if first not in where:  # a dict, not outputs.index per error: one module may feed thousands

@@ -228,7 +228,7 @@ def render_reference(registry: Mapping[str, Any]) -> str:
         if module_doc:
             out += [module_doc, ""]
         p = ports_of(config)
-        out += [f"**Ports**: {p.summary(getattr(entry, 'is_source', False))}." if p is not None else
+        out += [f"**Ports**: {p.summary(source=getattr(entry, 'is_source', False))}." if p is not None else
                 "**Ports**: not declared (any wiring is accepted).", ""]
         example = {"type": name, "args": example_args(config)}
         out += ["```json", json.dumps(example, ensure_ascii=False), "```", ""]

@@ -230,6 +230,9 @@ def test_declarations_are_checked_where_they_are_written() -> None:
     assert Ports(consumes="tracks | detections").consumes == (("tracks",), ("detections",))
     assert Ports(consumes="crops + detections | frame").consumes == (("crops", "detections"), ("frame",))
     assert Ports(produces="a, b c").produces == ("a", "b", "c")
+    shared = Ports(consumes="frame")  # one instance serves every config of its type: frozen
+    with pytest.raises(pydantic.ValidationError):
+        shared.consumes = ()  # type: ignore[misc]
     for bad in ({"consumes": "tracks |"}, {"consumes": "a + + b"}, {"produces": "x", "when": {"y": "arg"}},
                 {"forwards": "some"}, {"passes": "fr ame!"}, {"extra": 1}):
         with pytest.raises(pydantic.ValidationError):
