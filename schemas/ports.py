@@ -112,7 +112,7 @@ class Ports(BaseModel):
         """``tracks or detections``; ``any message`` when it needs nothing in particular."""
         return " or ".join(" + ".join(alt) for alt in self.consumes) or "any message"
 
-    def summary(self, *, source: bool) -> str:
+    def summary(self, source: bool) -> str:
         """One line for docs/modules.md: what it consumes, produces and passes on."""
         def cond(n: str, kind: str = "") -> str:
             notes = [kind] if kind else []
