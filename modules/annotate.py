@@ -24,6 +24,7 @@ from edgeva.modules.base import (
     RegionName,
 )
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 Layer = Literal["detections", "tracks", "roi", "reid"]
 _MJPEG = "mjpeg://"
@@ -37,6 +38,8 @@ class AnnotateConfig(ModuleConfig):
     """Arguments of the ``annotate`` module."""
 
     type: Literal["annotate"] = "annotate"
+    # draws whichever of detections, tracks, roi and reid it gets: only the frame is needed
+    ports: ClassVar[Ports] = Ports(consumes="frame", forwards="nothing")
     output: str = Field(
         max_length=MAX_PATH_CHARS,
         json_schema_extra={"edgeva_path": "output"},  # the agent confines it (agent/paths.py)

@@ -4,6 +4,7 @@ A module type is one file in ``modules/`` (or in a third-party package) holding:
 
     class TrackerConfig(ModuleConfig):
         type: Literal["tracker"] = "tracker"
+        ports: ClassVar[Ports] = Ports(consumes="detections", produces="tracks")
         algorithm: Literal["sort", "centroid"] = "sort"
 
     class Tracker(Module[TrackerConfig]):
@@ -27,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports, ports_of
 
 # -- bounds shared by the module configs (every tenant-controlled value has one: tests/test_bounds.py)
 #: Most threads one module may ask for (onnxruntime intra-op, OpenCV): more only cost context
@@ -57,6 +59,12 @@ Polygon = Annotated[list[Point], Field(max_length=MAX_POINTS)]
 NOT_A_PATH = {"edgeva_not_path": "a name, never opened"}
 
 
+def _ports_schema(schema: dict[str, Any], cls: type) -> None:
+    ports = ports_of(cls)
+    if ports is not None:
+        schema["edgeva_ports"] = ports.json_value()
+
+
 class ModuleConfig(BaseModel):
     """Base of every module config: unknown keys are refused, so a typo is an error, not a no-op.
 
@@ -64,9 +72,20 @@ class ModuleConfig(BaseModel):
     description (it ends up in the exported JSON Schema and in error messages).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_ports_schema)
 
     type: str
+    #: What the type reads from and writes to messages (``schemas.ports``), in one line, e.g.
+    #: ``ports: ClassVar[Ports] = Ports(consumes="frame", produces="brightness dark")``. It is
+    #: in the exported schema (``edgeva_ports``) and docs, and ``edgeva check`` and every deploy
+    #: refuse wiring that feeds the type nothing it can use. None: unknown, never refused.
+    ports: ClassVar[Ports | None] = None
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.ports is not None:
+            cls.ports.check_config(cls)  # a 'when' naming no arg fails at import, not at deploy
 
 
 C = TypeVar("C", bound=ModuleConfig)

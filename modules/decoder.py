@@ -13,7 +13,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -42,6 +42,7 @@ from edgeva.modules.sources.capture import (
 from edgeva.modules.sources.preprocess import Color, Layout, Normalize, Preprocess
 from edgeva.modules.sources.synthetic import Pattern
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 ASSETS = Path(__file__).parent / "assets"
 _LIVE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://|^/dev/video\d+$|^\d+$")
@@ -66,6 +67,8 @@ class DecoderConfig(ModuleConfig):
     or ``/dev/videoN``, or ``synthetic`` for a generated test pattern (no file needed)."""
 
     type: Literal["decoder"] = "decoder"
+    ports: ClassVar[Ports] = Ports(produces="width height reconnects", arrays="frame tensor", forwards="nothing",
+                                   when={"tensor": "keep_original"})
     source: str = Field(
         max_length=MAX_PATH_CHARS,
         json_schema_extra={"edgeva_path": "source"},  # the agent confines it (agent/paths.py)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import cv2
 import numpy as np
@@ -47,6 +47,7 @@ from edgeva.modules.base import (
 from edgeva.modules.detectors import DEFAULT, Backend, BackendConfig, load_backends, make_backend
 from edgeva.modules.detectors.forms import BackendForms
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 _NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
 CropSide = Annotated[int, Field(ge=1, le=1024)]
@@ -100,6 +101,9 @@ class DetectorConfig(ModuleConfig):
     model_config = ConfigDict(json_schema_extra=lambda schema, cls: _forms().json_schema(schema))
 
     type: Literal["detector"] = "detector"
+    ports: ClassVar[Ports] = Ports(consumes="frame", produces="detections labels predicted crop_index",
+                                   arrays="crops", passes="frame",
+                                   when={"crops": "crops", "crop_index": "crops", "frame": "forward_frame"})
     backend: AnyBackendConfig = Field(
         default_factory=lambda: BACKEND_CONFIGS[DEFAULT](), description="onnx: in-process onnxruntime; "
         "opencv-hog: OpenCV HOG people detector (no model, persons only, slow on large frames); "

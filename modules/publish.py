@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from edgeva.modules.base import MAX_NAME_CHARS, Module, ModuleConfig
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 
 class PublishConfig(ModuleConfig):
@@ -16,6 +17,7 @@ class PublishConfig(ModuleConfig):
     ``source``, ``latency_ms`` (end-to-end, from decode) and every field of the message."""
 
     type: Literal["publish"] = "publish"
+    ports: ClassVar[Ports] = Ports(forwards="nothing")  # any message: its fields become the event
     fields: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = Field(
         default=None, max_length=64, description="message fields to include (None: all of them)"
     )

@@ -34,6 +34,7 @@ from edgeva.modules.embedders import (
 )
 from edgeva.modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 #: Default ``threshold`` per backend: the cosine similarity above which a crop is reported as
 #: a template's person. Calibrated on ``tests/data/reid`` (20 crops of the template person,
@@ -122,6 +123,9 @@ class ReidConfig(ModuleConfig):
     """Arguments of the ``reid`` module."""
 
     type: Literal["reid"] = "reid"
+    # crops come with the detections they were cut from; a frame needs boxes to cut
+    ports: ClassVar[Ports] = Ports(consumes="crops + crop_index + detections | frame + tracks | frame + detections",
+                                   produces="reid", passes="frame", when={"frame": "forward_frame"})
     gallery: list[Template] = Field(
         min_length=1, max_length=MAX_GALLERY, description="People to look for: [{name, image}, ...].",
         examples=[[{"name": "person-1", "image": "asset:demo_person.png"}]],

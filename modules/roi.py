@@ -19,12 +19,14 @@ from edgeva.modules.base import (
     RegionName,
 )
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 
 class RoiConfig(ModuleConfig):
     """Arguments of the ``roi`` module."""
 
     type: Literal["roi"] = "roi"
+    ports: ClassVar[Ports] = Ports(consumes="tracks | detections", produces="roi")
     polygons: dict[RegionName, Polygon] = Field(
         ...,
         max_length=MAX_POLYGONS,

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from edgeva.modules.base import ClassIds, Module, ModuleConfig, ModuleContext, ModuleError
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 # Which knobs each algorithm reads; setting another one explicitly is refused (a no-op knob in
 # a config is almost always a mistake, e.g. tuning iou_threshold for the centroid tracker).
@@ -34,6 +35,8 @@ class TrackerConfig(ModuleConfig):
     """Arguments of the ``tracker`` module."""
 
     type: Literal["tracker"] = "tracker"
+    ports: ClassVar[Ports] = Ports(consumes="detections", produces="tracks", passes="frame",
+                                   when={"frame": "forward_frame"})
     algorithm: Literal["centroid", "centroid_kf", "sort", "iou"] = Field(
         "sort",
         description=(

@@ -13,7 +13,8 @@ operator would meet one round trip at a time:
 4. unknown types, then every module's args against its installed type (``bad_args``: every
    field, with the known args for a misspelt one; files a decoder or a reid gallery names are
    checked by their configs, on this machine), outputs (``unknown_output``,
-   ``duplicate_name``), a cycle;
+   ``duplicate_name``), a cycle, wiring that feeds a module nothing it can use
+   (``bad_wiring``, every such edge: ``schemas.ports``);
 5. with the fleet's retained states: devices that are unknown or offline (``unknown_device``)
    and devices without a data plane (``setup_failed``), as the receiving agent sees them.
 
@@ -60,11 +61,13 @@ from edgeva.schemas.errors import (
 from edgeva.schemas.graph import (
     _config_class,
     _find_cycle,
+    _topological,
     known_args,
     unfed_module,
     validate_graph,
 )
 from edgeva.schemas.jsonio import duplicate_error, duplicate_keys, loads_object
+from edgeva.schemas.ports import active_ports, wiring_errors
 from edgeva.schemas.state import DeviceState
 
 
@@ -141,6 +144,7 @@ def _salvage(native: dict[str, Any]) -> tuple[Deployment | None, set[str]]:
 def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]) -> list[EdgevaError]:
     mods = dep.modules
     errors: list[EdgevaError] = []
+    configs: dict[str, Any] = {}
     for name, spec in mods.items():
         if name not in broken and spec.type not in registry:
             known = ", ".join(sorted(registry)) or "none installed"
@@ -148,7 +152,8 @@ def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]
                                       format_path(("modules", name, "type"))))
     for name, spec in mods.items():
         if name not in broken and spec.type in registry:
-            errors += _args_errors(name, spec, _config_class(registry[spec.type]))[1]
+            configs[name], errs = _args_errors(name, spec, _config_class(registry[spec.type]))
+            errors += errs
     good_outputs: dict[str, list[str]] = {}
     upstream: dict[str, list[str]] = {name: [] for name in mods}
     for name, spec in mods.items():
@@ -176,6 +181,9 @@ def _graph_errors(dep: Deployment, registry: Mapping[str, Any], broken: set[str]
         real = mods[src].outputs.index(good_outputs[src][idx])
         errors.append(EdgevaError(CYCLE, "cycle: " + " -> ".join(names),
                                   format_path(("modules", src, "outputs", real))))
+    else:  # a module whose type or args are wrong has unknown ports: never refused, satisfies all
+        ports = {n: active_ports(configs[n]) if configs.get(n) is not None else None for n in mods}
+        errors += wiring_errors(mods, ports, upstream, _topological(pruned, upstream))
     return errors
 
 

@@ -14,6 +14,8 @@ Codes:
 - ``bad_args``: a module's args do not fit its type's config.
 - ``cycle``: the module graph loops back on itself.
 - ``unknown_output``: an ``outputs`` entry names no module of the deployment.
+- ``bad_wiring``: an ``outputs`` entry feeds a module nothing it can use (``decoder -> roi``:
+  roi needs tracks or detections); the path is that entry (``schemas.ports``).
 - ``duplicate_name``: a JSON object repeats a key (two modules with one name, an arg twice),
   or an ``outputs`` list names a module twice.
 - ``unknown_device``: a module is placed on a device the agent does not know.
@@ -43,6 +45,7 @@ ErrorCode = Literal[
     "cycle",
     "unknown_output",
     "duplicate_name",
+    "bad_wiring",
     "unknown_device",
     "forbidden",
     "not_found",
@@ -61,6 +64,7 @@ BAD_ARGS: ErrorCode = "bad_args"
 CYCLE: ErrorCode = "cycle"
 UNKNOWN_OUTPUT: ErrorCode = "unknown_output"
 DUPLICATE_NAME: ErrorCode = "duplicate_name"
+BAD_WIRING: ErrorCode = "bad_wiring"
 UNKNOWN_DEVICE: ErrorCode = "unknown_device"
 FORBIDDEN: ErrorCode = "forbidden"
 NOT_FOUND: ErrorCode = "not_found"

@@ -7,7 +7,10 @@
 3. outputs naming no module,     ``unknown_output``  ``modules.<name>.outputs[i]``
    or naming one twice           ``duplicate_name``  ``modules.<name>.outputs[i]``
 4. a cycle                       ``cycle``           ``modules.<name>.outputs[i]`` (closing edge)
-5. a device nobody knows         ``unknown_device``  ``modules.<name>.device``
+5. a module fed by no module     ``bad_request``     ``modules.<name>``
+6. wiring that feeds a module    ``bad_wiring``      ``modules.<upstream>.outputs[i]``
+   nothing it can use (``schemas.ports``: ``decoder -> roi``, roi needs tracks or detections)
+7. a device nobody knows         ``unknown_device``  ``modules.<name>.device``
 
 Why identities: sharing. Two apps that both declare "decoder of rtsp://cam1 at 10 fps" and
 "detector on that decoder's frames" should run one decoder and one detector, whatever the
@@ -43,6 +46,7 @@ from edgeva.schemas.errors import (
     from_validation_error,
     shown,
 )
+from edgeva.schemas.ports import active_ports, wiring_errors
 
 if TYPE_CHECKING:  # schemas must not import modules at run time (modules import schemas)
     from edgeva.modules.base import ModuleConfig
@@ -247,6 +251,9 @@ def validate_graph(
     unfed = unfed_module(dep, registry, upstream)
     if unfed is not None:
         raise unfed
+    order = _topological(dep, upstream)
+    for err in wiring_errors(mods, {n: active_ports(c) for n, c in configs.items()}, upstream, order):
+        raise err
     devices = {name: spec.device or local_device for name, spec in mods.items()}
     if known_devices is not None:
         allowed = set(known_devices) | {local_device}
@@ -256,4 +263,4 @@ def validate_graph(
                 raise EdgevaError(UNKNOWN_DEVICE, f"unknown device {shown(spec.device)} (known: {known})",
                                   _path(name, "device"))
     downstream = {name: list(spec.outputs) for name, spec in mods.items()}
-    return ValidatedGraph(dep, configs, _topological(dep, upstream), upstream, downstream, devices)
+    return ValidatedGraph(dep, configs, order, upstream, downstream, devices)

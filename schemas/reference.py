@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from edgeva.schemas.ports import ports_of
+
 HEADER = """\
 # Module reference
 
@@ -28,6 +30,12 @@ args are refused, by `edgeva check`, by `check-jsonschema` against
 [`schemas/json/deployment.json`](../schemas/json/deployment.json) and by the agent. Each type's
 args also have a schema of their own: `schemas/json/modules/<type>.json`. How to add a type of
 your own: [Writing a module type](../README.md#writing-a-module-type).
+
+Each type's **ports** say what it reads from and writes to messages (fields and arrays by name,
+`schemas/ports.py`): what it consumes (`a + b`: both; `a or b`: either), what it produces, and
+what of its input it passes on. `edgeva check` and every deploy refuse wiring that gives a
+module none of what it consumes (`bad_wiring` at the `outputs` entry that feeds it). A type
+that declares no ports is never refused.
 """
 
 
@@ -218,12 +226,15 @@ def _doc(obj: Any) -> str:
 def render_reference(registry: Mapping[str, Any]) -> str:
     """The whole ``docs/modules.md`` for ``registry`` (type name -> config class or Module
     class with ``config_class``)."""
-    out = [HEADER, "| type | config | args |", "|---|---|---|"]
+    out = [HEADER, "| type | config | args | consumes | produces |", "|---|---|---|---|---|"]
     entries = {name: registry[name] for name in sorted(registry)}
     for name, entry in entries.items():
         config = getattr(entry, "config_class", entry)
         n = len([f for f in config.model_fields if f != "type"])
-        out.append(f"| [`{name}`](#{name}) | `{config.__name__}` | {n} |")
+        p = ports_of(config)
+        needs = "?" if p is None else "-" if getattr(entry, "is_source", False) else p.needs()
+        made = "?" if p is None else ", ".join([*p.produces, *p.arrays]) or "-"
+        out.append(f"| [`{name}`](#{name}) | `{config.__name__}` | {n} | {needs} | {made} |")
     for name, entry in entries.items():
         config = getattr(entry, "config_class", entry)
         out += ["", f"## {name}", ""]
@@ -233,6 +244,9 @@ def render_reference(registry: Mapping[str, Any]) -> str:
         module_doc = _doc(entry) if entry is not config else ""  # __doc__ is not inherited
         if module_doc:
             out += [module_doc, ""]
+        p = ports_of(config)
+        out += [f"**Ports**: {p.summary(source=getattr(entry, 'is_source', False))}." if p is not None else
+                "**Ports**: not declared (any wiring is accepted).", ""]
         example = {"type": name, "args": example_args(config)}
         out += ["```json", json.dumps(example, ensure_ascii=False), "```", ""]
         out += ["| arg | type | default | range | description | example |",

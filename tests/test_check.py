@@ -45,6 +45,7 @@ EVERY_ERROR = {
         ("bad_request", "Publish_1"),
     ],
     "bad_app_name.json": [("bad_request", "app"), ("bad_args", "modules.decoder.args.loop")],
+    "bad_wiring.json": [("bad_wiring", "modules.dec.outputs[0]")],  # decoder -> roi (tests/test_ports.py)
 }
 
 

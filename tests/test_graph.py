@@ -296,6 +296,9 @@ def test_a_module_that_takes_input_and_gets_none_is_refused() -> None:
     assert (e.value.code, e.value.path) == ("bad_request", "modules.trk") and "takes input" in e.value.message
     report = check_deployment(lone.model_dump(exclude_none=True), registry=reg)
     assert [(x.code, x.path) for x in report.errors] == [("bad_request", "modules.trk")]
-    fed = lone.model_copy(update={"modules": {**lone.modules, "pub": lone.modules["pub"].model_copy(
-        update={"outputs": ["trk"]})}})
+    # fed through a detector (publish forwards nothing: pub -> trk would feed it no detections)
+    fed = Deployment.model_validate({"app": "x", "modules": {
+        **lone.model_dump(exclude_none=True)["modules"],
+        "dec": {"type": "decoder", "args": {"source": "synthetic"}, "outputs": ["pub", "det"]},
+        "det": {"type": "detector", "args": {}, "outputs": ["trk"]}}})
     assert validate_graph(fed, reg, None, "d").order[-1] == "trk"

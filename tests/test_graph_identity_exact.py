@@ -71,6 +71,8 @@ def test_any_string_a_command_can_carry_hashes() -> None:
 def test_importing_the_graph_schema_loads_no_module_code() -> None:
     # schemas are imported by the operator's CLI and by modules themselves: a run-time import of
     # modules/ from here would be a cycle, and a heavy one
+    # (by its installed name: `import schemas.graph` from the root loaded modules as edgeva.modules,
+    # which a test of the first name part no longer saw)
     code = "import sys, edgeva.schemas.graph; print(sorted(m for m in sys.modules if m.startswith('edgeva.modules')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

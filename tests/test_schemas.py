@@ -135,7 +135,7 @@ def test_models_are_strict_and_specs_default():
 
 
 def test_error_codes_and_paths():
-    assert len(ERROR_CODES) == 15 and "forbidden" in ERROR_CODES and "limit" in ERROR_CODES
+    assert len(ERROR_CODES) == 16 and "forbidden" in ERROR_CODES and "bad_wiring" in ERROR_CODES
     e = EdgevaError("not_found", "no app 'x'", "app")
     assert e.to_dict() == {"code": "not_found", "message": "no app 'x'", "path": "app"}
     with pytest.raises(ValueError):

@@ -137,7 +137,10 @@ def test_agent_replaces_a_sigstopped_module_and_says_hung_over_mqtt(mosquitto, t
         dec = {"type": "decoder", "args": {"source": "synthetic", "fps": 10, "width": 64, "height": 48}}
         zone = {"polygons": {"z": [[0, 0], [10, 0], [10, 10]]}}
         r1 = cmd.send("deploy", {"app": "slowpoke", "modules": {
-            "dec": {**dec, "outputs": ["roi"]},
+            # a detector before roi: a decoder alone gives roi nothing it can use (bad_wiring);
+            # HOG on 128x128 frames costs ~1 ms
+            "dec": {**dec, "args": {**dec["args"], "width": 128, "height": 128}, "outputs": ["det"]},
+            "det": {"type": "detector", "args": {"backend": "opencv-hog", "threads": 1}, "outputs": ["roi"]},
             "roi": {"type": "roi", "args": zone, "outputs": ["pub"], "hang_timeout": HANG_S},
             "pub": {"type": "publish"}}})
         assert r1["ok"], r1

@@ -7,18 +7,22 @@ the fields ``brightness`` (0..255, mean over a subsampled frame) and ``dark`` (b
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from edgeva.modules.base import Module, ModuleConfig, ModuleError
 from edgeva.schemas.message import Message
+from edgeva.schemas.ports import Ports
 
 
 class BrightnessConfig(ModuleConfig):
     """Args of ``brightness``."""
 
     type: Literal["brightness"] = "brightness"
+    # What it reads and adds (msg.derive keeps the input's fields): edgeva check refuses a
+    # graph that gives it no frame, and docs/schemas show it.
+    ports: ClassVar[Ports] = Ports(consumes="frame", produces="brightness dark")
     threshold: float = Field(default=40.0, ge=0, le=255, description="below this mean brightness the frame is dark")
     step: int = Field(default=4, ge=1, le=64, description="look at every step-th pixel in each direction")
 
