@@ -222,11 +222,13 @@ def _tenant(dev: EdgevaClient, *apps: str) -> str:
 def test_watch_metrics_one_app_and_device_wide(dev: EdgevaClient) -> None:
     tm, dm = f"edgeva/v1/{dev.device}/default/metrics", f"edgeva/v1/{dev.device}/metrics"
     stream = dev.watch_metrics(app="b", device_wide=True, idle_timeout=5)
-    threading.Timer(0.3, lambda: [send(dev, tm, b'{"bad": 1}'), send(dev, tm, _tenant(dev, "a", "b")),
-                                  send(dev, dm, DeviceMetrics(device=dev.device, ts=2.0, interval_s=1.0)
-                                       .model_dump_json())]).start()
+    sender = threading.Timer(0.3, lambda: [send(dev, tm, b'{"bad": 1}'), send(dev, tm, _tenant(dev, "a", "b")),
+                                           send(dev, dm, DeviceMetrics(device=dev.device, ts=2.0, interval_s=1.0)
+                                                .model_dump_json())])
+    sender.start()
     first, second = next(stream), next(stream)
     stream.close()
+    sender.join(10)  # its last publish may still wait for its ack: not after the client is gone
     assert isinstance(first, TenantMetrics) and list(first.apps) == ["b"] and first.apps["b"].frames == 2
     assert isinstance(second, DeviceMetrics) and second.ts == 2.0
 
@@ -234,10 +236,12 @@ def test_watch_metrics_one_app_and_device_wide(dev: EdgevaClient) -> None:
 def test_watch_metrics_of_the_tenant_only_and_its_idle_timeout(dev: EdgevaClient) -> None:
     tm, dm = f"edgeva/v1/{dev.device}/default/metrics", f"edgeva/v1/{dev.device}/metrics"
     stream = dev.watch_metrics(idle_timeout=2)
-    threading.Timer(0.3, lambda: [send(dev, dm, DeviceMetrics(device=dev.device, ts=2.0, interval_s=1.0)
-                                       .model_dump_json()), send(dev, tm, _tenant(dev, "a", "b"))]).start()
+    sender = threading.Timer(0.3, lambda: [send(dev, dm, DeviceMetrics(device=dev.device, ts=2.0, interval_s=1.0)
+                                                .model_dump_json()), send(dev, tm, _tenant(dev, "a", "b"))])
+    sender.start()
     got = next(stream)
     stream.close()
+    sender.join(10)  # its last publish may still wait for its ack: not after the client is gone
     assert isinstance(got, TenantMetrics) and sorted(got.apps) == ["a", "b"]
     with pytest.raises(RequestTimeout, match=f"^no metrics from device {dev.device} within 0s"):
         next(dev.watch_metrics(idle_timeout=0))
