@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Compare the bundled detectors on modules/assets/vtest.mp4: speed and person-box agreement.
+
+Runs the CenterNet (`centernet_mnv3_coco.onnx`, rows [x1, y1, x2, y2, score, class], stretch
+to 512x512 RGB) and YOLOX-Nano (`yolox_nano_coco.onnx`, YOLOX grid rows, letterbox 416 BGR)
+with onnxruntime's CPU provider, each with its own reference pre-processing and decoding
+(written here, standalone, so this check does not depend on the product's format code), then
+the same post-processing for both: person class, score threshold, class-wise NMS and the
+"contained box" filter with the detector module's defaults (0.4, IoU 0.5, 0.8).
+
+Prints, for each thread count: ms per frame (median, p90) for pre-processing + inference +
+decoding, and inference alone; then, per model, persons per frame; then agreement: person boxes
+matched one to one across the two models at IoU >= 0.5 (greedy, best IoU first).
+
+    .venv/bin/python tools/compare_detectors.py                   # all 795 frames, 1 and 2 threads
+    taskset -c 1 .venv/bin/python tools/compare_detectors.py --threads 1 --every 5
+
+Under `taskset -c 1` (one core) a 2-thread session only time-slices that core: its figure is
+not a 2-core figure. Thread counts are onnxruntime's intra-op threads (inter-op 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_yolox_nano import decode as yolox_decode  # noqa: E402
+from convert_yolox_nano import letterbox  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "modules" / "assets"
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class CenterNet:
+    name = "centernet"
+
+    def __init__(self, threads: int):
+        self.sess = session(ASSETS / "centernet_mnv3_coco.onnx", threads)
+
+    def pre(self, bgr):
+        x = cv2.cvtColor(cv2.resize(bgr, (512, 512), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        h, w = bgr.shape[:2]
+        return x.astype(np.float32)[None], (w / 512, h / 512)
+
+    def infer(self, x):
+        return self.sess.run(["tower_0/detections"], {"tower_0/images:0": x})[0]
+
+    def post(self, out, ctx, thr):
+        r = out[0].copy()
+        r = r[r[:, 4] >= thr]
+        r[:, 0:4] *= np.array([ctx[0], ctx[1], ctx[0], ctx[1]], np.float32)
+        return r
+
+
+class YoloxNano:
+    name = "yolox-nano"
+
+    def __init__(self, threads: int):
+        self.sess = session(ASSETS / "yolox_nano_coco.onnx", threads)
+
+    def pre(self, bgr):
+        return letterbox(bgr, 416)
+
+    def infer(self, x):
+        return self.sess.run(["output"], {"images": x})[0]
+
+    def post(self, out, ctx, thr):
+        return yolox_decode(out, ctx, 416, score_thr=thr, nms_iou=0.45)  # as YOLOX's ONNX demo
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def persons(rows: np.ndarray, w: int, h: int, thr: float, nms_iou=0.5, contain=0.8) -> np.ndarray:
+    """The detector module's post-processing (its defaults), persons only."""
+    r = rows[(rows[:, 4] >= thr) & (rows[:, 5] == 0)].copy()
+    np.clip(r[:, 0:4:2], 0, w - 1, out=r[:, 0:4:2])
+    np.clip(r[:, 1:4:2], 0, h - 1, out=r[:, 1:4:2])
+    r = r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
+    if len(r) > 1:
+        keep = cv2.dnn.NMSBoxes(np.column_stack([r[:, :2], r[:, 2:4] - r[:, :2]]).tolist(),
+                                r[:, 4].tolist(), thr, nms_iou)
+        r = r[np.asarray(keep, np.int64).ravel()]
+    r = r[np.argsort(-r[:, 4], kind="stable")]
+    if len(r) > 1:  # drop a box lying mostly inside a better one
+        x1 = np.maximum(r[:, None, 0], r[None, :, 0])
+        y1 = np.maximum(r[:, None, 1], r[None, :, 1])
+        x2 = np.minimum(r[:, None, 2], r[None, :, 2])
+        y2 = np.minimum(r[:, None, 3], r[None, :, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        frac = inter / ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1]))[:, None]
+        keep = [i for i in range(len(r)) if not any(frac[i, j] > contain for j in range(i))]
+        r = r[keep]
+    return r
+
+
+def match(a: np.ndarray, b: np.ndarray, thr=0.5) -> list[tuple[int, int, float]]:
+    if not len(a) or not len(b):
+        return []
+    m = iou(a[:, :4], b[:, :4])
+    pairs = []
+    while True:
+        i, j = np.unravel_index(np.argmax(m), m.shape)
+        if m[i, j] < thr:
+            return pairs
+        pairs.append((int(i), int(j), float(m[i, j])))
+        m[i, :] = -1
+        m[:, j] = -1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
+    ap.add_argument("--every", type=int, default=1, help="use every n-th frame of the clip")
+    ap.add_argument("--score", type=float, default=0.4, help="score threshold for both models")
+    ap.add_argument("--yolox-score", type=float, default=None, help="YOLOX's own threshold (default --score)")
+    ap.add_argument("--show", default="0,200,400,600", help="frames whose person boxes are printed")
+    args = ap.parse_args()
+    ythr = args.yolox_score if args.yolox_score is not None else args.score
+    cap = cv2.VideoCapture(str(ASSETS / "vtest.mp4"))
+    frames, idx = [], 0
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if idx % args.every == 0:
+            frames.append((idx, f))
+        idx += 1
+    print(f"vtest.mp4: {idx} frames, using {len(frames)}; onnxruntime {ort.__version__}, "
+          f"CPU affinity {sorted(__import__('os').sched_getaffinity(0))}")
+    results: dict[str, list[np.ndarray]] = {}
+    for threads in [int(t) for t in args.threads.split(",")]:
+        # Both models in one loop, alternating which goes first on each frame, so that a load
+        # from other processes on the same core hits both alike; CPU time (all threads of this
+        # process) is printed beside wall time because it barely moves with such a load.
+        dets = [(CenterNet(threads), args.score), (YoloxNano(threads), ythr)]
+        stats = {d.name: {"total": [], "model": [], "cpu": [], "found": []} for d, _ in dets}
+        for d, _ in dets:
+            x, _ctx = d.pre(frames[0][1])
+            for _ in range(3):
+                d.infer(x)  # warm-up
+        ratios = []
+        for k, (_, bgr) in enumerate(frames):
+            walls = {}
+            for d, thr in (dets if k % 2 == 0 else dets[::-1]):
+                c0, t0 = time.process_time(), time.perf_counter()
+                x, ctx = d.pre(bgr)
+                t1 = time.perf_counter()
+                out = d.infer(x)
+                t2 = time.perf_counter()
+                p = persons(d.post(out, ctx, thr), bgr.shape[1], bgr.shape[0], thr)
+                t3, c3 = time.perf_counter(), time.process_time()
+                s = stats[d.name]
+                s["total"].append((t3 - t0) * 1e3)
+                s["model"].append((t2 - t1) * 1e3)
+                s["cpu"].append((c3 - c0) * 1e3)
+                s["found"].append(p)
+                walls[d.name] = t3 - t0
+            ratios.append(walls["centernet"] / walls["yolox-nano"])
+        for d, _ in dets:
+            s = stats[d.name]
+            results[d.name] = s["found"]
+            print(f"{d.name:11s} threads={threads}: wall per frame (pre + inference + decode) median "
+                  f"{np.median(s['total']):6.1f} ms p90 {np.percentile(s['total'], 90):6.1f} | inference "
+                  f"median {np.median(s['model']):6.1f} ms | CPU time median {np.median(s['cpu']):6.1f} ms")
+        print(f"threads={threads}: CenterNet / YOLOX-Nano wall time per frame, median of per-frame "
+              f"ratios {np.median(ratios):.2f} (p10 {np.percentile(ratios, 10):.2f}, "
+              f"p90 {np.percentile(ratios, 90):.2f})")
+    cn, yx = results["centernet"], results["yolox-nano"]
+    for name, found, thr in (("centernet", cn, args.score), ("yolox-nano", yx, ythr)):
+        n = np.array([len(p) for p in found])
+        print(f"{name:11s} persons >= {thr}: per frame min {n.min()} median {np.median(n):.0f} "
+              f"mean {n.mean():.2f} max {n.max()}, total {n.sum()}")
+    matched, ious = 0, []
+    for a, b in zip(cn, yx, strict=True):
+        pairs = match(a, b)
+        matched += len(pairs)
+        ious += [p[2] for p in pairs]
+    ncn, nyx = sum(map(len, cn)), sum(map(len, yx))
+    print(f"agreement (IoU >= 0.5, one to one): {matched} pairs; {matched / max(ncn, 1):.1%} of "
+          f"CenterNet's {ncn} boxes, {matched / max(nyx, 1):.1%} of YOLOX's {nyx}; "
+          f"mean IoU of pairs {np.mean(ious) if ious else 0:.3f}")
+    show = {int(s) for s in args.show.split(",") if s}
+    for k, (i, _) in enumerate(frames):
+        if i in show:
+            fmt = lambda p: [[*map(round, r[:4].tolist()), round(float(r[4]), 2)] for r in p]  # noqa: E731
+            pairs = match(cn[k], yx[k])
+            print(f"frame {i}: centernet {len(cn[k])} {fmt(cn[k])}")
+            print(f"frame {i}: yolox     {len(yx[k])} {fmt(yx[k])}")
+            print(f"frame {i}: matched {len(pairs)}, IoUs {[round(p[2], 2) for p in pairs]}")
+
+
+if __name__ == "__main__":
+    main()
