@@ -2,8 +2,9 @@
 """Compare the bundled detectors on modules/assets/vtest.mp4: speed and person-box agreement.
 
 Runs the CenterNet (`centernet_mnv3_coco.onnx`, rows [x1, y1, x2, y2, score, class], stretch
-to 512x512 RGB) and YOLOX-Nano (`yolox_nano_coco.onnx`, YOLOX grid rows, letterbox 416 BGR)
-with onnxruntime's CPU provider, each with its own reference pre-processing and decoding
+to 512x512 RGB), YOLOX-Nano (`yolox_nano_coco.onnx`, YOLOX grid rows, letterbox 416 BGR) and,
+when `tools/convert_coco_ssd.py` has built it, the SSDLite MobileNetV2 (`out/models/
+ssdlite_mobilenet_v2_coco.onnx`, TF-OD outputs, stretch to 300x300 RGB) with onnxruntime's CPU provider, each with its own reference pre-processing and decoding
 (written here, standalone, so this check does not depend on the product's format code), then
 the same post-processing for both: person class, score threshold, class-wise NMS and the
 "contained box" filter with the detector module's defaults (0.4, IoU 0.5, 0.8).
@@ -82,6 +83,32 @@ class YoloxNano:
         return yolox_decode(out, ctx, 416, score_thr=thr, nms_iou=0.45)  # as YOLOX's ONNX demo
 
 
+class SsdliteMobilenetV2:
+    """TF-OD SSD outputs (boxes ymin, xmin, ymax, xmax 0..1; classes COCO-80 from 0; scores; num)."""
+
+    name = "ssdlite"
+    path = REPO / "out" / "models" / "ssdlite_mobilenet_v2_coco.onnx"  # tools/convert_coco_ssd.py
+    outs = ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
+
+    def __init__(self, threads: int):
+        self.sess = session(self.path, threads)
+
+    def pre(self, bgr):
+        x = cv2.cvtColor(cv2.resize(bgr, (300, 300), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        return x.astype(np.float32)[None], bgr.shape[:2]
+
+    def infer(self, x):
+        return self.sess.run(self.outs, {"image": x})
+
+    def post(self, out, ctx, thr):
+        boxes, classes, scores, num = out
+        n = int(num[0])
+        h, w = ctx
+        b = boxes[0, :n] * np.array([h, w, h, w], np.float32)
+        r = np.column_stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2], scores[0, :n], classes[0, :n]])
+        return r[r[:, 4] >= thr].astype(np.float32)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
@@ -155,15 +182,17 @@ def main() -> None:
         # from other processes on the same core hits both alike; CPU time (all threads of this
         # process) is printed beside wall time because it barely moves with such a load.
         dets = [(CenterNet(threads), args.score), (YoloxNano(threads), ythr)]
+        if SsdliteMobilenetV2.path.exists():
+            dets.append((SsdliteMobilenetV2(threads), args.score))
         stats = {d.name: {"total": [], "model": [], "cpu": [], "found": []} for d, _ in dets}
         for d, _ in dets:
             x, _ctx = d.pre(frames[0][1])
             for _ in range(3):
                 d.infer(x)  # warm-up
-        ratios = []
+        ratios: dict[str, list[float]] = {d.name: [] for d, _ in dets[1:]}
         for k, (_, bgr) in enumerate(frames):
             walls = {}
-            for d, thr in (dets if k % 2 == 0 else dets[::-1]):
+            for d, thr in (dets if k % 2 == 0 else dets[::-1]):  # alternate the order
                 c0, t0 = time.process_time(), time.perf_counter()
                 x, ctx = d.pre(bgr)
                 t1 = time.perf_counter()
@@ -177,39 +206,43 @@ def main() -> None:
                 s["cpu"].append((c3 - c0) * 1e3)
                 s["found"].append(p)
                 walls[d.name] = t3 - t0
-            ratios.append(walls["centernet"] / walls["yolox-nano"])
+            for name in ratios:
+                ratios[name].append(walls["centernet"] / walls[name])
         for d, _ in dets:
             s = stats[d.name]
             results[d.name] = s["found"]
             print(f"{d.name:11s} threads={threads}: wall per frame (pre + inference + decode) median "
                   f"{np.median(s['total']):6.1f} ms p90 {np.percentile(s['total'], 90):6.1f} | inference "
                   f"median {np.median(s['model']):6.1f} ms | CPU time median {np.median(s['cpu']):6.1f} ms")
-        print(f"threads={threads}: CenterNet / YOLOX-Nano wall time per frame, median of per-frame "
-              f"ratios {np.median(ratios):.2f} (p10 {np.percentile(ratios, 10):.2f}, "
-              f"p90 {np.percentile(ratios, 90):.2f})")
-    cn, yx = results["centernet"], results["yolox-nano"]
-    for name, found, thr in (("centernet", cn, args.score), ("yolox-nano", yx, ythr)):
+        for name, r in ratios.items():
+            print(f"threads={threads}: CenterNet / {name} wall time per frame, median of per-frame "
+                  f"ratios {np.median(r):.2f} (p10 {np.percentile(r, 10):.2f}, p90 {np.percentile(r, 90):.2f})")
+    cn = results["centernet"]
+    for name, found in results.items():
         n = np.array([len(p) for p in found])
+        thr = ythr if name == "yolox-nano" else args.score
         print(f"{name:11s} persons >= {thr}: per frame min {n.min()} median {np.median(n):.0f} "
               f"mean {n.mean():.2f} max {n.max()}, total {n.sum()}")
-    matched, ious = 0, []
-    for a, b in zip(cn, yx, strict=True):
-        pairs = match(a, b)
-        matched += len(pairs)
-        ious += [p[2] for p in pairs]
-    ncn, nyx = sum(map(len, cn)), sum(map(len, yx))
-    print(f"agreement (IoU >= 0.5, one to one): {matched} pairs; {matched / max(ncn, 1):.1%} of "
-          f"CenterNet's {ncn} boxes, {matched / max(nyx, 1):.1%} of YOLOX's {nyx}; "
-          f"mean IoU of pairs {np.mean(ious) if ious else 0:.3f}")
+    for name, found in results.items():
+        if name == "centernet":
+            continue
+        matched, ious = 0, []
+        for a, b in zip(cn, found, strict=True):
+            pairs = match(a, b)
+            matched += len(pairs)
+            ious += [p[2] for p in pairs]
+        ncn, nb = sum(map(len, cn)), sum(map(len, found))
+        print(f"agreement centernet vs {name} (IoU >= 0.5, one to one): {matched} pairs; "
+              f"{matched / max(ncn, 1):.1%} of CenterNet's {ncn} boxes, {matched / max(nb, 1):.1%} of "
+              f"{name}'s {nb}; mean IoU of pairs {np.mean(ious) if ious else 0:.3f}")
     show = {int(s) for s in args.show.split(",") if s}
+    fmt = lambda p: [[*map(round, r[:4].tolist()), round(float(r[4]), 2)] for r in p]  # noqa: E731
     for k, (i, _) in enumerate(frames):
         if i in show:
-            fmt = lambda p: [[*map(round, r[:4].tolist()), round(float(r[4]), 2)] for r in p]  # noqa: E731
-            pairs = match(cn[k], yx[k])
-            print(f"frame {i}: centernet {len(cn[k])} {fmt(cn[k])}")
-            print(f"frame {i}: yolox     {len(yx[k])} {fmt(yx[k])}")
-            print(f"frame {i}: matched {len(pairs)}, IoUs {[round(p[2], 2) for p in pairs]}")
-
+            for name, found in results.items():
+                extra = "" if name == "centernet" else \
+                    f"; IoUs of pairs with centernet {[round(p[2], 2) for p in match(cn[k], found[k])]}"
+                print(f"frame {i}: {name:11s} {len(found[k])} {fmt(found[k])}{extra}")
 
 if __name__ == "__main__":
     main()
