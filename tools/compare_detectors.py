@@ -11,7 +11,8 @@ the same post-processing for both: person class, score threshold, class-wise NMS
 
 Prints, for each thread count: ms per frame (median, p90) for pre-processing + inference +
 decoding, and inference alone; then, per model, persons per frame; then agreement: person boxes
-matched one to one across the two models at IoU >= 0.5 (greedy, best IoU first).
+matched one to one with the CenterNet's at IoU >= 0.5 (greedy, best IoU first); then recall and
+precision against the persons of tools/data/vtest_persons.json (8 frames checked by eye).
 
     .venv/bin/python tools/compare_detectors.py                   # all 795 frames, 1 and 2 threads
     taskset -c 1 .venv/bin/python tools/compare_detectors.py --threads 1 --every 5
@@ -23,6 +24,7 @@ not a 2-core figure. Thread counts are onnxruntime's intra-op threads (inter-op 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -156,6 +158,40 @@ def match(a: np.ndarray, b: np.ndarray, thr=0.5) -> list[tuple[int, int, float]]
         m[:, j] = -1
 
 
+def score_against(truth: dict, dets: list, thresholds: list[float]) -> None:
+    """Recall and precision of persons on the hand-checked frames (tools/data/vtest_persons.json):
+    one to one at IoU >= 0.5; an unmatched detection overlapping an 'ignore' box (IoU >= 0.3)
+    counts neither way."""
+    cap = cv2.VideoCapture(str(ASSETS / "vtest.mp4"))
+    frames = {}
+    for key in truth["frames"]:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(key))
+        ok, f = cap.read()
+        assert ok, key
+        frames[key] = f
+    n_true = sum(len(v["persons"]) for v in truth["frames"].values())
+    print(f"against hand-checked persons ({len(frames)} frames, {n_true} persons, IoU >= 0.5):")
+    for d in dets:
+        raw = {k: d.post(d.infer(d.pre(f)[0]), d.pre(f)[1], min(thresholds)) for k, f in frames.items()}
+        line = []
+        for thr in thresholds:
+            tp = fp = 0
+            for k, f in frames.items():
+                want = np.array(truth["frames"][k]["persons"], np.float32).reshape(-1, 4)
+                ign = np.array(truth["frames"][k]["ignore"], np.float32).reshape(-1, 4)
+                got = persons(raw[k], f.shape[1], f.shape[0], thr)
+                pairs = match(got, np.column_stack([want, np.ones(len(want))]))
+                tp += len(pairs)
+                hit = {p[0] for p in pairs}
+                rest = np.array([g for i, g in enumerate(got) if i not in hit], np.float32).reshape(-1, 6)
+                if len(rest) and len(ign):
+                    rest = rest[iou(rest[:, :4], ign).max(1) < 0.3]
+                fp += len(rest)
+            line.append(f"score {thr}: recall {tp / n_true:.3f} precision {tp / max(tp + fp, 1):.3f} "
+                        f"({tp} hits, {fp} false)")
+        print(f"  {d.name:11s} " + " | ".join(line))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
@@ -163,8 +199,15 @@ def main() -> None:
     ap.add_argument("--score", type=float, default=0.4, help="score threshold for both models")
     ap.add_argument("--yolox-score", type=float, default=None, help="YOLOX's own threshold (default --score)")
     ap.add_argument("--show", default="0,200,400,600", help="frames whose person boxes are printed")
+    ap.add_argument("--truth", type=Path, default=Path(__file__).resolve().parent / "data" / "vtest_persons.json",
+                    help="hand-checked persons of some frames (recall and precision); '' to skip")
+    ap.add_argument("--truth-only", action="store_true", help="only the recall/precision check")
     args = ap.parse_args()
     ythr = args.yolox_score if args.yolox_score is not None else args.score
+    models = [CenterNet(1), YoloxNano(1)] + ([SsdliteMobilenetV2(1)] if SsdliteMobilenetV2.path.exists() else [])
+    if args.truth_only:
+        score_against(json.loads(args.truth.read_text()), models, [0.3, 0.4, 0.5, 0.6])
+        return
     cap = cv2.VideoCapture(str(ASSETS / "vtest.mp4"))
     frames, idx = [], 0
     while True:
@@ -243,6 +286,8 @@ def main() -> None:
                 extra = "" if name == "centernet" else \
                     f"; IoUs of pairs with centernet {[round(p[2], 2) for p in match(cn[k], found[k])]}"
                 print(f"frame {i}: {name:11s} {len(found[k])} {fmt(found[k])}{extra}")
+    if str(args.truth) and args.truth.is_file():
+        score_against(json.loads(args.truth.read_text()), models, [0.3, 0.4, 0.5, 0.6])
 
 if __name__ == "__main__":
     main()
