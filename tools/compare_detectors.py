@@ -3,10 +3,11 @@
 
 Runs the CenterNet (`centernet_mnv3_coco.onnx`, rows [x1, y1, x2, y2, score, class], stretch
 to 512x512 RGB), YOLOX-Nano (`yolox_nano_coco.onnx`, YOLOX grid rows, letterbox 416 BGR) and,
-when `tools/convert_coco_ssd.py` has built it, the SSDLite MobileNetV2 (`out/models/
-ssdlite_mobilenet_v2_coco.onnx`, TF-OD outputs, stretch to 300x300 RGB) with onnxruntime's CPU provider, each with its own reference pre-processing and decoding
-(written here, standalone, so this check does not depend on the product's format code), then
-the same post-processing for both: person class, score threshold, class-wise NMS and the
+when `tools/convert_coco_ssd.py` has built it, the SSDLite MobileNetV2
+(`out/models/ssdlite_mobilenet_v2_coco.onnx`, TF-OD outputs, stretch to 300x300 RGB) with
+onnxruntime's CPU provider, each with its own reference pre-processing and decoding (written
+here, standalone, so this check does not depend on the product's format code), then the same
+post-processing for all: person class, score threshold, class-wise NMS and the
 "contained box" filter with the detector module's defaults (0.4, IoU 0.5, 0.8).
 
 Prints, for each thread count: ms per frame (median, p90) for pre-processing + inference +
