@@ -1,8 +1,8 @@
 """``backend: triton``: a detector served by an inference server over the KServe V2 protocol
 (NVIDIA Triton, or Seldon MLServer), via ``tritonclient`` (HTTP or gRPC).
 
-The served model takes the same tensor and returns the same rows as ``backend: onnx`` (see
-``modules/detectors/onnx.py``): float32 NHWC or NCHW RGB images, ``[N, K, 6]`` rows of
+The served model takes the same tensor and returns the same rows as ``backend: onnx`` with
+``output_format: rows`` (see ``modules/detectors/onnx.py``; the other formats are onnx only): float32 NHWC or NCHW RGB images, ``[N, K, 6]`` rows of
 ``x1, y1, x2, y2, score, class`` in input pixels. Input/output names, layout, size and batching
 are read from the model metadata; ``input_name``/``output_name`` pick among several.
 
@@ -102,6 +102,12 @@ class TritonBackend(Backend):
 
     def __init__(self, config: TritonConfig, args: DetectorArgs, log: logging.Logger) -> None:
         self._c, self._args, self._log = config, args, log
+        if args.output_format not in ("auto", "rows"):
+            # Decoding other formats needs every output of the model in one request: not
+            # wired for servers yet. Serve the model with its decoding (an ensemble), or run it
+            # in-process with backend onnx.
+            raise ModuleError(f"detector: backend triton reads rows only (output_format "
+                              f"{args.output_format!r}); serve the model with its decoding, or use backend onnx")
         self._region: str | None = None
         self._shm_handle: Any = None
         self._cuda_handle: Any = None
