@@ -206,7 +206,46 @@ def _forms() -> BackendForms:
 
 
 class Detector(Module[DetectorConfig]):
-    """Runs a detector backend on each frame; see the module docstring for the message layout."""
+    """Runs a detector backend on each frame; see the module docstring for the message layout.
+
+    **Output formats** (``output_format``, backend onnx; ``modules/detectors/formats/``). ``auto``
+    (the default) picks one by the model's output shapes, names and metadata and logs which; a
+    model whose outputs fit none is refused at deploy, naming its output shapes and each format
+    tried. Each format brings its pre-processing; ``resize``, ``channel_order``,
+    ``input_scale``, ``input_mean``/``input_std`` override it. Boxes come back in frame pixels
+    whatever the letterbox.
+
+    | format | outputs (N candidates, C classes) | pre-processing | models |
+    |---|---|---|---|
+    | `rows` | `[1, K, 6]` x1, y1, x2, y2, score, class (input pixels) | stretch, RGB, 0-255 | the bundled CenterNet; any export with its decoding |
+    | `yolo` | `[1, 4+C, N]` (v8/v11) or `[1, N, 5+C]` with objectness (v5), raw; NMS here | letterbox centred (114), RGB, 0-1 | Ultralytics YOLOv5/v8/v11 ONNX exports |
+    | `yolox` | `[1, N, 5+C]` grid offsets, strides 8/16/32 | letterbox top-left (114), BGR, 0-255 | Megvii YOLOX |
+    | `ssd` | boxes `[1, N, 4]` ymin, xmin, ymax, xmax (0-1), classes, scores, num | stretch, RGB, 0-255 (uint8 inputs as such) | TF Object Detection API (SSD, EfficientDet) |
+    | `detr` | boxes `[1, Q, 4]` cx, cy, w, h (0-1), logits `[1, Q, C]`; no NMS | stretch, RGB, 0-1 | RT-DETR, RF-DETR, D-FINE, DETR |
+
+    A model of these formats needs only its file (an Ultralytics export's metadata gives its
+    class names and, for a dynamic-size export, its input size), plus what no metadata says:
+    TF OD API class ids start at 1, RF-DETR wants ImageNet normalisation::
+
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx"}}
+        {"type": "detector", "args": {"model": "/models/yolox_s.onnx"}}
+        {"type": "detector", "args": {"model": "/models/ssd_mobilenet_v2.onnx", "class_offset": -1}}
+        {"type": "detector", "args": {"model": "/models/rfdetr_base.onnx",
+         "input_mean": [0.485, 0.456, 0.406], "input_std": [0.229, 0.224, 0.225]}}
+
+    ``output_format`` says it outright (a dynamic-shape export, or to be sure):
+    ``{"model": "/models/m.onnx", "output_format": "yolo"}``.
+
+    **Execution providers** (``providers``, backend onnx, and reid's): most preferred first,
+    among ``cpu``, ``openvino``, ``cuda``, ``tensorrt``, ``coreml``, ``directml``, ``rocm``.
+    One that this onnxruntime wheel does not have (or that fails to start) is an error at
+    deploy naming the installed ones, unless the list ends in ``cpu`` or ``provider_fallback``
+    is true. The provider that runs is logged and in the module's metrics
+    (``counters.provider_<name>``: 1)::
+
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx", "providers": ["openvino", "cpu"]}}
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx", "providers": ["tensorrt", "cuda"]}}
+    """
 
     config_class = DetectorConfig
 

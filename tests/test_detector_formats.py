@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.detector import Detector, DetectorConfig
+from edgeva.modules.detectors import nms as nms_module
 from edgeva.modules.detectors.formats import ModelMeta, Preprocess, geometry
 from edgeva.modules.detectors.nms import nms
 from edgeva.modules.embedders.onnx import OnnxEmbedder
@@ -287,7 +288,10 @@ def brute_nms(r: np.ndarray, iou: float) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_nms_matches_a_brute_force_reference_and_opencv(seed: int) -> None:
+@pytest.mark.parametrize("matrix", [True, False], ids=["matrix", "loop"])
+def test_nms_matches_a_brute_force_reference_and_opencv(seed: int, matrix: bool, monkeypatch) -> None:
+    if not matrix:  # the path of more than MATRIX_MAX candidates (a threshold near 0)
+        monkeypatch.setattr(nms_module, "MATRIX_MAX", 10)
     rng = np.random.default_rng(seed)
     n = 300
     xy = rng.uniform(0, 400, (n, 2))
