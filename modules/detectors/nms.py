@@ -43,24 +43,21 @@ def _matrix(r: np.ndarray, iou: float) -> np.ndarray:
     x1, y1, x2, y2, _, cls = np.ascontiguousarray(r[:, :6].T)
     area = (x2 - x1) * (y2 - y1)
     thr = np.float32(iou)
-    over = np.empty((k, k), bool)  # [i, j]: i (the better) suppresses j
     cols = np.arange(k)
+    over = np.empty((k, k), bool)  # [i, j]: i (the better) suppresses j
     # Row blocks of at most _CELLS cells: temporaries of a few hundred KB come from the heap;
     # megabyte ones are fresh pages from the kernel each time, which costs more than the maths.
     step = max(1, _CELLS // k)
     for s in range(0, k, step):
         e = min(k, s + step)
-        inter = np.minimum(x2[s:e, None], x2[None]) - np.maximum(x1[s:e, None], x1[None])
-        np.clip(inter, 0, None, out=inter)
-        ih = np.minimum(y2[s:e, None], y2[None]) - np.maximum(y1[s:e, None], y1[None])
-        np.clip(ih, 0, None, out=ih)
+        inter = np.minimum(x2[s:e, None], x2) - np.maximum(x1[s:e, None], x1)
+        np.maximum(inter, 0, out=inter)  # (np.clip costs more in Python overhead than this)
+        ih = np.minimum(y2[s:e, None], y2) - np.maximum(y1[s:e, None], y1)
+        np.maximum(ih, 0, out=ih)
         inter *= ih
-        union = np.add(area[s:e, None], area[None], out=ih)
-        union -= inter
         # inter / union > iou, without dividing (two empty boxes have union 0)
-        np.greater(inter, union * thr, out=over[s:e])
-        over[s:e] &= cls[s:e, None] == cls[None]
-        over[s:e] &= cols > cols[s:e, None]  # only better boxes suppress (i < j)
+        np.greater(inter, (area[s:e, None] + area - inter) * thr, out=over[s:e])
+        over[s:e] &= (cls[s:e, None] == cls) & (cols > cols[s:e, None])  # same class, i < j
     keep = np.ones(k, bool)
     # Greedy, in score order; only boxes that overlap a worse one can suppress anything, and
     # each kept one does it in one vectorised step.
@@ -81,7 +78,7 @@ def _loop(r: np.ndarray, iou: float) -> np.ndarray:
         rest = idx[1:]
         iw = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
         ih = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        inter = np.maximum(iw, 0) * np.maximum(ih, 0)
         over = inter > (area[i] + area[rest] - inter) * np.float32(iou)
         idx = rest[~(over & (cls[rest] == cls[i]))]
     return np.asarray(keep, np.int64)
