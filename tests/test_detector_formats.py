@@ -146,6 +146,9 @@ def detr(path: Path, softmax: bool = False) -> str:
             logits[0, 10 * j, -1] = math.log((1 - b[4]) / b[4])
         else:
             logits[0, 10 * j, b[5]] = math.log(b[4] / (1 - b[4]))
+    if softmax:  # a query most likely nothing (0.7), a person at 0.3 (under the threshold)
+        boxes[0, 100] = 0.2, 0.2, 0.1, 0.1
+        logits[0, 100, 0], logits[0, 100, -1] = 0.0, math.log(0.7 / 0.3)
     return save(path, [1, 3, 640, 640], {"dets": boxes, "labels": logits})
 
 
@@ -369,3 +372,56 @@ def test_detector_and_embedder_refuse_a_provider_not_installed(tmp_path: Path) -
     e = OnnxEmbedder(ASSETS / "mobilenetv2_reid.onnx", 1, 2, providers=["tensorrt"], provider_fallback=True)
     assert e.provider == "cpu"
     e.close()
+    from edgeva.modules.reid import Reid, ReidConfig
+
+    gallery = [{"name": "p", "image": "asset:demo_person.png"}]
+    with pytest.raises(ModuleError, match=r"reid: execution provider cuda not installed"):
+        Reid(ReidConfig(gallery=gallery, backend="onnx", providers=["cuda"]), ModuleContext("r")).setup()
+    r = Reid(ReidConfig(gallery=gallery, backend="onnx", providers=["cuda", "cpu"]), ModuleContext("r"))
+    r.setup()
+    try:
+        assert r.metrics()["provider_cpu"] == 1.0
+    finally:
+        r.close()
+
+
+def test_triton_refuses_formats_it_cannot_decode() -> None:
+    """Before connecting: the served model's other outputs are not fetched (rows only)."""
+    with pytest.raises(ModuleError, match="backend triton reads rows only"):
+        make(backend="triton", model_name="m", url="127.0.0.1:9", output_format="yolo")
+
+
+# -- through an agent -----------------------------------------------------------------------------
+
+@pytest.fixture
+def edgeva_agent(edgeva_agent_factory, tmp_path: Path):
+    """An agent that may read the test's models (its media directory)."""
+    return edgeva_agent_factory(None, "--media-dir", str(tmp_path))
+
+
+def test_a_yolo_model_deploys_by_its_file_and_a_wrong_one_is_refused(edgeva, edgeva_client, tmp_path: Path) -> None:
+    """A real deploy: a YOLOv8-layout model named by its file alone finds its boxes in 1280x720
+    frames, the metrics say which provider runs; a model of no format is refused at deploy
+    with its output shapes (SETUP_FAILED from the module's setup)."""
+    path = yolo_v8(tmp_path / "yolo.onnx")
+    edgeva.deploy({"app": "y", "modules": {
+        "dec": {"type": "decoder", "args": {"source": "synthetic", "fps": 10, "width": FW, "height": FH},
+                "outputs": ["det"]},
+        "det": {"type": "detector", "args": {"model": path, "classes": None}, "outputs": ["pub"]},
+        "pub": {"type": "publish", "args": {"fields": ["detections", "labels"]}},
+    }})
+    event = edgeva.wait_events("y", n=1)[0]
+    assert_boxes(event["detections"], [PERSON, CAR])
+    assert event["labels"] == ["person", "car"]
+    counters = {}
+    for tm in edgeva_client.watch_metrics("y", idle_timeout=20):
+        counters = {k: m.counters for k, m in tm.modules.items() if "det" in k}
+        if any(c for c in counters.values()):
+            break
+    assert [c.get("provider_cpu") for c in counters.values()] == [1.0], counters
+    bad = save(tmp_path / "bad.onnx", [1, 3, 640, 640], {"out": np.zeros((1, 7, 9))})
+    with pytest.raises(AssertionError, match=r"out \[1, 7, 9\] match no output format \(tried ssd"):
+        edgeva.deploy({"app": "b", "modules": {
+            "dec": {"type": "decoder", "args": {"source": "synthetic", "fps": 10}, "outputs": ["det"]},
+            "det": {"type": "detector", "args": {"model": bad}},
+        }})
