@@ -221,7 +221,7 @@ class Detector(Module[DetectorConfig]):
     | `yolo` | `[1, 4+C, N]` (v8/v11) or `[1, N, 5+C]` with objectness (v5), raw; NMS here | letterbox centred (114), RGB, 0-1 | Ultralytics YOLOv5/v8/v11 ONNX exports |
     | `yolox` | `[1, N, 5+C]` grid offsets, strides 8/16/32 | letterbox top-left (114), BGR, 0-255 | Megvii YOLOX |
     | `ssd` | boxes `[1, N, 4]` ymin, xmin, ymax, xmax (0-1), classes, scores, num | stretch, RGB, 0-255 (uint8 inputs as such) | TF Object Detection API (SSD, EfficientDet) |
-    | `detr` | boxes `[1, Q, 4]` cx, cy, w, h (0-1), logits `[1, Q, C]`; no NMS | stretch, RGB, 0-1 | RT-DETR, RF-DETR, D-FINE, DETR |
+    | `detr` | boxes `[1, Q, 4]` cx, cy, w, h (0-1), logits `[1, Q, C]` (Ultralytics RT-DETR: one `[1, Q, 4+C]`); no NMS | stretch, RGB, 0-1 | RT-DETR, RF-DETR, D-FINE, DETR |
 
     A model of these formats needs only its file (an Ultralytics export's metadata gives its
     class names and, for a dynamic-size export, its input size), plus what no metadata says:

@@ -200,6 +200,33 @@ def test_ultralytics_metadata_gives_names_and_the_size_of_a_dynamic_export(tmp_p
     assert ModelMeta.from_props({"names": "not python", "imgsz": "[480, 640]"}).imgsz == (640, 480)
 
 
+def test_ultralytics_rtdetr_reads_as_detr_and_other_tasks_are_refused(tmp_path: Path) -> None:
+    """RT-DETR from Ultralytics: one output [1, 300, 4+C] of normalised boxes and sigmoid
+    scores, told by its metadata; a segmentation export, or names that do not fit the output,
+    are refused instead of being read as boxes."""
+    names = "{0: 'person', 1: 'bicycle', 2: 'car'}"
+    out = np.zeros((1, 300, 7), np.float32)
+    for j, b in enumerate((PERSON, CAR)):
+        out[0, 20 * j, :4] = to_input(b, 1 / FW, 1 / FH)
+        out[0, 20 * j, 4 + b[5]] = b[4]
+    meta = {"author": "Ultralytics", "description": "Ultralytics RT-DETR-l model trained on coco.yaml",
+            "names": names, "imgsz": "[640, 640]", "stride": "32", "task": "detect"}
+    d = make(model=save(tmp_path / "r.onnx", [1, 3, 640, 640], {"output0": out}, meta), classes=None)
+    try:
+        assert d._backend.format.name == "detr" and d._pp.resize == "stretch"
+        assert_boxes(detect(d), [PERSON, CAR])
+    finally:
+        d.close()
+    seg = {**meta, "description": "Ultralytics YOLOv8n-seg model", "task": "segment"}
+    path = save(tmp_path / "s.onnx", [1, 3, 640, 640], {"output0": np.zeros((1, 39, 8400)),
+                                                        "output1": np.zeros((1, 32, 160, 160))}, seg)
+    with pytest.raises(ModuleError, match="yolo: an Ultralytics segment model"):
+        make(model=path)
+    path = yolo_v8(tmp_path / "y.onnx", meta={**meta, "description": "Ultralytics YOLOv8n model"})
+    with pytest.raises(ModuleError, match=r"has 84 values per candidate; the metadata's 3 class names need 7"):
+        make(model=path)
+
+
 def test_the_bundled_model_reads_as_rows() -> None:
     d = make()
     try:

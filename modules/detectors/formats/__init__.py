@@ -19,6 +19,7 @@ format      outputs (per image; N candidates, C classes)  default pre-processing
 ``detr``    boxes ``[Q, 4]`` (cx, cy, w, h normalised)     stretch, RGB, 0-1
             and class logits ``[Q, C]`` (sigmoid, or
             softmax with a last no-object class); no NMS
+            (Ultralytics RT-DETR: one ``[Q, 4+C]``)
 ==========  ===========================================  ==========================================
 
 ``auto`` picks by the outputs' shapes and names and the model's metadata (Ultralytics
@@ -79,6 +80,8 @@ class ModelMeta:
     imgsz: tuple[int, int] | None = None  # (width, height)
     stride: int | None = None
     ultralytics: bool = False
+    task: str | None = None  # Ultralytics: detect, segment, pose, obb, classify
+    description: str = ""
 
     @classmethod
     def from_props(cls, props: Mapping[str, str]) -> ModelMeta:
@@ -107,7 +110,12 @@ class ModelMeta:
             pass
         ultra = "ultralytics" in (props.get("author", "") + props.get("description", "")).lower() or (
             stride is not None and names is not None)
-        return cls(names, imgsz, stride, ultra)
+        return cls(names, imgsz, stride, ultra, props.get("task"), props.get("description", ""))
+
+    @property
+    def rtdetr(self) -> bool:
+        """An Ultralytics RT-DETR export (one output of normalised boxes and class scores)."""
+        return self.ultralytics and "rt-detr" in self.description.lower()
 
 
 class FormatError(ValueError):

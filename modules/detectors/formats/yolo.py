@@ -42,6 +42,10 @@ class Yolo(Format):
     @classmethod
     def bind(cls, outputs: Sequence[OutputSpec], meta: ModelMeta, size: tuple[int, int],
              options: FormatOptions) -> Yolo:
+        if meta.rtdetr:
+            raise FormatError("an Ultralytics RT-DETR export (metadata): detr")
+        if meta.task not in (None, "detect"):
+            raise FormatError(f"an Ultralytics {meta.task} model (metadata task); only detect models are read")
         if len(outputs) > 1 and options.output_name is None and not meta.ultralytics:
             raise FormatError(f"needs one output (or output_name), got {len(outputs)}")
         out = pick(outputs, options.output_name)
@@ -58,6 +62,9 @@ class Yolo(Format):
         if fixed is not None and fixed < (5 if v8 else 6):
             raise FormatError(f"{out.name} {list(out.shape)} has too few values per candidate "
                               f"({fixed}) for boxes and classes")
+        if meta.names and fixed is not None and fixed != len(meta.names) + (4 if v8 else 5):
+            raise FormatError(f"{out.name} {list(out.shape)} has {fixed} values per candidate; the metadata's "
+                              f"{len(meta.names)} class names need {len(meta.names) + (4 if v8 else 5)}")
         cells = [sum((size[0] // s) * (size[1] // s) for s in strides) for strides in ((8, 16, 32), (8, 16, 32, 64))]
         grids = cells if v8 else [3 * c for c in cells]  # v5: 3 anchors per cell
         if not (options.explicit or meta.ultralytics) and n not in grids:
