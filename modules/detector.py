@@ -1,7 +1,9 @@
 """``detector``: object detection on frames (paper section 4.2.2, the inference module).
 
-Backends (``modules/detectors/``): ``onnx`` (in-process onnxruntime; default model: the bundled
-CenterNet MobileNetV3, COCO-80, ``asset:centernet_mnv3_coco.onnx``), ``opencv-hog`` (OpenCV's
+Backends (``modules/detectors/``): ``onnx`` (in-process onnxruntime on the execution providers
+``providers`` names; default model: the bundled CenterNet MobileNetV3, COCO-80,
+``asset:centernet_mnv3_coco.onnx``; or a YOLO, YOLOX, SSD or DETR export, read by the output
+formats of ``modules/detectors/formats/``, see the class docstring), ``opencv-hog`` (OpenCV's
 people detector, no model file), ``triton`` (a model served by Triton or MLServer over the KServe
 V2 protocol, HTTP or gRPC, with shared memory when the server is local).
 
