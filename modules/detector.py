@@ -149,7 +149,7 @@ class DetectorConfig(ModuleConfig):
         "([K, 6] x1, y1, x2, y2, score, class: the bundled model), yolo (Ultralytics v5/v8/v11, "
         "raw), yolox, ssd (TF Object Detection API), detr (RT-DETR, RF-DETR, D-FINE); auto: by "
         "the output shapes, names and metadata (the log says which). Each brings its "
-        "pre-processing; the args below override it. triton: rows only")
+        "pre-processing; the args below override it")
     resize: Literal["auto", "letterbox", "stretch"] = Field(
         "auto", description="frame to model input: letterbox (aspect kept, grey bars; yolo, "
         "yolox) or stretch (rows, ssd, detr); auto: the format's")
@@ -210,7 +210,7 @@ def _forms() -> BackendForms:
 class Detector(Module[DetectorConfig]):
     """Runs a detector backend on each frame; see the module docstring for the message layout.
 
-    **Output formats** (``output_format``, backend onnx; ``modules/detectors/formats/``). ``auto``
+    **Output formats** (``output_format``, backends onnx and triton; ``modules/detectors/formats/``). ``auto``
     (the default) picks one by the model's output shapes, names and metadata and logs which; a
     model whose outputs fit none is refused at deploy, naming its output shapes and each format
     tried. Each format brings its pre-processing; ``resize``, ``channel_order``,

@@ -11,6 +11,7 @@ provider's success path needs a machine that has one).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -28,6 +29,7 @@ from edgeva.modules.detectors.nms import nms
 from edgeva.modules.embedders.onnx import OnnxEmbedder
 from edgeva.modules.providers import ProviderError, choose, running
 from edgeva.schemas.message import Message
+from tests.servers.fixtures import Server, _mlserver
 
 FW, FH = 1280, 720
 #: Known boxes of the frame: a person, a car, and a weaker duplicate of the person.
@@ -412,10 +414,31 @@ def test_detector_and_embedder_refuse_a_provider_not_installed(tmp_path: Path) -
         r.close()
 
 
-def test_triton_refuses_formats_it_cannot_decode() -> None:
-    """Before connecting: the served model's other outputs are not fetched (rows only)."""
-    with pytest.raises(ModuleError, match="backend triton reads rows only"):
-        make(backend="triton", model_name="m", url="127.0.0.1:9", output_format="yolo")
+@pytest.fixture(scope="module")
+def mlserver_detr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """MLServer serving a DETR-layout model of known outputs (tests/servers/mlserver_detr)."""
+    yield from _mlserver(tmp_path_factory, "mlserver_detr", "detr")
+
+
+def test_triton_reads_a_served_model_of_two_outputs(mlserver_detr: Server) -> None:
+    """backend triton: the format is picked from the outputs the server reports (two: boxes
+    and logits), both are requested, and a batch of two frames is decoded image by image.
+    Over gRPC (MLServer's HTTP takes tensors as JSON: two 640x640 images take longer than the
+    timeout on this machine; the outputs are requested the same way over both)."""
+    url, protocol = mlserver_detr.grpc, "grpc"
+    d = make(backend="triton", url=url, protocol=protocol, model_name="detr", classes=None)
+    try:
+        assert d._backend.format.name == "detr" and d.max_batch > 1
+        first, second = d.process_batch([Message(0, "a", arrays={"frame": frame()}),
+                                         Message(0, "b", arrays={"frame": frame()})])
+        assert_boxes(first.fields["detections"], [PERSON, CAR])
+        assert_boxes(second.fields["detections"], [PERSON])
+        assert d.metrics() == {}  # no onnxruntime provider: the server runs the model
+    finally:
+        d.close()
+    with pytest.raises(ModuleError, match=r"model 'detr': outputs dets \[\?, 300, 4\], labels \[\?, 300, 80\] "
+                       r"are not output_format yolo"):
+        make(backend="triton", url=url, protocol=protocol, model_name="detr", output_format="yolo")
 
 
 # -- through an agent -----------------------------------------------------------------------------
