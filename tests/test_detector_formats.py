@@ -24,7 +24,15 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeva.modules.base import ModuleContext, ModuleError
 from edgeva.modules.detector import Detector, DetectorConfig
 from edgeva.modules.detectors import nms as nms_module
-from edgeva.modules.detectors.formats import ModelMeta, Preprocess, geometry
+from edgeva.modules.detectors.formats import (
+    FormatError,
+    FormatOptions,
+    ModelMeta,
+    OutputSpec,
+    Preprocess,
+    bind,
+    geometry,
+)
 from edgeva.modules.detectors.nms import nms
 from edgeva.modules.embedders.onnx import OnnxEmbedder
 from edgeva.modules.providers import ProviderError, choose, running
@@ -475,3 +483,16 @@ def test_a_yolo_model_deploys_by_its_file_and_a_wrong_one_is_refused(edgeva, edg
             "dec": {"type": "decoder", "args": {"source": "synthetic", "fps": 10}, "outputs": ["det"]},
             "det": {"type": "detector", "args": {"model": bad}},
         }})
+
+
+def test_a_dynamic_last_axis_is_still_read_as_rows_when_nothing_else_fits() -> None:
+    """As before formats: a model whose one output is [N, K, ?] (a server's model often reports
+    -1 axes) is taken as rows, after every format said no; a YOLO export with a dynamic
+    candidate axis is YOLO when its metadata or the deployment says so (auto does not guess)."""
+    opts = FormatOptions()
+    assert bind("auto", [OutputSpec("det", (None, 100, None))], ModelMeta(), (512, 512), opts).name == "rows"
+    yolo = [OutputSpec("out", (1, 84, None))]
+    assert bind("yolo", yolo, ModelMeta(), (640, 640), opts).name == "yolo"
+    assert bind("auto", yolo, ModelMeta(ultralytics=True), (640, 640), opts).name == "yolo"
+    with pytest.raises(FormatError, match=r"out \[1, 7, 9\] match no output format"):
+        bind("auto", [OutputSpec("out", (1, 7, 9))], ModelMeta(), (640, 640), opts)

@@ -1,11 +1,12 @@
 """``backend: triton``: a detector served by an inference server over the KServe V2 protocol
 (NVIDIA Triton, or Seldon MLServer), via ``tritonclient`` (HTTP or gRPC).
 
-The served model takes the same tensor as ``backend: onnx`` and its outputs are read by the same
-output formats (``output_format``: rows, yolo, yolox, ssd, detr; ``auto`` by the shapes and names
-the server reports: a server has no ONNX metadata, so class names go in ``class_names``): float32 NHWC or NCHW RGB images, ``[N, K, 6]`` rows of
-``x1, y1, x2, y2, score, class`` in input pixels. Input/output names, layout, size and batching
-are read from the model metadata; ``input_name``/``output_name`` pick among several.
+The served model takes the same tensor as ``backend: onnx`` (float32 NHWC or NCHW images) and
+its outputs are read by the same output formats (``output_format``: rows, the bundled model's
+``[N, K, 6]``, yolo, yolox, ssd, detr; ``auto`` picks by the output shapes and names the server
+reports: a server passes on no ONNX metadata, so class names go in ``class_names``). Input and
+output names, layout, size and batching are read from the model metadata; ``input_name`` /
+``output_name`` pick among several.
 
 Setup checks, each failing with a ModuleError that says what to fix: the server answers
 (liveness) within ``timeout_s``; the model is ready (the error lists the models the server

@@ -247,6 +247,13 @@ def bind(name: str, outputs: Sequence[OutputSpec], meta: ModelMeta, size: tuple[
             return f.bind(outputs, meta, size, options)
         except FormatError as e:
             why.append(f"{f.name}: {e}")
+    if any(o.shape and o.shape[-1] is None for o in outputs):
+        # An output whose last axis is dynamic (a server's -1) was taken as rows before formats
+        # existed: still so, when nothing else fits (a wrong guess fails on the first frame).
+        try:
+            return table["rows"].bind(outputs, meta, size, replace(options, explicit=True))
+        except FormatError:
+            pass
     raise FormatError(f"outputs {fmt_shapes(outputs)} match no output format (tried {'; '.join(why)}); "
                       "set output_format (and output_name) if the model is one of them")
 
