@@ -1,7 +1,9 @@
 """``detector``: object detection on frames (paper section 4.2.2, the inference module).
 
-Backends (``modules/detectors/``): ``onnx`` (in-process onnxruntime; default model: the bundled
-CenterNet MobileNetV3, COCO-80, ``asset:centernet_mnv3_coco.onnx``), ``opencv-hog`` (OpenCV's
+Backends (``modules/detectors/``): ``onnx`` (in-process onnxruntime on the execution providers
+``providers`` names; default model: the bundled CenterNet MobileNetV3, COCO-80,
+``asset:centernet_mnv3_coco.onnx``; or a YOLO, YOLOX, SSD or DETR export, read by the output
+formats of ``modules/detectors/formats/``, see the class docstring), ``opencv-hog`` (OpenCV's
 people detector, no model file), ``triton`` (a model served by Triton or MLServer over the KServe
 V2 protocol, HTTP or gRPC, with shared memory when the server is local).
 
@@ -45,12 +47,23 @@ from edgeva.modules.base import (
     Side,
 )
 from edgeva.modules.detectors import DEFAULT, Backend, BackendConfig, load_backends, make_backend
+from edgeva.modules.detectors.formats import (
+    FormatName,
+    Geometry,
+    Preprocess,
+    geometry,
+    with_overrides,
+)
+from edgeva.modules.detectors.formats.rows import Rows
 from edgeva.modules.detectors.forms import BackendForms
+from edgeva.modules.detectors.nms import nms
 from edgeva.schemas.message import Message
 from edgeva.schemas.ports import Ports
 
 _NONE = np.empty((0, 6), np.float32)  # no rows: a frame skipped by interval
 CropSide = Annotated[int, Field(ge=1, le=1024)]
+Triple = tuple[Annotated[float, Field(ge=-1000.0, le=1000.0)], Annotated[float, Field(ge=-1000.0, le=1000.0)],
+               Annotated[float, Field(ge=-1000.0, le=1000.0)]]
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -131,15 +144,39 @@ class DetectorConfig(ModuleConfig):
     input_size: tuple[Side, Side] | None = Field(
         None, description="model input [width, height]; null: read from the model (needed only "
         "for models with a dynamic size)")
-    input_scale: float = Field(
-        1.0, gt=0.0, le=1000.0, description="multiply 0-255 RGB pixels by this before inference "
-        "(1.0 for the bundled model; 0.00392157 = 1/255 for models trained on 0-1)")
+    output_format: FormatName = Field(
+        "auto", description="how to read the model's outputs (modules/detectors/formats/): rows "
+        "([K, 6] x1, y1, x2, y2, score, class: the bundled model), yolo (Ultralytics v5/v8/v11, "
+        "raw), yolox, ssd (TF Object Detection API), detr (RT-DETR, RF-DETR, D-FINE); auto: by "
+        "the output shapes, names and metadata (the log says which). Each brings its "
+        "pre-processing; the args below override it")
+    resize: Literal["auto", "letterbox", "stretch"] = Field(
+        "auto", description="frame to model input: letterbox (aspect kept, grey bars; yolo, "
+        "yolox) or stretch (rows, ssd, detr); auto: the format's")
+    channel_order: Literal["auto", "rgb", "bgr"] = Field(
+        "auto", description="channel order the model takes (auto: the format's: bgr for yolox, else rgb)")
+    input_scale: float | None = Field(
+        None, gt=0.0, le=1000.0, description="multiply 0-255 pixels by this before inference "
+        "(null: the format's: 1.0 for rows, ssd and yolox, 1/255 for yolo and detr)")
+    input_mean: Triple | None = Field(
+        None, description="subtract per channel after input_scale, in the model's channel "
+        "order (ImageNet: [0.485, 0.456, 0.406] with input_scale 1/255); null: none")
+    input_std: Triple | None = Field(
+        None, description="then divide per channel (ImageNet: [0.229, 0.224, 0.225]); null: none")
+    class_offset: int = Field(
+        0, ge=-1000, le=1000, description="added to the model's class ids (ssd: -1 for TF OD "
+        "API models that number COCO from 1)")
+    detr_activation: Literal["sigmoid", "softmax"] = Field(
+        "sigmoid", description="detr: class logits to scores (sigmoid: RT-DETR, RF-DETR, D-FINE; "
+        "softmax: the original DETR, whose last class is 'no object')")
     input_name: str | None = Field(None, max_length=MAX_NAME_CHARS,
                                    description="onnx/triton: model input to feed (null: the only one)")
     output_name: str | None = Field(None, max_length=MAX_NAME_CHARS, json_schema_extra=NOT_A_PATH,
-                                    description="onnx/triton: output with the [K, 6] rows (null: the only/first one)")
+                                    description="onnx/triton: the output to read for rows, yolo, yolox "
+                                    "(null: the only/first one)")
     class_names: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = Field(
-        None, max_length=MAX_CLASSES, description="names of class ids for fields['labels'] (null: COCO-80)")
+        None, max_length=MAX_CLASSES, description="names of class ids for fields['labels'] (null: "
+        "the model's metadata names, else COCO-80)")
     forward_frame: bool = Field(True, description="pass the input frame on as arrays['frame']")
     crops: bool = Field(False, description="add arrays['crops'] and fields['crop_index'] (for reid)")
     crop_classes: ClassIds = Field([0], description="classes whose detections are cropped")
@@ -171,7 +208,46 @@ def _forms() -> BackendForms:
 
 
 class Detector(Module[DetectorConfig]):
-    """Runs a detector backend on each frame; see the module docstring for the message layout."""
+    """Runs a detector backend on each frame; see the module docstring for the message layout.
+
+    **Output formats** (``output_format``, backends onnx and triton; ``modules/detectors/formats/``). ``auto``
+    (the default) picks one by the model's output shapes, names and metadata and logs which; a
+    model whose outputs fit none is refused at deploy, naming its output shapes and each format
+    tried. Each format brings its pre-processing; ``resize``, ``channel_order``,
+    ``input_scale``, ``input_mean``/``input_std`` override it. Boxes come back in frame pixels
+    whatever the letterbox.
+
+    | format | outputs (N candidates, C classes) | pre-processing | models |
+    |---|---|---|---|
+    | `rows` | `[1, K, 6]` x1, y1, x2, y2, score, class (input pixels) | stretch, RGB, 0-255 | the bundled CenterNet; any export with its decoding |
+    | `yolo` | `[1, 4+C, N]` (v8/v11) or `[1, N, 5+C]` with objectness (v5), raw; NMS here | letterbox centred (114), RGB, 0-1 | Ultralytics YOLOv5/v8/v11 ONNX exports |
+    | `yolox` | `[1, N, 5+C]` grid offsets, strides 8/16/32 | letterbox top-left (114), BGR, 0-255 | Megvii YOLOX |
+    | `ssd` | boxes `[1, N, 4]` ymin, xmin, ymax, xmax (0-1), classes, scores, num | stretch, RGB, 0-255 (uint8 inputs as such) | TF Object Detection API (SSD, EfficientDet) |
+    | `detr` | boxes `[1, Q, 4]` cx, cy, w, h (0-1), logits `[1, Q, C]` (Ultralytics RT-DETR: one `[1, Q, 4+C]`); no NMS | stretch, RGB, 0-1 | RT-DETR, RF-DETR, D-FINE, DETR |
+
+    A model of these formats needs only its file (an Ultralytics export's metadata gives its
+    class names and, for a dynamic-size export, its input size), plus what no metadata says:
+    TF OD API class ids start at 1, RF-DETR wants ImageNet normalisation::
+
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx"}}
+        {"type": "detector", "args": {"model": "/models/yolox_s.onnx"}}
+        {"type": "detector", "args": {"model": "/models/ssd_mobilenet_v2.onnx", "class_offset": -1}}
+        {"type": "detector", "args": {"model": "/models/rfdetr_base.onnx",
+         "input_mean": [0.485, 0.456, 0.406], "input_std": [0.229, 0.224, 0.225]}}
+
+    ``output_format`` says it outright (a dynamic-shape export, or to be sure):
+    ``{"model": "/models/m.onnx", "output_format": "yolo"}``.
+
+    **Execution providers** (``providers``, backend onnx, and reid's): most preferred first,
+    among ``cpu``, ``openvino``, ``cuda``, ``tensorrt``, ``coreml``, ``directml``, ``rocm``.
+    One that this onnxruntime wheel does not have (or that fails to start) is an error at
+    deploy naming the installed ones, unless the list ends in ``cpu`` or ``provider_fallback``
+    is true. The provider that runs is logged and in the module's metrics
+    (``counters.provider_<name>``: 1)::
+
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx", "providers": ["openvino", "cpu"]}}
+        {"type": "detector", "args": {"model": "/models/yolov8n.onnx", "providers": ["tensorrt", "cuda"]}}
+    """
 
     config_class = DetectorConfig
 
@@ -185,6 +261,10 @@ class Detector(Module[DetectorConfig]):
             self._resized = np.empty((h, w, 3), np.uint8)
             self._rgb = np.empty((h, w, 3), np.uint8)
             self._x = b.input_buffer()
+            self._pp = self._pixels(b)
+            self._geo: Geometry | None = None  # letterbox placement of the last frame size
+            self._frame_size: tuple[int, int] | None = None
+            self._fit = np.empty((1, 1, 3), np.uint8)  # the frame scaled to fit (letterbox), reused
             # One inference now: onnxruntime plans memory and spins up threads on the first run
             # (several times a normal frame's cost), which would otherwise land on frame 0 and
             # delay the frames queued behind it. In-process only: a server warms its own.
@@ -194,9 +274,33 @@ class Detector(Module[DetectorConfig]):
         self._last_run: dict[str, int] = {}  # stream -> frame id of its last inference (interval)
         self._apply(self.config)
 
+    def _pixels(self, b: Backend) -> Preprocess:
+        """The pre-processing: the backend's format's, with the deployment's overrides; a
+        uint8 input takes the pixels as they are."""
+        c = self.config
+        pp = with_overrides(b.format.preprocess if b.format else Rows.preprocess, c.resize,
+                            c.channel_order, c.input_scale, c.input_mean, c.input_std)
+        if self._x.dtype == np.uint8:
+            if (c.input_scale, c.input_mean, c.input_std) != (None, None, None):
+                raise ModuleError("detector: the model takes uint8 pixels: input_scale, input_mean "
+                                  "and input_std do not apply")
+            pp = Preprocess(pp.resize, pp.anchor, pp.pad, pp.channels)
+        mean = np.zeros(3, np.float32) if pp.mean is None else np.asarray(pp.mean, np.float32)
+        std = np.ones(3, np.float32) if pp.std is None else np.asarray(pp.std, np.float32)
+        # (value * scale - mean) / std as one multiply and one add, per channel
+        self._mul: np.ndarray | float | None = (None if pp.scale == 1.0 and pp.mean is None and pp.std is None
+                                               else np.float32(pp.scale) if pp.mean is None and pp.std is None
+                                               else np.float32(pp.scale) / std)
+        self._add = None if pp.mean is None and pp.std is None else -mean / std
+        return pp
+
     def _apply(self, c: DetectorConfig) -> None:
         self.config = c
-        self._names = tuple(c.class_names) if c.class_names is not None else COCO80
+        model_names = self._backend.class_names if self._backend is not None else None
+        self._names = tuple(c.class_names) if c.class_names is not None else model_names or COCO80
+        if self._backend is not None:
+            self._backend.min_score = c.score_threshold
+        self._nms = self._backend is None or self._backend.format is None or self._backend.format.nms
         self._classes = None if c.classes is None else np.asarray(c.classes, np.float32)
         self._crop_classes = set(c.crop_classes)
 
@@ -206,6 +310,11 @@ class Detector(Module[DetectorConfig]):
             return False
         self._apply(config)
         return True
+
+    def metrics(self) -> dict[str, float]:
+        """``provider_<name>``: 1 for the execution provider running the model (onnx backend)."""
+        b = getattr(self, "_backend", None)
+        return {f"provider_{b.provider}": 1.0} if b is not None and b.provider else {}
 
     def output_bytes(self) -> int | None:
         c = self.config
@@ -233,16 +342,13 @@ class Detector(Module[DetectorConfig]):
             ks = run[i : i + step]
             chunk = [frames[k] for k in ks]
             if b.takes_tensor:
-                for j, f in enumerate(chunk):
-                    self._preprocess(f, j)
+                places = [self._preprocess(f, j) for j, f in enumerate(chunk)]
                 raws = b.infer(len(chunk))
-                w, h = b.input_size
-                scales = [(f.shape[1] / w, f.shape[0] / h) for f in chunk]
             else:
                 raws = b.infer_frames(chunk)
-                scales = [(1.0, 1.0)] * len(chunk)
-            for k, f, raw, (sx, sy) in zip(ks, chunk, raws, scales, strict=True):
-                out[k] = self._message(msgs[k], f, self._postprocess(raw, f.shape[1], f.shape[0], sx, sy))
+                places = [(1.0, 1.0, 0.0, 0.0)] * len(chunk)
+            for k, f, raw, place in zip(ks, chunk, raws, places, strict=True):
+                out[k] = self._message(msgs[k], f, self._postprocess(raw, f.shape[1], f.shape[0], *place))
         return out  # type: ignore[return-value]
 
     def _due(self, msg: Message) -> bool:
@@ -263,19 +369,45 @@ class Detector(Module[DetectorConfig]):
             raise ModuleError(f"detector: needs HxWx3 uint8 BGR frames (a decoder upstream), got {got}")
         return f
 
-    def _preprocess(self, frame: np.ndarray, i: int) -> None:
-        """Frame -> slot i of the model input (RGB float32, NHWC or NCHW), no allocation."""
+    def _preprocess(self, frame: np.ndarray, i: int) -> tuple[float, float, float, float]:
+        """Frame -> slot i of the model input (NHWC or NCHW, the model's channel order and pixel
+        scale), allocating nothing while the frame size stays the same. Returns how to map
+        input pixels back onto the frame: (sx, sy, px, py), frame = (input - p) * s."""
         w, h = self._backend.input_size
-        cv2.resize(frame, (w, h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
-        cv2.cvtColor(self._resized, cv2.COLOR_BGR2RGB, dst=self._rgb)
-        dst = self._x[i] if self._backend.layout == "nhwc" else self._x[i].transpose(1, 2, 0)
-        if self.config.input_scale == 1.0:
-            np.copyto(dst, self._rgb, casting="unsafe")
+        pp = self._pp
+        fh, fw = frame.shape[:2]
+        if pp.resize == "stretch":
+            cv2.resize(frame, (w, h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+            place = (fw / w, fh / h, 0.0, 0.0)
         else:
-            np.multiply(self._rgb, np.float32(self.config.input_scale), out=dst, casting="unsafe")
+            g = self._geo
+            if g is None or self._frame_size != (fw, fh):
+                # A new frame size: new placement, bars painted once (the image area is
+                # overwritten on every frame, the bars stay).
+                g = self._geo = geometry(fw, fh, w, h, pp)
+                self._frame_size = (fw, fh)
+                self._fit = np.empty((g.nh, g.nw, 3), np.uint8)
+                self._resized[...] = pp.pad
+            cv2.resize(frame, (g.nw, g.nh), dst=self._fit, interpolation=cv2.INTER_LINEAR)
+            self._resized[g.py : g.py + g.nh, g.px : g.px + g.nw] = self._fit
+            place = g.to_frame(fw, fh)
+        src = self._resized
+        if pp.channels == "rgb":
+            cv2.cvtColor(self._resized, cv2.COLOR_BGR2RGB, dst=self._rgb)
+            src = self._rgb
+        dst = self._x[i] if self._backend.layout == "nhwc" else self._x[i].transpose(1, 2, 0)
+        if self._mul is None:
+            np.copyto(dst, src, casting="unsafe")
+        else:
+            np.multiply(src, self._mul, out=dst, casting="unsafe")
+            if self._add is not None:
+                dst += self._add
+        return place
 
-    def _postprocess(self, raw: np.ndarray, w: int, h: int, sx: float, sy: float) -> np.ndarray:
-        """Raw [K, 6] rows -> kept rows in frame pixels, best first."""
+    def _postprocess(self, raw: np.ndarray, w: int, h: int, sx: float, sy: float,
+                     px: float = 0.0, py: float = 0.0) -> np.ndarray:
+        """Raw [K, 6] rows in input pixels -> kept rows in frame pixels, best first
+        (frame = (input - p) * s: p the letterbox offset, s the scale)."""
         c = self.config
         r = raw[raw[:, 4] >= c.score_threshold]  # NaN scores compare False: dropped too
         if self._classes is not None:
@@ -283,17 +415,17 @@ class Detector(Module[DetectorConfig]):
         if not len(r):
             return r
         r = r.copy()
+        if px or py:
+            r[:, 0:4] -= np.array([px, py, px, py], np.float32)
         r[:, 0:4] *= np.array([sx, sy, sx, sy], np.float32)
         np.clip(r[:, 0:4:2], 0, w - 1, out=r[:, 0:4:2])
         np.clip(r[:, 1:4:2], 0, h - 1, out=r[:, 1:4:2])
         r = r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
-        if c.nms_iou is not None and len(r) > 1:
-            xywh = np.column_stack([r[:, 0:2], r[:, 2:4] - r[:, 0:2]])
-            keep = cv2.dnn.NMSBoxesBatched(xywh, r[:, 4], r[:, 5].astype(np.int32),
-                                           c.score_threshold, c.nms_iou)
-            r = r[np.asarray(keep, np.int64).ravel()]
-        r = r[np.argsort(-r[:, 4], kind="stable")]
-        if c.nms_contain is not None and len(r) > 1:
+        if c.nms_iou is not None and self._nms and len(r) > 1:
+            r = r[nms(r, c.nms_iou)]  # best first
+        else:
+            r = r[np.argsort(-r[:, 4], kind="stable")]
+        if c.nms_contain is not None and self._nms and len(r) > 1:
             r = r[_not_contained(r, c.nms_contain)]
         return r
 

@@ -33,6 +33,7 @@ from edgeva.modules.embedders import (
     load_embedders,
 )
 from edgeva.modules.images import MAX_IMAGE_BYTES, ImageRefused, check_image, read_image_file
+from edgeva.modules.providers import ProviderName, fallback_field, providers_field
 from edgeva.schemas.message import Message
 from edgeva.schemas.ports import Ports
 
@@ -168,6 +169,8 @@ class ReidConfig(ModuleConfig):
         24, ge=1, le=MAX_SIDE, description="Boxes lower than this (pixels) are skipped: too few pixels to tell."
     )
     threads: int = Field(2, ge=1, le=MAX_THREADS, description="onnx, combined: onnxruntime intra-op threads.")
+    providers: list[ProviderName] = providers_field()
+    provider_fallback: bool = fallback_field()
     max_batch: int = Field(16, ge=1, le=256, description="Crops per inference call (input buffer size).")
     embed_every: int = Field(
         10,
@@ -199,7 +202,7 @@ class ReidConfig(ModuleConfig):
 
 
 # Fields that need a new embedder (model reload, new connection): update() restarts for them.
-_RESTART = {"backend", "model", "threads", "triton"}
+_RESTART = {"backend", "model", "threads", "providers", "provider_fallback", "triton"}
 
 
 class Reid(Module[ReidConfig]):
@@ -281,7 +284,9 @@ class Reid(Module[ReidConfig]):
         self.config = c
 
     def metrics(self) -> dict[str, float]:
+        provider = getattr(getattr(self, "_embedder", None), "provider", None)
         return {
+            **({f"provider_{provider}": 1.0} if provider else {}),
             "frames": self._n_frames,
             "embeddings": self._n_embedded,
             "embeddings_per_frame": round(self._n_embedded / self._n_frames, 3) if self._n_frames else 0.0,

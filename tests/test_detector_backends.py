@@ -77,10 +77,11 @@ def test_edgeva_check_lists_a_wrong_backend_arg_with_the_other_errors() -> None:
 
 
 def test_an_unknown_arg_hint_lists_the_backend_args_too() -> None:
-    hint = "(known args: backend, binary, class_names, classes, crop_classes, crop_size, crops, cuda_device, forward_frame, " \
-        "graph_optimization, headers, hog_scale, input_name, input_scale, input_size, interval, max_batch, " \
-        "max_crops, max_frame_size, model, model_name, model_version, nms_contain, nms_iou, output_name, " \
-        "protocol, score_threshold, shared_memory, threads, timeout_s, url)"
+    hint = "(known args: backend, binary, channel_order, class_names, class_offset, classes, crop_classes, " \
+        "crop_size, crops, cuda_device, detr_activation, forward_frame, graph_optimization, headers, hog_scale, " \
+        "input_mean, input_name, input_scale, input_size, input_std, interval, max_batch, max_crops, " \
+        "max_frame_size, model, model_name, model_version, nms_contain, nms_iou, output_format, output_name, " \
+        "protocol, provider_fallback, providers, resize, score_threshold, shared_memory, threads, timeout_s, url)"
     assert refused({"modle": "x.onnx"}).message == "unknown field " + hint
     dep = {"app": "a", "modules": {"det": {"type": "detector", "args": {"modle": "x.onnx"}}}}
     assert [e.message for e in check_deployment(dep, load_registry()).errors if e.path == "modules.det.args.modle"] \
@@ -130,7 +131,8 @@ def test_the_schema_lists_each_backend_and_takes_both_forms() -> None:
     members = {schema["$defs"][r["$ref"].rsplit("/", 1)[-1]]["properties"]["type"]["const"]:
                schema["$defs"][r["$ref"].rsplit("/", 1)[-1]] for r in forms[1]["oneOf"]}
     assert set(members) == {"onnx", "opencv-hog", "triton"}
-    assert set(members["onnx"]["properties"]) == {"type", "model", "graph_optimization"}
+    assert set(members["onnx"]["properties"]) == {"type", "model", "graph_optimization", "providers",
+                                                  "provider_fallback"}
     assert set(members["opencv-hog"]["properties"]) == {"type", "hog_scale"}
     assert {"url", "model_name", "shared_memory", "headers"} <= set(members["triton"]["properties"])
     assert all(m["required"][0] == "type" and m["additionalProperties"] is False for m in members.values())

@@ -251,7 +251,7 @@ def test_tracks_are_embedded_when_new_and_every_n_frames():
         assert [r["track_id"] for r in out.fields["reid"]] == [1]  # reused embedding still matches
     # Tracks 1, 2 at frames 0, 5, 10, 15; the new track 3 at once (12), then 5 frames later.
     assert per_frame == [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0, 1, 0, 0, 2, 0, 1, 0, 0]
-    assert m.metrics() == {"frames": 20, "embeddings": 10, "embeddings_per_frame": 0.5}
+    assert m.metrics() == {"provider_cpu": 1.0, "frames": 20, "embeddings": 10, "embeddings_per_frame": 0.5}
     # Predicted boxes (detector interval) are never cut, even when due.
     pred = [dict(her, predicted=True), dict(grey, predicted=True)]
     before = m.metrics()["embeddings"]

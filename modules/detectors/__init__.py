@@ -20,11 +20,14 @@ detector imports the backends: one direction only).
 
 A runner wraps one loaded model and knows nothing about messages. Two kinds:
 
-- tensor backends (``onnx``, ``triton``): the module resizes each frame to ``input_size``,
-  converts BGR -> RGB float32 and writes it into ``input_buffer()`` (preallocated once; for
-  Triton with shared memory it *is* the shared memory region, so nothing is copied again);
-  ``infer(n)`` runs on the first ``n`` images and returns, per image, an array [K, 6] of
-  ``x1, y1, x2, y2, score, class`` in input pixels (raw: no threshold, no NMS).
+- tensor backends (``onnx``, ``triton``): the module resizes (stretch or letterbox) each frame
+  to ``input_size``, converts it to the model's channel order and pixel scale and writes it into
+  ``input_buffer()`` (preallocated once, float32 or uint8; for Triton with shared memory it *is*
+  the shared memory region, so nothing is copied again); ``infer(n)`` runs on the first ``n``
+  images and returns, per image, an array [K, 6] of ``x1, y1, x2, y2, score, class`` in input
+  pixels (raw: no NMS; rows under ``min_score`` may be left out). A backend that reads other
+  output layouts sets ``format`` (``formats/``: YOLO, YOLOX, SSD, DETR), whose default
+  pre-processing the module then follows, and ``class_names`` when the model names its classes.
 - frame backends (``opencv-hog``): ``infer_frames(frames)`` takes the BGR frames themselves and
   returns the same [K, 6] layout in frame pixels.
 
@@ -41,6 +44,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from edgeva.modules.detectors.formats import Format
 from edgeva.modules.registry import declared_type, discover
 
 log = logging.getLogger("edgeva.registry")
@@ -86,6 +90,12 @@ class DetectorArgs(Protocol):
     def input_name(self) -> str | None: ...
     @property
     def output_name(self) -> str | None: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def class_offset(self) -> int: ...
+    @property
+    def detr_activation(self) -> Literal["sigmoid", "softmax"]: ...
 
 
 class Backend:
@@ -108,6 +118,15 @@ class Backend:
     layout: Literal["nhwc", "nchw"] = "nhwc"
     #: Most images one ``infer`` call takes (1: the model has a fixed batch of one).
     max_batch: int = 1
+    #: The output format it decodes (None: rows, the module's default pre-processing).
+    format: Format | None = None
+    #: Class names the model carries in its metadata (None: it has none).
+    class_names: tuple[str, ...] | None = None
+    #: The execution provider that runs the model ("cpu", "cuda", ...; None: not onnxruntime).
+    provider: str | None = None
+    #: Set by the module to its score_threshold: rows below may be left out early (a YOLO
+    #: output has thousands of candidates; building rows for all would cost more than the model).
+    min_score: float = 0.0
 
     def __init__(self, config: BackendConfig, args: DetectorArgs, log: logging.Logger) -> None:
         raise NotImplementedError

@@ -2,20 +2,24 @@
 
 Expected model (the bundled ``asset:centernet_mnv3_coco.onnx`` is one):
 
-- one float32 input, NHWC ``[N, H, W, 3]`` or NCHW ``[N, 3, H, W]``, RGB. Pixel values are
-  0-255 times the detector's ``input_scale`` (1.0 for the bundled model; 1/255 for models trained
-  on 0-1). ``N`` may be fixed (1: no batching) or dynamic (batches of up to ``max_batch``).
-  ``H``/``W`` come from the model when fixed, else from the config's ``input_size``.
-- one output (or the one ``output_name`` names) of rows ``x1, y1, x2, y2, score, class``: shape
-  ``[N, K, 6]`` or ``[K, 6]``, boxes in input pixels, class an index into the config's
-  ``class_names`` (COCO-80 by default). NMS inside the model is not needed: the module applies
-  it. YOLO-style outputs (``[N, K, 85]``, centre/size + objectness + class scores) are not
-  decoded here: export them with their decoding and NMS-free rows, or serve them via Triton
-  with a post-processing step.
+- one input, float32 (or uint8, fed 0-255 as such), NHWC ``[N, H, W, 3]`` or NCHW
+  ``[N, 3, H, W]``. ``N`` may be fixed (1: no batching) or dynamic (batches of up to
+  ``max_batch``). ``H``/``W`` come from the model when fixed, else from the config's
+  ``input_size``, else from the model's metadata (``imgsz``, as Ultralytics writes it).
+- outputs in one of the formats of ``modules/detectors/formats/`` (``output_format``; ``auto``
+  picks by shapes, names and metadata and logs which): ``rows`` (``[N, K, 6]`` x1, y1, x2, y2,
+  score, class in input pixels: the bundled model), ``yolo`` (Ultralytics v5/v8/v11, raw),
+  ``yolox``, ``ssd`` (TF Object Detection API) or ``detr`` (RT-DETR, RF-DETR, D-FINE). Each
+  format brings its pre-processing (letterbox or stretch, RGB or BGR, pixel scale), which the
+  detector's ``resize``, ``channel_order``, ``input_scale``, ``input_mean``/``input_std``
+  override. A model whose outputs fit no format is refused at setup, naming its output shapes
+  and the formats tried.
+- class names: the config's ``class_names``, else the model's metadata (``names``), else COCO-80.
 
-The session runs on the CPU provider with ``threads`` intra-op threads, whatever
-onnxruntime wheel is installed (results and timings do not change with the wheel); for a GPU
-or an accelerator, serve the model with Triton and use ``backend: triton``.
+Execution providers (``providers``, ``provider_fallback``; ``modules/providers.py``): CPU by
+default; ``openvino``, ``cuda``, ``tensorrt``, ``coreml``... where the installed onnxruntime
+wheel has them. The one that runs is logged and published in the module's metrics
+(``provider_<name>``: 1).
 """
 
 from __future__ import annotations
@@ -28,24 +32,35 @@ from pydantic import Field
 
 from edgeva.modules.base import MAX_PATH_CHARS, ModuleError
 from edgeva.modules.decoder import resolve_path
-from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs, rows
+from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs
+from edgeva.modules.detectors.formats import FormatError, FormatOptions, ModelMeta, OutputSpec, bind
+from edgeva.modules.providers import (
+    ProviderError,
+    ProviderName,
+    choose,
+    fallback_field,
+    providers_field,
+    running,
+)
 
 #: The model of a config that names none: the bundled CenterNet MobileNetV3 (COCO-80).
 DEFAULT_MODEL = "asset:centernet_mnv3_coco.onnx"
 
 
 class OnnxConfig(BackendConfig):
-    """``backend: onnx``: an ONNX model run in-process by onnxruntime (CPU provider)."""
+    """``backend: onnx``: an ONNX model run in-process by onnxruntime."""
 
     type: Literal["onnx"] = "onnx"
     model: str | None = Field(
         None, max_length=MAX_PATH_CHARS, description=f"model path or asset:<name> (default {DEFAULT_MODEL}; "
         "tools/quantize_centernet.py builds an int8 variant, not bundled: see tools/README.md). "
-        "See modules/detectors/onnx.py for the input/output layouts a model must have.",
+        "Its output format: output_format (auto reads YOLO, YOLOX, SSD, DETR and rows).",
         json_schema_extra={"edgeva_path": "read"})  # the agent confines it (agent/paths.py)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnxruntime graph optimisation level (all: layout and fusion "
         "passes too; lower levels only to rule out an optimiser problem)")
+    providers: list[ProviderName] = providers_field()
+    provider_fallback: bool = fallback_field()
 
 
 class OnnxBackend(Backend):
@@ -70,10 +85,19 @@ class OnnxBackend(Backend):
         # Idle worker threads spin by default, stealing CPU from the other modules on a
         # small board between frames.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        wanted = list(config.providers)
         try:
-            self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            asked = choose(wanted, config.provider_fallback, ort.get_available_providers())
+        except ProviderError as e:
+            raise ModuleError(f"detector: {e}") from None
+        try:
+            self._sess = ort.InferenceSession(str(path), opts, providers=asked)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModuleError(f"detector: cannot load ONNX model {path}: {e}") from e
+        try:
+            self.provider = running(self._sess, asked, config.provider_fallback, wanted, log, "detector")
+        except ProviderError as e:
+            raise ModuleError(f"detector: {e}") from None
         inputs = self._sess.get_inputs()
         if args.input_name:
             inputs = [i for i in inputs if i.name == args.input_name]
@@ -81,36 +105,59 @@ class OnnxBackend(Backend):
             names = [i.name for i in self._sess.get_inputs()]
             raise ModuleError(f"detector: {path.name}: set input_name to one of {names}")
         inp = inputs[0]
-        if inp.type != "tensor(float)" or len(inp.shape) != 4:
+        dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}.get(inp.type)
+        if dtype is None or len(inp.shape) != 4:
             raise ModuleError(
                 f"detector: {path.name} input {inp.name!r} is {inp.type} {inp.shape}; "
-                "expected float32 [N, H, W, 3] or [N, 3, H, W]"
+                "expected float32 or uint8 [N, H, W, 3] or [N, 3, H, W]"
             )
-        outs = [o.name for o in self._sess.get_outputs()]
-        if args.output_name and args.output_name not in outs:
-            raise ModuleError(f"detector: {path.name} has no output {args.output_name!r} ({outs})")
-        self._in, self._out = inp.name, args.output_name or outs[0]
+        outputs = [OutputSpec(o.name, tuple(d if isinstance(d, int) and d > 0 else None for d in o.shape))
+                   for o in self._sess.get_outputs()]
+        if args.output_name and args.output_name not in [o.name for o in outputs]:
+            raise ModuleError(f"detector: {path.name} has no output {args.output_name!r} "
+                              f"({[o.name for o in outputs]})")
+        meta = ModelMeta.from_props(self._sess.get_modelmeta().custom_metadata_map)
+        self._in = inp.name
         self.layout, self.input_size, self.max_batch = parse_input_shape(
-            list(inp.shape), args.input_size, args.max_batch, f"{path.name} input {inp.name!r}"
+            list(inp.shape), args.input_size or _fixed_or(inp.shape, meta.imgsz), args.max_batch,
+            f"{path.name} input {inp.name!r}"
         )
+        try:
+            self.format = bind(args.output_format, outputs, meta, self.input_size,
+                               FormatOptions(args.output_name, args.class_offset, args.detr_activation))
+        except FormatError as e:
+            raise ModuleError(f"detector: {path.name}: {e}") from None
+        self._outs = list(self.format.outputs)
+        self.class_names = meta.names
         w, h = self.input_size
         shape = (self.max_batch, h, w, 3) if self.layout == "nhwc" else (self.max_batch, 3, h, w)
-        self._x = np.zeros(shape, np.float32)
-        log.info("detector: %s, input %s %s %dx%d, batch <= %d, %d thread(s), optimisation %s",
-                 path.name, inp.name, self.layout, w, h, self.max_batch, args.threads,
-                 config.graph_optimization)
+        self._x = np.zeros(shape, dtype)
+        log.info("detector: %s, input %s %s %s %dx%d, batch <= %d, output format %s%s (%s), "
+                 "provider %s, %d thread(s), optimisation %s", path.name, inp.name, self.layout,
+                 np.dtype(dtype).name, w, h, self.max_batch, self.format.name,
+                 " (auto)" if args.output_format == "auto" else "", self.format.detail, self.provider,
+                 args.threads, config.graph_optimization)
 
     def input_buffer(self) -> np.ndarray:
         return self._x
 
     def infer(self, n: int) -> list[np.ndarray]:
-        out = self._sess.run([self._out], {self._in: self._x[:n]})[0]
+        outs = self._sess.run(self._outs, {self._in: self._x[:n]})
+        fmt, thr = self.format, self.min_score
         if n == 1:
-            return [rows(out)]
-        return [rows(o) for o in out[:n]]
+            return [fmt.decode(outs, thr)]
+        return [fmt.decode([o[i] for o in outs], thr) for i in range(n)]
 
     def close(self) -> None:
         self._sess = None
+
+
+def _fixed_or(shape: list, imgsz: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The metadata's input size (``imgsz``) for an input whose height and width are both
+    dynamic; None where the model fixes them (its own size wins) or says nothing."""
+    dims = list(shape[1:])
+    spatial = dims[:2] if dims[-1] == 3 else dims[1:] if dims[0] == 3 else dims
+    return None if any(isinstance(d, int) and d > 0 for d in spatial) else imgsz
 
 
 def parse_input_shape(

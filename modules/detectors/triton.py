@@ -1,14 +1,16 @@
 """``backend: triton``: a detector served by an inference server over the KServe V2 protocol
 (NVIDIA Triton, or Seldon MLServer), via ``tritonclient`` (HTTP or gRPC).
 
-The served model takes the same tensor and returns the same rows as ``backend: onnx`` (see
-``modules/detectors/onnx.py``): float32 NHWC or NCHW RGB images, ``[N, K, 6]`` rows of
-``x1, y1, x2, y2, score, class`` in input pixels. Input/output names, layout, size and batching
-are read from the model metadata; ``input_name``/``output_name`` pick among several.
+The served model takes the same tensor as ``backend: onnx`` (float32 NHWC or NCHW images) and
+its outputs are read by the same output formats (``output_format``: rows, the bundled model's
+``[N, K, 6]``, yolo, yolox, ssd, detr; ``auto`` picks by the output shapes and names the server
+reports: a server passes on no ONNX metadata, so class names go in ``class_names``). Input and
+output names, layout, size and batching are read from the model metadata; ``input_name`` /
+``output_name`` pick among several.
 
 Setup checks, each failing with a ModuleError that says what to fix: the server answers
 (liveness) within ``timeout_s``; the model is ready (the error lists the models the server
-has, where it can tell); the input is FP32 with a 3-channel axis; the output rows have 6 values.
+has, where it can tell); the input is FP32 with a 3-channel axis; the outputs fit a format.
 
 Transfer of the input tensor (3 MB for one 512x512 image), ``shared_memory``:
 
@@ -44,7 +46,8 @@ import numpy as np
 from pydantic import Field
 
 from edgeva.modules.base import MAX_NAME_CHARS, MAX_PATH_CHARS, NOT_A_PATH, ModuleError
-from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs, rows
+from edgeva.modules.detectors import Backend, BackendConfig, DetectorArgs
+from edgeva.modules.detectors.formats import FormatError, FormatOptions, ModelMeta, OutputSpec, bind
 from edgeva.modules.detectors.onnx import parse_input_shape
 
 _LOCAL = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"}
@@ -184,7 +187,8 @@ class TritonBackend(Backend):
         md = self._json(self._client.get_model_metadata(name, version, **self._kw))
         ins, outs = md.get("inputs", []), md.get("outputs", [])
         inp = self._pick(ins, self._args.input_name, "input", name)
-        out = self._pick(outs, self._args.output_name, "output", name)
+        if self._args.output_name is not None:
+            self._pick(outs, self._args.output_name, "output", name)  # its error names the outputs
         if inp["datatype"] != "FP32":
             raise ModuleError(f"detector: model {name!r} input {inp['name']!r} is "
                               f"{inp['datatype']}; expected FP32")
@@ -194,14 +198,22 @@ class TritonBackend(Backend):
             if len(shape) != 3:
                 raise ModuleError(f"detector: model {name!r} input shape {shape}: expected 3 or 4 dims")
             shape = [1, *shape]
-        oshape = [int(d) for d in out["shape"]]
-        if oshape and oshape[-1] not in (-1, 6):
-            raise ModuleError(f"detector: model {name!r} output {out['name']!r} has shape "
-                              f"{oshape}; expected rows of 6 (x1, y1, x2, y2, score, class)")
-        self._in, self._out = inp["name"], out["name"]
+        self._in = inp["name"]
         self.layout, self.input_size, self.max_batch = parse_input_shape(
             shape, self._args.input_size, self._args.max_batch, f"model {name!r} input {self._in!r}"
         )
+        # Output shapes as the formats read them: with a batch axis (a model without one gets 1).
+        specs = [OutputSpec(o["name"], tuple(d if d > 0 else None for d in
+                                             ([int(x) for x in o["shape"]] if self._batched
+                                              else [1, *(int(x) for x in o["shape"])])))
+                 for o in outs]
+        a = self._args
+        try:
+            self.format = bind(a.output_format, specs, ModelMeta(), self.input_size,
+                               FormatOptions(a.output_name, a.class_offset, a.detr_activation))
+        except FormatError as e:
+            raise ModuleError(f"detector: model {name!r}: {e}") from None
+        self._outs = list(self.format.outputs)
         w, h = self.input_size
         self._item = (h, w, 3) if self.layout == "nhwc" else (3, h, w)
         self._item_bytes = 4 * 3 * w * h
@@ -315,19 +327,21 @@ class TritonBackend(Backend):
         else:
             inp.set_data_from_numpy(self._x[:n] if self._batched else self._x[0],
                                     binary_data=self._binary)
-        out = (tc.InferRequestedOutput(self._out) if self._grpc
-               else tc.InferRequestedOutput(self._out, binary_data=self._binary))
+        wanted = [tc.InferRequestedOutput(o) if self._grpc else tc.InferRequestedOutput(o, binary_data=self._binary)
+                  for o in self._outs]
         try:
             res = self._client.infer(self._c.model_name, [inp], model_version=self._c.model_version,
-                                     outputs=[out], **self._kw)
+                                     outputs=wanted, **self._kw)
         except Exception as e:
             raise ModuleError(f"detector: inference on {self.url} failed: {_brief(e)}") from e
-        y = res.as_numpy(self._out)
-        if y is None:
-            raise ModuleError(f"detector: the server returned no output {self._out!r}")
-        if n == 1:
-            return [rows(y)]
-        return [rows(o) for o in y[:n]]
+        ys = [res.as_numpy(o) for o in self._outs]
+        missing = [o for o, y in zip(self._outs, ys, strict=True) if y is None]
+        if missing:
+            raise ModuleError(f"detector: the server returned no output {missing[0]!r}")
+        fmt, thr = self.format, self.min_score
+        if n == 1 or not self._batched:
+            return [fmt.decode(ys, thr)]
+        return [fmt.decode([y[i] for y in ys], thr) for i in range(n)]
 
     def close(self) -> None:
         self._drop_system()

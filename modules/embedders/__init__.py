@@ -50,12 +50,18 @@ class EmbedderArgs(Protocol):
     def max_batch(self) -> int: ...
     @property
     def triton(self) -> Any: ...
+    @property
+    def providers(self) -> list[str]: ...
+    @property
+    def provider_fallback(self) -> bool: ...
 
 
 class Embedder(ABC):
     """One appearance model. ``dim`` is the length of a feature row."""
 
     dim: int
+    #: The onnxruntime execution provider running it ("cpu", "cuda", ...; None: not onnxruntime).
+    provider: str | None = None
 
     @classmethod
     def from_args(cls, args: EmbedderArgs) -> Embedder:
@@ -117,6 +123,7 @@ class CombinedEmbedder(Embedder):
         total = sum(w for _, w in parts)
         self.parts = [(e, float(np.sqrt(w / total))) for e, w in parts]
         self.dim = sum(e.dim for e, _ in parts)
+        self.provider = next((e.provider for e, _ in parts if e.provider), None)
         self._out = np.empty((max_batch, self.dim), np.float32)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
