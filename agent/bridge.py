@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -58,13 +57,16 @@ from edgeva.schemas.topics import (
     cmd_subscription,
     cmd_topic,
     cmd_topic_tenant,
+    device_metrics_subscription,
     device_metrics_topic,
     device_topic,
     events_topic,
     parse_cmd_topic,
     parse_topic,
+    reply_prefix,
     reply_subscription,
     reply_topic,
+    state_subscription,
     state_topic,
     tenant_metrics_topic,
 )
@@ -73,7 +75,7 @@ log = logging.getLogger("edgeva.bridge")
 # Other agents' states tell where peers listen; their metrics give per-hop times of apps that
 # span devices, so only an agent with a data plane listens to them (every agent hearing every
 # agent's metrics grows the broker's traffic with the square of the fleet).
-FLEET_STATES, FLEET_METRICS = "edgeva/v1/+/state", "edgeva/v1/+/metrics"
+FLEET_STATES, FLEET_METRICS = state_subscription(), device_metrics_subscription()
 FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
 #: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
 #: (256 MiB for mosquitto) would only cost memory and parse time.
@@ -134,10 +136,6 @@ def _queued_bytes(item: _Command | _Retry) -> int:
 
 class _ResponseTopicError(EdgevaError):
     """The request's response topic is not the sender's: reply on the tenant's reply topic."""
-
-
-#: what may follow ``.../reply/`` in a response topic: a request id, no wildcard or level
-REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 class _Bucket:
@@ -484,11 +482,11 @@ class AgentBridge:
         topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if not topic:
             return props
-        prefix = reply_topic(self.device, tenant, "x")[:-1]
-        if not (topic.startswith(prefix) and REQUEST_ID.match(topic[len(prefix):])):
+        t = parse_topic(topic)
+        if t is None or t.kind != "reply" or t.device != self.device or t.tenant != tenant:
             raise _ResponseTopicError(BAD_REQUEST, f"response topic {shown(topic)} refused: replies go only to "
-                                      f"{prefix}<id> (<id>: {REQUEST_ID.pattern}); nothing was done",
-                                      "response_topic")
+                                      f"{reply_prefix(self.device, tenant)}<id> (<id>: {REQUEST_ID_PATTERN}); "
+                                      "nothing was done", "response_topic")
         return props
 
     def _reply(self, tenant: str | None, request_id: str | None, reply: bytes, props: Properties | None) -> None:
