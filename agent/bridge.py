@@ -8,36 +8,20 @@ Replies go to the MQTT 5 response topic (with the correlation data) when the req
 under the sender's own reply topics (any other is refused: ``_check_response_topic``), else to
 ``edgeva/v1/{device}/{tenant}/reply/{request_id}``.
 
-Apps spanning devices (modules with a ``device`` other than this one). The agent that receives
-such a deploy, from any MQTT client, coordinates it: it checks the whole graph against the
-fleet's retained states (a device that is offline or unknown: ``unknown_device``, nothing
-starts), sends every other device its part (the whole graph with every ``device`` filled in and
-``part_of: {coordinator, hold: true}``) as a deploy on that device's command topic with the
-same tenant, starts its own part, and once every part runs sends each a ``start`` (their
-sources were held so that no frame leaves before its consumer listens; a part first waits
-for its links to be up, ``link_timeout``) and lets its own sources go. It replies ok only
-then; if a part fails or does not answer within ``part_timeout``, every part started is
-removed again and the reply carries the part's error, its path prefixed with
-``devices.<device>.``. ``stop``/``remove``/``start`` of the app on the coordinator reach every
-online part; ``update`` is applied where the module runs (on a part: by a deploy of the new
-graph with the fleet token, ``_adopt_part``) and the new graph then sent to every
-online part (``_update``); a part that receives an ``update`` forwards it to its coordinator
-and relays the reply (``_forward``, off the command worker: the coordinator's phases need it).
-A restarted part asks its coordinator whether the app still exists, and for its current graph
-(``part`` in the ``status`` reply), before restoring it (``restore``). While it waits for a part,
-that tenant's command worker here is busy: two agents coordinating apps of one tenant through
-each other at the same moment wait for each other until the part timeout, and both deploys are
-rolled back (other tenants' commands go on). Parts are accepted only with the fleet token.
+Apps spanning devices (modules with a ``device`` other than this one) are coordinated by the
+``Coordinator`` this bridge owns (``agent.coordinator``: parts, forwarding an update to the
+coordinator, the two-phase update, restore and convergence); the bridge hands it the commands
+that concern such apps and sends, for it, commands to other agents (``request``) and work on a
+tenant's command worker (``submit``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
+import functools
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -48,10 +32,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeva.agent.core import AgentCore, App, remote_devices
+from edgeva.agent.coordinator import LINK_TIMEOUT_S, PART_TIMEOUT_S, Coordinator
+from edgeva.agent.core import AgentCore, remote_devices
 from edgeva.agent.dataplane.quietlog import QuietLog
 from edgeva.agent.fit import fit_metrics, fit_state
-from edgeva.agent.fleet import FleetView, pipeline_hops
+from edgeva.agent.fleet import FleetView
 from edgeva.agent.mqtt import MqttError, MqttOptions, Will, close, connect, is_v5, subscribe_wait
 from edgeva.agent.outbox import Outbox
 from edgeva.agent.peers import Peers
@@ -59,41 +44,29 @@ from edgeva.agent.replies import MUTATING, ReplyCache
 from edgeva.agent.restore_gate import RestoreGate
 from edgeva.agent.settings import default
 from edgeva.schemas.commands import (
-    RemoveCommand,
-    StartCommand,
     StatusCommand,
-    StopCommand,
-    UpdateCommand,
     error_reply,
     extract_request_id,
     ok_reply,
     parse_command,
 )
-from edgeva.schemas.deployment import REQUEST_ID_PATTERN, Deployment, PartOf
-from edgeva.schemas.errors import (
-    BAD_REQUEST,
-    FORBIDDEN,
-    INTERNAL,
-    LIMIT,
-    SETUP_FAILED,
-    TIMEOUT,
-    UNKNOWN_DEVICE,
-    EdgevaError,
-    shown,
-)
-from edgeva.schemas.graph import validate_graph
-from edgeva.schemas.metrics import DeviceMetrics, HopMetrics, TenantMetrics
+from edgeva.schemas.deployment import REQUEST_ID_PATTERN, Deployment
+from edgeva.schemas.errors import BAD_REQUEST, INTERNAL, TIMEOUT, EdgevaError, shown
+from edgeva.schemas.metrics import DeviceMetrics, TenantMetrics
 from edgeva.schemas.topics import (
     cmd_subscription,
     cmd_topic,
     cmd_topic_tenant,
+    device_metrics_subscription,
     device_metrics_topic,
     device_topic,
     events_topic,
     parse_cmd_topic,
     parse_topic,
+    reply_prefix,
     reply_subscription,
     reply_topic,
+    state_subscription,
     state_topic,
     tenant_metrics_topic,
 )
@@ -102,10 +75,7 @@ log = logging.getLogger("edgeva.bridge")
 # Other agents' states tell where peers listen; their metrics give per-hop times of apps that
 # span devices, so only an agent with a data plane listens to them (every agent hearing every
 # agent's metrics grows the broker's traffic with the square of the fleet).
-FLEET_STATES, FLEET_METRICS = "edgeva/v1/+/state", "edgeva/v1/+/metrics"
-PART_TIMEOUT_S: float = default("part_timeout")  # --part-timeout
-LINK_TIMEOUT_S: float = default("link_timeout")  # --link-timeout
-RESTORE_ASK_S = 5.0  # a restarting part asks its coordinator whether the app still exists
+FLEET_STATES, FLEET_METRICS = state_subscription(), device_metrics_subscription()
 FLUSH_SETTLE_S = 2.0  # buffered events go out this long after a reconnect
 #: Largest command payload read: a deployment is a few KiB; anything near the broker's own limit
 #: (256 MiB for mosquitto) would only cost memory and parse time.
@@ -131,19 +101,11 @@ MAX_TENANT_WORKERS = 64  # tenants whose commands run at once (a thread each)
 TENANT_QUEUE = 256  # commands one tenant may have waiting
 TENANT_QUEUE_BYTES = 8 << 20  # bytes of payload one tenant may have waiting (8 commands of the largest size)
 WORKER_IDLE_S = 30.0  # a tenant's worker thread ends after this long without commands
-MAX_FORWARDS = 4  # updates one tenant may have waiting on a coordinator at once (a thread each)
-CONVERGE_EVERY_S = 3.0  # how often parts that missed an update, or a coordinator's word, are retried
-
-
-def _part_error(device: str, reply: dict) -> EdgevaError:
-    err = reply.get("error") or {}
-    path = err.get("path")
-    return EdgevaError(err.get("code", INTERNAL), f"device {device!r}: {err.get('message', 'failed')}",
-                       f"devices.{device}" + (f".{path}" if path else ""))
 
 
 class _Retry:
-    """A callable queued on a tenant's command worker by the agent itself (see _converge_loop)."""
+    """A callable queued on a tenant's command worker by the agent itself (``submit``: the
+    coordinator's retries)."""
 
     __slots__ = ("fn", "what")
 
@@ -174,10 +136,6 @@ def _queued_bytes(item: _Command | _Retry) -> int:
 
 class _ResponseTopicError(EdgevaError):
     """The request's response topic is not the sender's: reply on the tenant's reply topic."""
-
-
-#: what may follow ``.../reply/`` in a response topic: a request id, no wildcard or level
-REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 class _Bucket:
@@ -222,8 +180,6 @@ class AgentBridge:
         wait until ``restore()`` is done. ``fleet_token``: the secret every agent of the fleet shares;
         a deploy carrying ``part_of`` (agent to agent) is accepted only with it, so that a tenant
         cannot forge parts (None: parts are refused)."""
-        self.fleet_token = fleet_token or None
-        self.part_timeout, self.link_timeout = part_timeout, link_timeout
         #: a tenant's commands wait until its saved apps are back (``restore``), not other tenants'
         self._restored = RestoreGate(open_all=not restore_first)
         self.device = core_args["device"]
@@ -236,13 +192,6 @@ class AgentBridge:
         self._workers_lock = threading.Lock()
         self._queued: dict[str, int] = {}  # tenant -> payload bytes waiting in its queue (under _workers_lock)
         self._drop_log = QuietLog(log)  # dropped commands: a flood must not flood the log
-        self._forwards: dict[str, int] = {}  # tenant -> updates waiting on a coordinator (under _workers_lock)
-        # Apps spanning devices that are not yet one graph everywhere (see _converge_loop):
-        # coordinated here, (tenant, app) -> parts that missed an update; parts here,
-        # (tenant, app) -> the coordinator that has not answered since this agent restarted.
-        self._unconverged: dict[tuple[str, str], set[str]] = {}
-        self._unconfirmed: dict[tuple[str, str], str] = {}
-        self._retrying: set[tuple[str, str, str]] = set()  # retries queued on a tenant's worker
         self.outbox = Outbox()  # events while the broker is away, per tenant
         self.replies = ReplyCache()  # a repeated request id is answered, not applied again (per tenant)
         self.buckets: dict[tuple[str, str], _Bucket] = {}
@@ -251,15 +200,18 @@ class AgentBridge:
         self.fleet = FleetView()
         self.peers = Peers(self.device, **(peers or {"bind": None}), on_change=self._state_dirty.set)
         if self.peers.enabled and data_addr is None:
-            self.data_addr = f"{self.peers.scheme}://{self.peers.adv_host}:{self.peers._next_port}"
+            self.data_addr = self.peers.address
         self.core = AgentCore(**core_args, emit_event=self._emit_event, state_changed=self._state_dirty.set,
                               peers=self.peers)
-        self.core.hops_for = self._hops
+        self.coordinator = Coordinator(self.core, self.fleet, request=self.request, submit=self.submit,
+                                       ready=self._restored.is_open, state_changed=self._state_dirty.set,
+                                       part_timeout=part_timeout, link_timeout=link_timeout,
+                                       fleet_token=fleet_token)
+        self.core.hops_for = self.coordinator.hops
         self.client: mqtt.Client | None = None
         self._cmd_sub = cmd_subscription(self.device)
         self._pending: dict[str, list] = {}  # request id of a command to a peer -> [event, reply]
         self._reply_subs: set[str] = set()
-        self._graphs: dict[str, tuple[Deployment, Any]] = {}
         #: called with (DeviceMetrics, {tenant: TenantMetrics}) after each metrics tick's publish
         #: (the Prometheus exporter feeds on them: see agent.exporter)
         self.metrics_sinks: list[Callable[[DeviceMetrics, dict[str, TenantMetrics]], None]] = []
@@ -275,7 +227,7 @@ class AgentBridge:
         subscribe_wait(self.client, [cmd_subscription(self.device), *self._fleet_subs()], qos=SUB_QOS)
         self._publish_state()
         threading.Thread(target=self._tick, name="metrics", daemon=True).start()
-        threading.Thread(target=self._converge_loop, name="converge", daemon=True).start()
+        self.coordinator.start()
         log.info("agent %s connected to %s (MQTT %s)", self.device, self.broker, "5" if is_v5(self.client) else "3.1.1")
 
     def _fleet_subs(self) -> tuple[str, ...]:
@@ -375,11 +327,13 @@ class AgentBridge:
                 left = self._queued.pop(tenant, 0) - _queued_bytes(item)
                 if left > 0:
                     self._queued[tenant] = left
-            if isinstance(item, _Retry):  # the agent's own retry (_converge_loop), in order with the tenant's commands
+            if isinstance(item, _Retry):  # the agent's own retry (``submit``), in order with the tenant's commands
                 try:
                     item()
                 except Exception:
                     log.exception("retry for tenant %s failed", tenant)
+                if self._state_dirty.is_set():
+                    self._publish_state()
                 continue
             try:
                 self._handle(item.topic, item.payload, item.props, item.size)
@@ -412,9 +366,10 @@ class AgentBridge:
                 log.info("%s: request %s was already applied; its reply is sent again", topic, request_id)
                 self._reply(tenant, request_id, first, props)
                 return
-            coord = self._forward_to(tenant, verb, cmd)
+            coord = self.coordinator.forward_to(tenant, verb, cmd)
             if coord is not None:  # replied by that thread once the coordinator answered
-                self._start_forward(coord, tenant, cmd, request_id, props)
+                self.coordinator.forward(coord, tenant, cmd, request_id,
+                                         functools.partial(self._forwarded, tenant, request_id, props))
                 return
             result = self._dispatch(tenant, verb, cmd)
             reply = ok_reply(request_id, result)
@@ -437,287 +392,48 @@ class AgentBridge:
             self._publish_state()
 
     def _dispatch(self, tenant: str, verb: str, cmd: Any) -> dict:
-        core = self.core
+        """Run a parsed command: the core's, unless it concerns an app spanning devices (the
+        coordinator's)."""
+        core, coordinator = self.core, self.coordinator
         if verb == "deploy":
             assert isinstance(cmd, Deployment)
-            return self._deploy(tenant, cmd)
+            if cmd.part_of is not None or remote_devices(cmd, self.device):
+                return coordinator.deploy(tenant, cmd)
+            return core.deploy(tenant, cmd)
         if verb in ("start", "stop", "remove", "update"):
-            app = core._get(tenant, cmd.app)
-            remote = remote_devices(app.deployment, self.device) if app.deployment.part_of is None else set()
+            app = core.get_app(tenant, cmd.app)
+            remote = coordinator.remote_parts(app)
             if remote:
-                return self._coordinated(tenant, verb, cmd, app, remote)
+                return coordinator.command(tenant, verb, cmd, app, remote)
             if verb == "start" and app.deployment.part_of is not None:  # the coordinator's go
-                return core.start(tenant, cmd, link_timeout=self.link_timeout)
+                return coordinator.start_part(tenant, cmd)
         if verb == "status":
             assert isinstance(cmd, StatusCommand)
             result = core.status(tenant, cmd)
             app = core.apps[cmd.app] if cmd.app is not None else None
-            if app is not None and app.deployment.part_of is None and remote_devices(app.deployment, self.device):
-                result["part"] = self._part(app.deployment, hold=False, token=False)  # what a restarting part adopts
+            if app is not None and (part := coordinator.status_part(app)) is not None:
+                result["part"] = part  # what a restarting part adopts
             return result
         handler = {"update": core.update, "start": core.start, "stop": core.stop, "remove": core.remove,
                    "status": core.status, "metrics": core.metrics}[verb]
         return handler(tenant, cmd)
 
-    # -- apps spanning devices ----------------------------------------------------------------------
-    def _deploy(self, tenant: str, dep: Deployment) -> dict:
-        core = self.core
-        if dep.part_of is not None:  # a coordinator's part: it checked the fleet already
-            dep = self._authentic_part(dep)
-            existing = core.apps.get(dep.app)
-            if (existing is not None and existing.tenant == tenant and existing.deployment.part_of is not None
-                    and existing.deployment.part_of.coordinator == dep.part_of.coordinator
-                    and existing.deployment.model_dump(exclude={"request_id", "part_of"})
-                    != dep.model_dump(exclude={"request_id", "part_of"})):
-                return self._adopt_part(tenant, existing, dep)  # its coordinator's newer graph (an update)
-            return core.deploy(tenant, dep, known_devices=None, hold=dep.part_of.hold)
-        remote = remote_devices(dep, self.device)
-        if not remote:
-            return core.deploy(tenant, dep)
-        known = self.fleet.online() | {self.device}
-        core.paths.check_deployment(tenant, dep, core.registry, self.device)  # before any config reads a file
-        validate_graph(dep, core.registry, None, self.device)  # types, args, graph first: the precise errors
-        for name, m in dep.modules.items():
-            if m.device and m.device not in known:
-                why = "offline" if self.fleet.state(m.device) is not None else "unknown (no agent announced it)"
-                raise EdgevaError(UNKNOWN_DEVICE, f"device {m.device!r} is {why}; nothing was deployed",
-                                  f"modules.{name}.device")
-        _graph, existing = core.check(tenant, dep, known)
-        for d in sorted(remote):
-            st = self.fleet.state(d)
-            if st is None or st.data_addr is None:
-                raise EdgevaError(SETUP_FAILED, f"device {d!r} has no data plane (its agent runs without --data-bind)",
-                                  f"devices.{d}")
-        if existing is not None and existing.status == "running":
-            return core._app_result(existing, unchanged=True)
-        return self._coordinate(tenant, dep, remote,
-                                lambda: core.deploy(tenant, dep, known_devices=known, hold=True), undo="remove")
-
-    def _adopt_part(self, tenant: str, app: App, dep: Deployment) -> dict:
-        """A running part gets its coordinator's newer graph (checked authentic): a module of
-        it on this device whose args changed is updated in place first (refused: nothing is
-        recorded, the coordinator gets the error), then the whole graph is recorded."""
-        result: dict = {}
-        for name, spec in dep.modules.items():
-            old = app.deployment.modules.get(name)
-            if (old is not None and spec.device == self.device and old.type == spec.type
-                    and old.args != spec.args):
-                result = self.core.update(tenant, UpdateCommand(app=dep.app, module=name, args=spec.args))
-        return {**result, **self.core.adopt(tenant, dep)}
-
-    def _authentic_part(self, dep: Deployment) -> Deployment:
-        """``dep`` without its token if it carries this fleet's token, else ``FORBIDDEN``: only
-        agents send parts (a forged one skipped the fleet check, and each made-up peer cost a
-        listener, its threads and a ring)."""
-        po = dep.part_of
-        assert po is not None
-        if self.fleet_token is None:
-            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only, and this agent has no fleet token: "
-                              "start every agent with the same --fleet-token (env EDGEVA_FLEET_TOKEN)", "part_of")
-        if po.token is None or not hmac.compare_digest(po.token.encode(), self.fleet_token.encode()):
-            raise EdgevaError(FORBIDDEN, "part_of is sent by agents only: the fleet token is missing or wrong",
-                              "part_of.token")
-        return dep.model_copy(update={"part_of": po.model_copy(update={"token": None})})  # never stored
-
-    def _part(self, dep: Deployment, hold: bool, token: bool = True) -> dict:
-        """What every part of an app coordinated here gets: the whole graph, every ``device``
-        filled in, ``part_of`` this agent with the fleet token (JSON, without a request id).
-        ``token=False``: without it, for replies a tenant reads."""
-        part = dep.model_copy(update={
-            "request_id": None,
-            "modules": {n: m.model_copy(update={"device": m.device or self.device}) for n, m in dep.modules.items()},
-            "part_of": PartOf(coordinator=self.device, hold=hold, token=self.fleet_token if token else None),
-        }).model_dump(mode="json")
-        part.pop("request_id")
-        if part["part_of"]["token"] is None:
-            del part["part_of"]["token"]
-        return part
-
-    def _forward_to(self, tenant: str, verb: str, cmd: Any) -> str | None:
-        """The coordinator an ``update`` sent to this part goes to (it propagates it to every
-        part), or None: not an update, or not a part of this tenant's app. Every ``update`` of
-        a part goes there: a coordinator changes a part's module with a deploy carrying the
-        fleet token (``_adopt_part``), never with an ``update``. (Coordinators' updates were
-        once told apart by their request ids, which a tenant chooses: an ``update`` sent
-        straight to a part with an id like ``<coordinator>.x`` changed that part alone.)"""
-        if verb != "update":
-            return None
-        app = self.core.apps.get(cmd.app)
-        if app is None or app.tenant != tenant:
-            return None  # the usual not_found/forbidden
-        po = app.deployment.part_of
-        if po is None or po.coordinator == self.device:
-            return None
-        return po.coordinator
-
-    def _start_forward(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
-                       props: Properties | None) -> None:
-        """Run ``_forward`` on a thread of its own, at most ``MAX_FORWARDS`` per tenant: each
-        waits a minute or more on the coordinator, and a flood of updates must cost only the
-        tenant that sends it (``limit``), not the agent's threads."""
-        with self._workers_lock:
-            n = self._forwards.get(tenant, 0)
-            if n >= MAX_FORWARDS:
-                raise EdgevaError(LIMIT, f"{n} updates of this tenant already wait on their coordinators "
-                                  f"(at most {MAX_FORWARDS}); retry when one is answered", "app")
-            self._forwards[tenant] = n + 1
-        try:
-            threading.Thread(target=self._forward, args=(coord, tenant, cmd, request_id, props),
-                             name="forward", daemon=True).start()
-        except BaseException:
-            self._forward_done(tenant)
-            raise
-
-    def _forward_done(self, tenant: str) -> None:
-        with self._workers_lock:
-            left = self._forwards.pop(tenant, 1) - 1
-            if left > 0:
-                self._forwards[tenant] = left
-
-    def _forward(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
-                 props: Properties | None) -> None:
-        """Send an operator's ``update`` to the app's coordinator and relay its reply. Off the
-        command worker: the coordinator sends this part the new graph while we wait."""
-        try:
-            self._forward_once(coord, tenant, cmd, request_id, props)
-        finally:
-            self._forward_done(tenant)
-
-    def _forward_once(self, coord: str, tenant: str, cmd: UpdateCommand, request_id: str | None,
-                      props: Properties | None) -> None:
-        try:
-            if coord not in self.fleet.online():
-                raise EdgevaError(UNKNOWN_DEVICE, f"the coordinator of app {cmd.app!r}, device {coord!r}, is offline: "
-                                  "an update now would leave the parts with different graphs; retry when it is back",
-                                  "app")
-            # The coordinator waits on the module's device, then on each part (up to 15 s each).
-            timeout = self.part_timeout + 15.0 * (1 + len(remote_devices(self.core._get(tenant, cmd.app).deployment,
-                                                                          coord)))
-            r = self._request(coord, tenant, "update", cmd.model_dump(mode="json", exclude={"request_id"}),
-                              timeout=timeout)
-            if r.get("ok"):
-                reply = ok_reply(request_id, {**(r.get("result") or {}), "coordinator": coord})
-            else:
-                err = r.get("error") or {}
-                reply = error_reply(request_id, EdgevaError(err.get("code", INTERNAL), f"coordinator {coord!r}: "
-                                                            f"{err.get('message', 'failed')}", err.get("path")))
-        except EdgevaError as e:
-            reply = error_reply(request_id, e)
-        except Exception as e:
-            log.exception("forwarding update of %s to %s failed", cmd.app, coord)
-            reply = error_reply(request_id, EdgevaError(INTERNAL, f"{type(e).__name__}: {e}"))
+    def _forwarded(self, tenant: str, request_id: str | None, props: Properties | None, reply: bytes) -> None:
+        """The coordinator's reply to an update this part forwarded (``Coordinator.forward``)."""
         self._reply(tenant, request_id, reply, props)
         if self._state_dirty.is_set():
             self._publish_state()
 
-    def _coordinate(self, tenant: str, dep: Deployment, remote: set[str], start_local, undo: str) -> dict:
-        """Start every part (held), then let them all go; on any failure undo every part."""
-        payload = self._part(dep, hold=True)
-        done: list[str] = []
-        local = False
-        parts: dict[str, dict] = {}
-        try:
-            for d in sorted(remote):
-                r = self._request(d, tenant, "deploy", payload)
-                if not r.get("ok"):
-                    raise _part_error(d, r)
-                done.append(d)
-                parts[d] = r.get("result", {})
-            result = start_local()
-            local = True
-            for d in done:  # every part runs: sources may go (downstream listens everywhere)
-                r = self._request(d, tenant, "start", {"app": dep.app})  # it waits for its links
-                if not r.get("ok"):
-                    raise _part_error(d, r)
-            app = self.core.apps.get(dep.app)
-            if app is not None:
-                self.core.wait_links(app, self.link_timeout)
-            self.core.release(dep.app)
-        except BaseException:
-            for d in done:
-                r = self._request(d, tenant, undo, {"app": dep.app}, timeout=15.0)
-                if not r.get("ok"):
-                    log.error("rollback: %s of part on %s failed: %s", undo, d, r.get("error"))
-            if local:
-                cmd = RemoveCommand(app=dep.app) if undo == "remove" else StopCommand(app=dep.app)
-                getattr(self.core, undo)(tenant, cmd)
-            raise
-        return {**result, "parts": parts}
+    # -- for the coordinator ------------------------------------------------------------------------
+    def submit(self, tenant: str, fn: Callable[[], None], what: str) -> None:
+        """Run ``fn`` on ``tenant``'s command worker, in order with that tenant's commands
+        (dropped, and logged, as a command would be when its queue is full); the state is
+        published after it if it changed."""
+        self._enqueue(tenant, _Retry(fn, what))
 
-    def _coordinated(self, tenant: str, verb: str, cmd: Any, app: App, remote: set[str]) -> dict:
-        """start/stop/remove/update of an app this agent coordinates."""
-        core = self.core
-        if verb == "start":
-            if app.status == "running":
-                return core.start(tenant, cmd)
-            return self._coordinate(tenant, app.deployment, remote,
-                                    lambda: core.start(tenant, StartCommand(app=cmd.app), hold=True), undo="stop")
-        if verb == "update":
-            assert isinstance(cmd, UpdateCommand)
-            return self._update(tenant, cmd, app, remote)
-        result = getattr(core, verb)(tenant, cmd)
-        parts = {}
-        for d in sorted(remote):
-            if d not in self.fleet.online():  # do not wait on a device known to be down
-                parts[d] = {"error": {"code": UNKNOWN_DEVICE, "message": f"device {d!r} is offline; its part "
-                                      "is dropped when its agent restarts (it asks this coordinator)"}}
-                continue
-            r = self._request(d, tenant, verb, {"app": cmd.app}, timeout=min(15.0, self.part_timeout))
-            parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
-        return {**result, "parts": parts}
-
-    def _update(self, tenant: str, cmd: UpdateCommand, app: App, remote: set[str]) -> dict:
-        """``update`` of a module of an app this agent coordinates: the module's device applies
-        it, then every part gets the new graph (it records it and also receives on the new
-        stream names), then every part sends on the new names (``start``). Every part's
-        desired state stays the same graph: a restarted part computes the names the others use."""
-        core = self.core
-        spec = app.deployment.modules.get(cmd.module)
-        where = (spec.device if spec is not None else None) or self.device
-        if where == self.device:
-            result = core.update(tenant, cmd)
-        else:
-            # The module's device gets the new graph as a part (fleet token), which it applies
-            # in place (``_adopt_part``): an ``update`` sent to a part always goes to its
-            # coordinator, whoever sends it.
-            new = {**spec.args, **cmd.args}  # type: ignore[union-attr]
-            dep = app.deployment
-            new_dep = dep.model_copy(update={"modules": {**dep.modules, cmd.module: spec.model_copy(update={"args": new})}})
-            r = self._request(where, tenant, "deploy", self._part(new_dep, hold=False))
-            if not r.get("ok"):
-                raise _part_error(where, r)
-            result = {**r.get("result", {}), "device": where}
-            core.adopt(tenant, new_dep)
-        part = self._part(app.deployment, hold=False)
-        parts: dict[str, Any] = {}
-        online = self.fleet.online()
-        for d in sorted(remote - {where} - online):  # not waited for: it gets the graph when back
-            parts[d] = {"error": {"code": UNKNOWN_DEVICE, "message": f"device {d!r} is offline; its part adopts "
-                                  "the new graph when it is back (this coordinator retries, and a restarting "
-                                  "agent asks it)"}}
-        for d in sorted((remote & online) - {where}):  # phase 1: record, listen on both names
-            r = self._request(d, tenant, "deploy", part, timeout=min(15.0, self.part_timeout))
-            parts[d] = r.get("result") if r.get("ok") else {"error": r.get("error")}
-        for d in sorted((remote & online) | ({where} - {self.device})):  # phase 2: send on the new names
-            r = self._request(d, tenant, "start", {"app": cmd.app}, timeout=min(15.0, self.part_timeout))
-            if not r.get("ok"):
-                parts[d] = {"error": r.get("error")}
-        core.switch_streams(app)
-        # parts that did not answer (or are offline); a part that answered with a refusal is
-        # not retried: it would refuse again
-        missed = {d for d, p in parts.items() if isinstance(p, dict) and isinstance(p.get("error"), dict)
-                  and p["error"].get("code") in (TIMEOUT, INTERNAL, UNKNOWN_DEVICE)} - {where}
-        with self._workers_lock:
-            if missed:  # retried by _converge_loop until each of them has the new graph
-                self._unconverged.setdefault(app.key_pair, set()).update(missed)
-            else:
-                self._unconverged.pop(app.key_pair, None)
-        return {**result, "parts": parts}
-
-    def _request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float | None = None) -> dict:
-        """Send a command to another agent and wait for its reply (a dict; a timeout reads as
-        an error reply). ``timeout``: the part timeout by default."""
-        timeout = self.part_timeout if timeout is None else timeout
+    def request(self, device: str, tenant: str, verb: str, payload: dict, timeout: float) -> dict:
+        """Send a command to another agent and wait for its reply (a dict; a timeout, or a
+        subscription the broker refused, reads as an error reply)."""
         rid = f"{self.device}.{uuid.uuid4().hex[:12]}"
         sub = reply_subscription(device, tenant)
         try:
@@ -737,178 +453,26 @@ class AgentBridge:
         finally:
             self._pending.pop(rid, None)
 
-    # -- restore ----------------------------------------------------------------------------------
     def restore(self) -> None:
         """Bring back the desired state, each tenant's on its own thread; a tenant's commands
         are answered once its own apps are back (a tenant with none: at once), whatever the
-        other tenants' apps do. A part of an app
-        spanning devices comes back only if its coordinator still has the app: the app may
-        have been removed while this device was off (its part could not be told). Asked with
-        a ``status`` command; a coordinator that is offline or does not answer in time keeps
-        the part (it cannot be told apart from a slow one). The coordinator's answer carries the
-        app's current graph (``part``): one updated while this device was down replaces the
-        saved one, so that this part uses the stream names the others use."""
+        other tenants' apps do. A part of an app spanning devices comes back only if its
+        coordinator still has the app, with the coordinator's current graph
+        (``Coordinator.keep_part``)."""
         try:
             plan = self.core.restore_plan()
             self._restored.plan(plan)
-            self.core.restore(keep=self._coordinator_has, done=self._tenant_restored, plan=plan)
+            self.core.restore(keep=self.coordinator.keep_part, done=self._tenant_restored, plan=plan)
         finally:
             self._restored.set()
 
     def _tenant_restored(self, tenant: str) -> None:
-        """``tenant``'s apps are back: mark those restored without their coordinator's word
-        (the state says so), then let its commands run."""
+        """``tenant``'s apps are back: the coordinator marks those restored without their
+        coordinator's word, then its commands run."""
         try:
-            with self._workers_lock:
-                unconfirmed = [(name, coord) for (t, name), coord in self._unconfirmed.items() if t == tenant]
-            with self.core.lock:
-                for name, coord in unconfirmed:
-                    app = self.core.apps.get(name)
-                    if app is not None and app.tenant == tenant:
-                        app.awaiting_coordinator = coord
-            self._state_dirty.set()
+            self.coordinator.restored(tenant)
         finally:
             self._restored.open(tenant)
-
-    def _coordinator_has(self, tenant: str, dep: Deployment) -> bool | Deployment:
-        if dep.part_of is None or dep.part_of.coordinator == self.device:
-            return True
-        coord = dep.part_of.coordinator
-        deadline = time.monotonic() + 2.0  # its retained state arrives right after our subscribe
-        while self.fleet.state(coord) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        answered, verdict = self._ask_coordinator(tenant, dep)
-        if not answered:  # kept as saved; _converge_loop asks again until the coordinator answers
-            with self._workers_lock:  # tenants restore in parallel
-                self._unconfirmed[(tenant, dep.app)] = coord
-        return verdict
-
-    def _ask_coordinator(self, tenant: str, dep: Deployment) -> tuple[bool, bool | Deployment]:
-        """Ask the coordinator of the part ``dep`` whether it still has the app, and its graph:
-        (answered, verdict); verdict True: keep ``dep``, False: the app is gone, a
-        ``Deployment``: the coordinator's newer graph. Not answered: keep ``dep``."""
-        assert dep.part_of is not None
-        coord = dep.part_of.coordinator
-        st = self.fleet.state(coord)
-        if st is None or st.status != "online":
-            log.warning("app %s/%s: coordinator %s is %s; part kept as saved", tenant, dep.app, coord,
-                        "unknown" if st is None else st.status)
-            return False, True
-        r = self._request(coord, tenant, "status", {"app": dep.app}, timeout=RESTORE_ASK_S)
-        if r.get("ok"):
-            part = (r.get("result") or {}).get("part")
-            if part is None:
-                return True, True
-            try:
-                current = Deployment.model_validate(part)
-            except ValueError as e:
-                log.warning("app %s/%s: coordinator %s sent an unreadable graph (%s); saved one kept",
-                            tenant, dep.app, coord, e)
-                return True, True
-            mask = {"request_id", "part_of"}
-            if current.model_dump(exclude=mask) == dep.model_dump(exclude=mask):
-                return True, True
-            log.info("app %s/%s: the coordinator's graph changed while this device was away; adopting it",
-                     tenant, dep.app)
-            return True, current
-        code = (r.get("error") or {}).get("code")
-        if code in ("not_found", "forbidden"):
-            return True, False
-        log.warning("app %s/%s: coordinator %s did not say (%s); part kept as saved", tenant, dep.app, coord, code)
-        return False, True
-
-    # -- convergence of apps spanning devices ------------------------------------------------------
-    def _converge_loop(self) -> None:
-        """Every ``CONVERGE_EVERY_S``: a part that missed an update coordinated here (it was
-        unreachable, or offline and back without a restart) gets the app's current graph once
-        its device is online; a part restored here without its coordinator's word asks it
-        again once it is online; an app that failed when it was restored is tried again when
-        its back-off is over. Each retry runs on its tenant's command worker, in order with
-        that tenant's commands, so it never races an operator's update of the same app."""
-        while not self._stop.wait(CONVERGE_EVERY_S):
-            online = self.fleet.online()
-            ready = self._restored.is_open  # per tenant: one tenant's slow restore holds up no other's
-            with self._workers_lock:
-                work = [((t, a), d, self._converge_part) for (t, a), ds in self._unconverged.items()
-                        if ready(t) for d in sorted(ds & online)]
-                work += [((t, a), c, self._confirm_part) for (t, a), c in self._unconfirmed.items()
-                         if c in online and ready(t)]
-            # apps that failed when restored at boot, tried again with the modules' back-off
-            work += [((t, a), self.device, self._retry_restore) for t, a in self.core.restores_due() if ready(t)]
-            for (tenant, name), device, fn in work:
-                key = (tenant, name, device)
-                with self._workers_lock:
-                    if key in self._retrying:
-                        continue
-                    self._retrying.add(key)
-                self._enqueue(tenant, _Retry(lambda k=key, f=fn: self._retry(k, f), f"retry {name} on {device}"))
-
-    def _retry(self, key: tuple[str, str, str], fn: Callable[[str, str, str], None]) -> None:
-        try:
-            fn(*key)
-        finally:
-            with self._workers_lock:
-                self._retrying.discard(key)
-            if self._state_dirty.is_set():
-                self._publish_state()
-
-    def _retry_restore(self, tenant: str, name: str, _device: str) -> None:
-        self.core.retry_restore(tenant, name)
-
-    def _converge_part(self, tenant: str, name: str, device: str) -> None:
-        """Send ``device`` the current graph of app ``name`` (coordinated here), then its go."""
-        app = self.core.apps.get(name)
-        if app is None or app.tenant != tenant or app.deployment.part_of is not None \
-                or device not in remote_devices(app.deployment, self.device):
-            with self._workers_lock:  # removed or changed meanwhile: nothing left to converge
-                self._unconverged.pop((tenant, name), None)
-            return
-        timeout = min(15.0, self.part_timeout)
-        r = self._request(device, tenant, "deploy", self._part(app.deployment, hold=False), timeout=timeout)
-        if r.get("ok"):
-            r = self._request(device, tenant, "start", {"app": name}, timeout=timeout)
-        if not r.get("ok"):
-            log.info("app %s/%s: part on %s still without the current graph (%s); retried later", tenant, name,
-                     device, (r.get("error") or {}).get("code"))
-            return
-        log.info("app %s/%s: part on %s has the current graph", tenant, name, device)
-        with self._workers_lock:
-            left = self._unconverged.get((tenant, name), set())
-            left.discard(device)
-            if not left:
-                self._unconverged.pop((tenant, name), None)
-
-    def _confirm_part(self, tenant: str, name: str, coord: str) -> None:
-        """Ask the coordinator again about a part restored without its word; act on the answer."""
-        app = self.core.apps.get(name)
-        if app is None or app.tenant != tenant or app.deployment.part_of is None:
-            with self._workers_lock:
-                self._unconfirmed.pop((tenant, name), None)
-            return
-        answered, verdict = self._ask_coordinator(tenant, app.deployment)
-        if not answered:
-            return
-        with self._workers_lock:
-            self._unconfirmed.pop((tenant, name), None)
-        with self.core.lock:
-            app.awaiting_coordinator = None
-        self._state_dirty.set()
-        if verdict is False:
-            log.info("app %s/%s: removed, its coordinator %s no longer has it", tenant, name, coord)
-            self.core.remove(tenant, RemoveCommand(app=name))
-        elif isinstance(verdict, Deployment):
-            self.core.adopt(tenant, verdict)
-            if app.status == "running":
-                self.core.start(tenant, StartCommand(app=name))  # send on the new stream names
-
-    def _hops(self, app: App) -> list[HopMetrics] | None:
-        dep = app.deployment
-        if dep.part_of is not None or not remote_devices(dep, self.device) or app.status != "running":
-            return None
-        cached = self._graphs.get(app.key)
-        if cached is None or cached[0] is not dep:
-            cached = self._graphs[app.key] = (dep, self.core._graph(app.tenant, dep))
-        return pipeline_hops(cached[1], self.fleet.metrics)
 
     def _check_response_topic(self, tenant: str, props: Properties | None) -> Properties | None:
         """Refuse an MQTT 5 response topic outside this tenant's own reply topics on this device.
@@ -918,11 +482,11 @@ class AgentBridge:
         topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if not topic:
             return props
-        prefix = reply_topic(self.device, tenant, "x")[:-1]
-        if not (topic.startswith(prefix) and REQUEST_ID.match(topic[len(prefix):])):
+        t = parse_topic(topic)
+        if t is None or t.kind != "reply" or t.device != self.device or t.tenant != tenant:
             raise _ResponseTopicError(BAD_REQUEST, f"response topic {shown(topic)} refused: replies go only to "
-                                      f"{prefix}<id> (<id>: {REQUEST_ID.pattern}); nothing was done",
-                                      "response_topic")
+                                      f"{reply_prefix(self.device, tenant)}<id> (<id>: {REQUEST_ID_PATTERN}); "
+                                      "nothing was done", "response_topic")
         return props
 
     def _reply(self, tenant: str | None, request_id: str | None, reply: bytes, props: Properties | None) -> None:
@@ -977,6 +541,7 @@ class AgentBridge:
     def stop(self) -> None:
         """Stop modules (the desired state keeps the apps for the next start), say offline."""
         self._stop.set()
+        self.coordinator.stop()
         self._restored.set()
         self.core.close()
         if self.client is not None:

@@ -12,7 +12,7 @@ stream = the module's identity); an edge from a peer's module to one here become
 ``LinkToRing`` relay (the stream -> a local ring ``edgeva.<prefix>.in.<identity>``) that the
 local module consumes like any ring. Relays are keyed by (direction, peer, stream) and shared
 between apps like instances: each counts its apps and stops when the last one goes. Which
-agent coordinates, and how parts are sent, is the MQTT side's business (``agent.bridge``).
+agent coordinates, and how parts are sent, is the coordinator's business (``agent.coordinator``).
 
 Tenants are kept apart: identities include the tenant (modules are shared only within a
 tenant), each tenant has limits (``agent.limits``), and the caller runs one tenant's commands at
@@ -174,7 +174,7 @@ class AgentCore:
         self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
         #: out relays of modules restored in back-off (no ring yet): instance -> key -> (app, policy)
         self._pending_out: dict[str, dict[tuple[str, str, str], tuple[str, str]]] = {}
-        #: app -> per-hop metrics of an app spanning devices (set by the bridge, which sees the fleet)
+        #: app -> per-hop metrics of an app spanning devices (``Coordinator.hops``, which sees the fleet)
         self.hops_for: Callable[[App], list | None] = lambda app: None
         self.store = DesiredState(state_dir)
         swept = sweep_segments(self.prefix)
@@ -757,6 +757,19 @@ class AgentCore:
             raise EdgevaError(NOT_FOUND, f"no app named {name!r} on device {self.device!r}", "app")
         self._own(tenant, app)
         return app
+
+    def get_app(self, tenant: str, name: str) -> App:
+        """The tenant's app ``name``; ``not_found`` if there is none, ``forbidden`` if it is
+        another tenant's (what a command on it replies)."""
+        return self._get(tenant, name)
+
+    def app_result(self, app: App, **extra) -> dict:
+        """What a command's reply says of ``app``: its status, error and modules (``extra`` added)."""
+        return self._app_result(app, **extra)
+
+    def graph(self, tenant: str, dep: Deployment) -> ValidatedGraph:
+        """The graph of ``dep`` as this agent runs it for ``tenant`` (identities scoped to the tenant)."""
+        return self._graph(tenant, dep)
 
     def _app_result(self, app: App, **extra) -> dict:
         mods = {}

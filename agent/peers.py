@@ -168,6 +168,7 @@ class Peers:
         self._next_port = 0
         if bind is not None:
             scheme, self.host, self._next_port = _split(bind)
+            self.port = self._next_port  # the bind's port: listeners take it and the ports after it
             if tls is not None and scheme == "tcp":
                 scheme = "tls+tcp"
             if scheme == "tls+tcp" and tls is None:
@@ -178,6 +179,12 @@ class Peers:
     @property
     def enabled(self) -> bool:
         return self.bind is not None
+
+    @property
+    def address(self) -> str | None:
+        """The data-plane address this agent announces in its state (the advertised host and the
+        bind's port); None without a data plane."""
+        return f"{self.scheme}://{self.adv_host}:{self.port}" if self.enabled else None
 
     def listens_for(self, peer: str) -> bool:
         return self.device < peer

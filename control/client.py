@@ -36,7 +36,9 @@ from edgeva.schemas.topics import (
     DEFAULT_TENANT,
     cmd_topic,
     device_metrics_topic,
+    events_subscription,
     events_topic,
+    parse_topic,
     reply_subscription,
     reply_topic,
     state_topic,
@@ -209,8 +211,8 @@ class EdgevaClient:
             rid: str | None = bytes(corr).decode("utf-8", "replace")
         elif msg.topic == self.inbox:  # a v5 reply that lost its correlation data
             rid = extract_request_id(msg.payload)
-        else:
-            rid = msg.topic.rsplit("/", 1)[-1]
+        else:  # reply/{request_id} (3.1.1), the only topics _replies matches besides the inbox
+            rid = getattr(parse_topic(msg.topic), "name", None)
         with self._lock:
             slot = self._pending.get(rid or "")
         if slot is not None and not slot.event.is_set():
@@ -349,8 +351,7 @@ class EdgevaClient:
         ``Incoming.json()`` gives the event. Close the subscription when done."""
         if app is not None:
             return self.subscribe(events_topic(self.device, self.tenant, app))
-        any_app = events_topic(self.device, self.tenant, "_").rsplit("/", 1)[0] + "/+"
-        return self.subscribe(any_app)
+        return self.subscribe(events_subscription(self.device, self.tenant))
 
     def close(self) -> None:
         """Unsubscribe everything and disconnect."""

@@ -26,7 +26,14 @@ from pydantic import ValidationError
 
 from edgeva.agent import mqtt as m
 from edgeva.schemas.state import DeviceState
-from edgeva.schemas.topics import DEFAULT_TENANT, PREFIX, cmd_topic, parse_topic
+from edgeva.schemas.topics import (
+    ANY,
+    DEFAULT_TENANT,
+    cmd_topic,
+    parse_topic,
+    reply_subscription,
+    state_subscription,
+)
 
 
 class FleetClient:
@@ -43,7 +50,7 @@ class FleetClient:
         m.subscribe_wait(self._client, self._filters())
 
     def _filters(self) -> list[str]:
-        return [f"{PREFIX}/+/state", f"{PREFIX}/+/{self.tenant}/reply/+"]
+        return [state_subscription(), reply_subscription(ANY, self.tenant)]
 
     def _subscribe(self, client: mqtt.Client) -> None:
         client.subscribe([(t, 1) for t in self._filters()])

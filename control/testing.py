@@ -31,6 +31,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeva.control.processes import agent_argv, stop_process
+from edgeva.schemas.topics import PREFIX, reply_topic, state_topic
 
 __all__ = ["AgentProcess", "Broker", "Commander", "EdgevaKit", "Watcher", "scrape"]
 
@@ -55,7 +56,7 @@ class Watcher:
     """Subscribes to ``edgeva/v1/#`` and keeps every message by topic (JSON decoded when it
     parses, the raw bytes otherwise)."""
 
-    def __init__(self, url: str, protocol: int = mqtt.MQTTv311, topic: str = "edgeva/v1/#",
+    def __init__(self, url: str, protocol: int = mqtt.MQTTv311, topic: str = f"{PREFIX}/#",
                  username: str | None = None, password: str | None = None,
                  topics: tuple[str, ...] | None = None) -> None:
         """``topics``: several filters instead of ``topic`` (a tenant may read only its own)."""
@@ -123,8 +124,9 @@ class Commander:
         else:
             text = payload.decode() if isinstance(payload, bytes) else payload
             payload = text.replace("@RID@", rid)
-        self.w.client.publish(f"edgeva/v1/{self.device}/{tenant}/cmd/{verb}", payload, qos=1)
-        return self.w.wait(f"edgeva/v1/{self.device}/{tenant}/reply/{rid}", timeout=timeout)[0]
+        # Built here, not with cmd_topic: a test may send a verb or tenant the agent must refuse.
+        self.w.client.publish(f"{PREFIX}/{self.device}/{tenant}/cmd/{verb}", payload, qos=1)
+        return self.w.wait(reply_topic(self.device, tenant, rid), timeout=timeout)[0]
 
 
 class AgentProcess:
@@ -157,7 +159,7 @@ class AgentProcess:
                                 str(metrics_interval), *extra)],
             cwd=cwd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        topic = f"edgeva/v1/{device}/state"
+        topic = state_topic(device)
         try:
             watcher.wait(topic, lambda ms: any(m and m.get("status") == "online" and m.get("ts", 0) > time.time() - 30
                                                for m in ms[-1:]), timeout=timeout)

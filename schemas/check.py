@@ -2,7 +2,7 @@
 before it publishes).
 
 The agent refuses a deploy with its first error (``schemas.graph.validate_graph``, then the
-fleet checks of ``agent.bridge``); this goes through the same checks in the same order but
+fleet checks of ``agent.coordinator``); this goes through the same checks in the same order but
 keeps going, so that ``errors[0]`` is what the agent would answer and the rest is what the
 operator would meet one round trip at a time:
 
@@ -204,7 +204,7 @@ def _bounds_warnings(dep: Deployment, registry: Mapping[str, Any], broken: set[s
 
 def _fleet_errors(dep: Deployment, local: str | None, fleet: Mapping[str, DeviceState]) -> list[EdgevaError]:
     """What the receiving agent (``local``) says of the devices an app names, given the
-    retained states of the fleet (``agent.bridge``: unknown/offline, then data planes)."""
+    retained states of the fleet (``agent.coordinator``: unknown/offline, then data planes)."""
     remote = {m.device for m in dep.modules.values() if m.device and m.device != local}
     if not remote:
         return []

@@ -16,6 +16,9 @@ from edgeva.schemas.errors import BAD_REQUEST, EdgevaError, shown
 
 PREFIX = "edgeva/v1"
 DEFAULT_TENANT = "default"
+#: In a subscription (``*_subscription``): any value of one level. The topics one publishes to
+#: refuse it (``_check``), so a wildcard never reaches a publish.
+ANY = "+"
 
 Verb = Literal["deploy", "update", "start", "stop", "remove", "status", "metrics"]
 VERBS: tuple[str, ...] = get_args(Verb)
@@ -37,10 +40,20 @@ def cmd_topic(device: str, tenant: str, verb: str) -> str:
     return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/cmd/{verb}"
 
 
+def _or_any(kind: str, value: str) -> str:
+    return value if value == ANY else _check(kind, value)
+
+
+def reply_prefix(device: str, tenant: str) -> str:
+    """``edgeva/v1/{device}/{tenant}/reply/``: what every reply topic of ``tenant`` on ``device``
+    begins with (an MQTT 5 response topic must be one of them: see ``parse_topic``)."""
+    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/"
+
+
 def reply_topic(device: str, tenant: str, request_id: str) -> str:
     """``edgeva/v1/{device}/{tenant}/reply/{request_id}``: agent -> operator."""
     rid = _check("request_id", request_id, _REQUEST_ID)
-    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/{rid}"
+    return reply_prefix(device, tenant) + rid
 
 
 def events_topic(device: str, tenant: str, app: str) -> str:
@@ -69,8 +82,29 @@ def cmd_subscription(device: str) -> str:
 
 
 def reply_subscription(device: str, tenant: str) -> str:
-    """What an operator client subscribes to for its replies from ``device``."""
-    return f"{PREFIX}/{_check('device', device)}/{_check('tenant', tenant)}/reply/+"
+    """What an operator client subscribes to for its replies from ``device`` (``ANY``: from
+    every device)."""
+    return f"{PREFIX}/{_or_any('device', device)}/{_check('tenant', tenant)}/reply/+"
+
+
+def state_subscription(device: str = ANY) -> str:
+    """``edgeva/v1/{device}/state``; by default every device's: ``edgeva/v1/+/state``."""
+    return f"{PREFIX}/{_or_any('device', device)}/state"
+
+
+def device_metrics_subscription(device: str = ANY) -> str:
+    """``edgeva/v1/{device}/metrics``; by default every device's: ``edgeva/v1/+/metrics``."""
+    return f"{PREFIX}/{_or_any('device', device)}/metrics"
+
+
+def events_subscription(device: str = ANY, tenant: str = ANY, app: str = ANY) -> str:
+    """``edgeva/v1/{device}/{tenant}/events/{app}``, each part ``ANY`` by default."""
+    return f"{PREFIX}/{_or_any('device', device)}/{_or_any('tenant', tenant)}/events/{_or_any('app', app)}"
+
+
+def tenant_metrics_subscription(device: str = ANY, tenant: str = ANY) -> str:
+    """``edgeva/v1/{device}/{tenant}/metrics``, each part ``ANY`` by default."""
+    return f"{PREFIX}/{_or_any('device', device)}/{_or_any('tenant', tenant)}/metrics"
 
 
 def device_topic(topic: str) -> tuple[str, Literal["state", "metrics"]] | None:

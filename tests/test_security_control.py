@@ -122,6 +122,13 @@ def test_response_topic_cannot_reach_another_tenant(fleet: Fleet) -> None:
                f"edgeva/v1/{dev}/globex/reply/+")
     r = globex.wait(f"edgeva/v1/{dev}/globex/reply/{rid2}", timeout=15)[0]
     assert r["error"]["path"] == "response_topic", r
+    # Only its reply topics on this device: not its own events topic (the agent would forge the
+    # tenant's results there), not its reply topics of another device (that agent's replies).
+    for elsewhere in (f"edgeva/v1/{dev}/globex/events/cameras", f"edgeva/v1/x{dev}/globex/reply/inbox-1"):
+        rid3 = "r-" + uuid.uuid4().hex[:8]
+        publish_v5(globex, f"edgeva/v1/{dev}/globex/cmd/status", {"request_id": rid3}, elsewhere)
+        r = globex.wait(f"edgeva/v1/{dev}/globex/reply/{rid3}", timeout=15)[0]
+        assert r["ok"] is False and r["error"]["path"] == "response_topic", (elsewhere, r)
     # Its own inbox works, with the correlation data echoed.
     inbox = f"edgeva/v1/{dev}/globex/reply/inbox-{uuid.uuid4().hex[:6]}"
     publish_v5(globex, f"edgeva/v1/{dev}/globex/cmd/status", {}, inbox)

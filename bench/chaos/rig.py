@@ -26,7 +26,12 @@ from typing import Any
 from edgeva.bench.proxy import TcpProxy
 from edgeva.bench.rtsp import RtspPeer
 from edgeva.control.processes import agent_argv
-from edgeva.schemas.topics import parse_topic
+from edgeva.schemas.topics import (
+    DEFAULT_TENANT,
+    events_subscription,
+    parse_topic,
+    state_subscription,
+)
 
 LINK_PORTS = 4  # a restarted listener takes the next port while the old one is in TIME_WAIT
 CAMERA_FPS = 10.0
@@ -90,7 +95,7 @@ class Recorder:
         self.events: dict[str, list[tuple[float, int, float]]] = {}
         self.modules: list[tuple[float, str, str, list[str], str, float | None]] = []
         self.pids: dict[tuple[str, str], tuple[int | None, str, str]] = {}  # (device, module) -> pid, status, type
-        topics = ["edgeva/v1/+/default/events/+", "edgeva/v1/+/state"]
+        topics = [events_subscription(tenant=DEFAULT_TENANT), state_subscription()]
         self.client = m.connect(url, m.MqttOptions(client_id_prefix="edgeva-chaos"),
                                 on_connect=lambda c: c.subscribe([(t, 1) for t in topics]))
         self.client.on_message = self._on

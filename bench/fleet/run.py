@@ -33,7 +33,7 @@ from typing import Any
 
 from edgeva.bench.out import out_path, write_json
 from edgeva.control.processes import join_or_kill, tell_all
-from edgeva.schemas.topics import parse_topic
+from edgeva.schemas.topics import DEFAULT_TENANT, events_subscription, parse_topic
 
 APP = "fleetapp"
 STATUS_TARGET_MS, DEPLOY_TARGET_MS = 2000.0, 10000.0
@@ -125,7 +125,7 @@ class _FirstEvents:
         self.cond = threading.Condition()
         self.client = m.connect(url, m.MqttOptions(client_id_prefix="edgeva-bench-ev"))
         self.client.on_message = self._on
-        m.subscribe_wait(self.client, f"edgeva/v1/+/default/events/{APP}")
+        m.subscribe_wait(self.client, events_subscription(tenant=DEFAULT_TENANT, app=APP))
 
     def _on(self, _c: Any, _u: Any, msg: Any) -> None:
         topic = parse_topic(msg.topic)

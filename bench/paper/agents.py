@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeva.control.processes import agent_argv
-from edgeva.schemas.topics import parse_topic
+from edgeva.schemas.topics import (
+    DEFAULT_TENANT,
+    device_metrics_subscription,
+    events_subscription,
+    parse_topic,
+)
 
 
 class Agents:
@@ -53,11 +58,11 @@ class Agents:
                 preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None))
         self.fleet = FleetClient(self.broker.url)
         self.fleet.wait_devices(len(self.devices), timeout=60)
+        topics = [events_subscription(tenant=DEFAULT_TENANT), device_metrics_subscription()]
         self.mq = m.connect(self.broker.url, m.MqttOptions(client_id_prefix="edgeva-paper"),
-                            on_connect=lambda c: c.subscribe([("edgeva/v1/+/default/events/+", 0),
-                                                              ("edgeva/v1/+/metrics", 0)]))
+                            on_connect=lambda c: c.subscribe([(t, 0) for t in topics]))
         self.mq.on_message = self._on
-        m.subscribe_wait(self.mq, ["edgeva/v1/+/default/events/+", "edgeva/v1/+/metrics"])
+        m.subscribe_wait(self.mq, topics)
         return self
 
     def _on(self, _c: Any, _u: Any, msg: Any) -> None:

@@ -32,6 +32,7 @@ from edgeva.bench.out import out_path, write_json
 from edgeva.bench.paper.stats import slope_ms_per_s
 from edgeva.bench.proc import descendants, fds, memory_mb, shm
 from edgeva.control.processes import agent_argv
+from edgeva.schemas.topics import DEFAULT_TENANT, tenant_metrics_topic
 
 DEVICE = "soak"
 FLAT_PCT = 5.0
@@ -45,7 +46,7 @@ class _Metrics:
 
         self.latest: dict[str, Any] = {}
         self.lock = threading.Lock()
-        topic = f"edgeva/v1/{DEVICE}/default/metrics"
+        topic = tenant_metrics_topic(DEVICE, DEFAULT_TENANT)
         self.client = m.connect(url, m.MqttOptions(client_id_prefix="edgeva-soak"),
                                 on_connect=lambda c: c.subscribe(topic, 1))
         self.client.on_message = self._on

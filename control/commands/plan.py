@@ -17,7 +17,12 @@ from pathlib import Path
 
 from edgeva.control.commands._common import DEFAULT_BROKER, UsageError, fail, guarded
 from edgeva.control.plan import LINK_MS
-from edgeva.schemas.topics import DEFAULT_TENANT
+from edgeva.schemas.topics import (
+    DEFAULT_TENANT,
+    device_metrics_subscription,
+    parse_topic,
+    state_subscription,
+)
 
 HELP = "propose a placement of apps over the online devices (and deploy it)"
 
@@ -29,7 +34,7 @@ def _observe(args: argparse.Namespace) -> tuple[set[str], list[dict]]:
     opts = MqttOptions(username=args.username, password=args.password, client_id_prefix="edgeva-plan")
     online, metrics = set(), {}
     with EdgevaClient(args.broker, "plan", args.tenant, options=opts) as client, \
-            client.subscribe("edgeva/v1/+/state", "edgeva/v1/+/metrics") as sub:
+            client.subscribe(state_subscription(), device_metrics_subscription()) as sub:
         deadline = time.monotonic() + args.listen
         while time.monotonic() < deadline:
             try:
@@ -39,7 +44,7 @@ def _observe(args: argparse.Namespace) -> tuple[set[str], list[dict]]:
             data = msg.json()
             if not isinstance(data, dict) or "device" not in data:
                 continue
-            if msg.topic.endswith("/state"):
+            if getattr(parse_topic(msg.topic), "kind", None) == "state":
                 (online.add if data.get("status") == "online" else online.discard)(data["device"])
             else:
                 metrics[data["device"]] = data

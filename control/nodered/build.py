@@ -20,6 +20,13 @@ import sys
 from pathlib import Path
 
 from edgeva.control.demo.apps import ZONE, demo_apps
+from edgeva.schemas.topics import (
+    PREFIX,
+    device_metrics_subscription,
+    events_subscription,
+    state_subscription,
+    tenant_metrics_subscription,
+)
 
 HERE = Path(__file__).resolve().parent
 FLOWS = HERE / "flows.json"
@@ -164,7 +171,7 @@ def build() -> list[dict]:
     log = function(f, "log", ops, 1110, 420, "readable log", 2, labels=["line", "last lines"])
     f.wire(cmd, log, 1)
     comment(f, "c:replies", ops, 190, cmd_y, "Replies, matched to their request")
-    rin = mqtt_in(f, "in:reply", ops, 190, cmd_y + 40, "edgeva/v1/+/+/reply/#", "1", broker)
+    rin = mqtt_in(f, "in:reply", ops, 190, cmd_y + 40, f"{PREFIX}/+/+/reply/#", "1", broker)
     sweep = inject(f, "sweep", ops, 190, cmd_y + 80, "unanswered?", "sweep", "", repeat="5")
     reply = function(f, "reply", ops, 560, cmd_y + 60, "match replies", 1, labels=["reply"])
     f.wire(rin, reply)
@@ -174,10 +181,10 @@ def build() -> list[dict]:
     # -- monitoring ------------------------------------------------------------------------
     my = cmd_y + 160
     comment(f, "c:monitor", ops, 190, my, "Devices, events and metrics in words")
-    sin = mqtt_in(f, "in:state", ops, 190, my + 40, "edgeva/v1/+/state", "1", broker)
-    ein = mqtt_in(f, "in:events", ops, 190, my + 100, "edgeva/v1/+/+/events/+", "0", broker)
-    tin = mqtt_in(f, "in:metrics", ops, 190, my + 160, "edgeva/v1/+/+/metrics", "0", broker)
-    din = mqtt_in(f, "in:devmetrics", ops, 190, my + 220, "edgeva/v1/+/metrics", "0", broker)
+    sin = mqtt_in(f, "in:state", ops, 190, my + 40, state_subscription(), "1", broker)
+    ein = mqtt_in(f, "in:events", ops, 190, my + 100, events_subscription(), "0", broker)
+    tin = mqtt_in(f, "in:metrics", ops, 190, my + 160, tenant_metrics_subscription(), "0", broker)
+    din = mqtt_in(f, "in:devmetrics", ops, 190, my + 220, device_metrics_subscription(), "0", broker)
     state = function(f, "state", ops, 560, my + 40, "device state", 2, labels=["readable", "refresh"])
     events = function(f, "events", ops, 560, my + 100, "events", 3,
                       labels=["readable", "reid alerts", "refresh"])
