@@ -3,7 +3,7 @@ held to its own CPUs when it stands for a device, against a private mosquitto.
 
 Apps are deployed over MQTT like an operator would; every app ends in a ``publish`` sink whose
 events carry each frame's end-to-end latency and per-hop times; device metrics carry the
-links' serialise / network / deserialise times.
+links' serialise / network / deserialise times and the arrays each stream carried across.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ from edgeva.control.processes import agent_argv
 from edgeva.schemas.topics import parse_topic
 
 
+def _by_module(streams: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Stream (an instance, ``detector-1a2b...``) -> arrays, as module type -> arrays."""
+    out: dict[str, set[str]] = {}
+    for stream, arrays in streams.items():
+        out.setdefault(stream.rsplit("-", 1)[0], set()).update(arrays)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 class Agents:
     """``with Agents({"dev1": [0], "dev2": [1]}, data=True) as a: a.run(deps, seconds)``."""
 
@@ -33,6 +41,8 @@ class Agents:
         self.events: dict[str, list] = {}
         self.links: dict[str, dict] = {}  # device -> its links' metrics (latest)
         self.modules: dict[str, dict] = {}  # device -> its modules' metrics (latest)
+        #: device -> peer -> module type -> the arrays its stream carried there (while recording)
+        self.arrays: dict[str, dict[str, dict[str, list[str]]]] = {}
         self.recording = False
         self.token = secrets.token_hex(16)
 
@@ -64,7 +74,7 @@ class Agents:
         topic = parse_topic(msg.topic)
         if topic is None:
             return
-        if topic.kind == "state":
+        if topic.kind == "metrics" and topic.tenant is None:  # edgeva/v1/{device}/metrics
             try:
                 dm = json.loads(msg.payload)
             except ValueError:
@@ -72,6 +82,8 @@ class Agents:
             self.links[topic.device] = dm.get("links", {})
             if self.recording:
                 self.modules[topic.device] = dm.get("modules", {})
+                self.arrays[topic.device] = {peer: _by_module(lk.get("arrays") or {})
+                                             for peer, lk in (dm.get("links") or {}).items()}
             return
         if not self.recording:
             return
@@ -99,7 +111,7 @@ class Agents:
                         raise RuntimeError(f"deploy {dep['app']}: {reply.get('error')}")
                 time.sleep(warmup)
                 with self.lock:
-                    self.events, self.modules = {}, {}
+                    self.events, self.modules, self.arrays = {}, {}, {}
                 self.recording = True
                 t0 = time.monotonic()
                 time.sleep(seconds)
