@@ -14,6 +14,10 @@ whose type declares no ports (``None``) may read anything: all arrays (``None``)
 whatever feeds it only through it. The agent sends on a link to a peer only the arrays named
 by ``crossing_arrays`` for that edge (fields always cross: they are small); names are a flat
 namespace, so a field name in the result (``detections``) just matches no array.
+
+So a type must name in ``consumes`` every array it reads, also one it reads only when present:
+in an alternative with what it needs (``"detections | detections + frame"``: the wiring check
+is the same, and the frame crosses to it).
 """
 
 from __future__ import annotations
