@@ -39,7 +39,7 @@ class Agents:
         self.procs: list[subprocess.Popen] = []
         self.lock = threading.Lock()
         self.events: dict[str, list] = {}
-        self.links: dict[str, dict] = {}  # device -> its links' metrics (latest)
+        self.links: dict[str, dict] = {}  # device -> its links' metrics (latest, while recording)
         self.modules: dict[str, dict] = {}  # device -> its modules' metrics (latest)
         #: device -> peer -> module type -> the arrays its stream carried there (while recording)
         self.arrays: dict[str, dict[str, dict[str, list[str]]]] = {}
@@ -79,8 +79,8 @@ class Agents:
                 dm = json.loads(msg.payload)
             except ValueError:
                 return
-            self.links[topic.device] = dm.get("links", {})
-            if self.recording:
+            if self.recording:  # after the run the apps go, and their links with them
+                self.links[topic.device] = dm.get("links", {})
                 self.modules[topic.device] = dm.get("modules", {})
                 self.arrays[topic.device] = {peer: _by_module(lk.get("arrays") or {})
                                              for peer, lk in (dm.get("links") or {}).items()}
@@ -111,7 +111,7 @@ class Agents:
                         raise RuntimeError(f"deploy {dep['app']}: {reply.get('error')}")
                 time.sleep(warmup)
                 with self.lock:
-                    self.events, self.modules, self.arrays = {}, {}, {}
+                    self.events, self.modules, self.arrays, self.links = {}, {}, {}, {}
                 self.recording = True
                 t0 = time.monotonic()
                 time.sleep(seconds)
