@@ -133,6 +133,9 @@ def test_the_far_side_gets_only_the_arrays_its_modules_use(pair, tmp_path: Path)
         # The video app leaves: back to what roi uses.
         relay.keep(roi_needs)
         assert set(cross(6).arrays) == set()
+        end = time.monotonic() + 5  # counted after the send returns: the message may be read first
+        while relay.sent < 7 and time.monotonic() < end:
+            time.sleep(0.005)
         st = relay.stats()
         assert (st["sent"], st["arrays"], st["left_out"]) == (7, ["frame"], ["crops", "frame"])
         assert st["keeps"] == sorted(roi_needs)
