@@ -173,3 +173,22 @@ def test_link_send_leaves_out_arrays_on_both_encoding_paths(pair) -> None:
         nbytes = tx.bytes_sent - b0
         assert nbytes < sum(msg.arrays[k].nbytes for k in want) + 1024  # nothing left out was sent
         r.lease.release()
+
+
+def test_an_array_left_out_takes_no_memory_either(pair) -> None:
+    """The nng message for a big message is sized for what is sent: a 6 MB array left out is
+    neither copied nor allocated."""
+    tx, rx = pair
+    if not tx._pool.enabled:
+        pytest.skip("nng message reuse unavailable here: the allocation is not visible")
+    msg = Message(1, "cam", TS, arrays={"frame": np.zeros((1000, 2000, 3), np.uint8),
+                                        "crops": np.ones((4, 256, 128, 3), np.uint8)})
+    tx.send("s", msg, timeout=2, arrays={"crops"})
+    r = rx.recv(timeout=5)
+    assert r is not None and set(r.message.arrays) == {"crops"}
+    r.lease.release()
+    from edgeva.agent.dataplane.link import _lib
+
+    sizes = [_lib.nng_msg_capacity(m) for m in tx._pool._msgs]
+    assert sizes and max(sizes) < msg.arrays["crops"].nbytes + (64 << 10), sizes
+
