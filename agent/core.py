@@ -52,6 +52,7 @@ from edgeva.schemas.commands import (
     StopCommand,
     UpdateCommand,
 )
+from edgeva.schemas.crossing import Needed, link_arrays, union
 from edgeva.schemas.deployment import Deployment
 from edgeva.schemas.errors import (
     BAD_ARGS,
@@ -112,6 +113,13 @@ class Relay:
     tenant: str = ""
     #: in: shared memory of the ring it fills, charged to ``tenant``'s --max-shm-mb
     ring_bytes: int = 0
+    #: out: app -> the arrays its modules beyond the link use (``schemas.crossing``; None: all)
+    needs: dict[str, Needed] = field(default_factory=dict)
+
+    @property
+    def sends(self) -> Needed:
+        """The arrays an out relay sends: what any of its apps uses (all when it knows none)."""
+        return union(self.needs.values()) if self.needs else None
 
 
 def _last_module(graph: ValidatedGraph) -> str:
@@ -173,7 +181,7 @@ class AgentCore:
         self._restoring: dict[str, str] = {}
         self.relays: dict[tuple[str, str, str], Relay] = {}  # (in|out, peer, stream) -> relay
         #: out relays of modules restored in back-off (no ring yet): instance -> key -> (app, policy)
-        self._pending_out: dict[str, dict[tuple[str, str, str], tuple[str, str]]] = {}
+        self._pending_out: dict[str, dict[tuple[str, str, str], tuple[str, str, Needed]]] = {}
         #: app -> per-hop metrics of an app spanning devices (``Coordinator.hops``, which sees the fleet)
         self.hops_for: Callable[[App], list | None] = lambda app: None
         self.store = DesiredState(state_dir)
@@ -264,6 +272,7 @@ class AgentCore:
         names: dict[str, str] = {}
         touched: list[tuple[str, str, str]] = []  # relays this app started to use
         mine = [n for n in graph.order if graph.devices[n] == self.device]
+        crossing = link_arrays(graph)  # (module, peer) -> the arrays its messages carry there
         self._check_module_count(app.tenant, [ids[n] for n in mine])
         try:
             for local in mine:
@@ -299,15 +308,14 @@ class AgentCore:
                     inst = self.sup.instances[names[local]]
                     policy = graph.spec(down).policy or ("drop_oldest" if inst.live else "block")
                     key = ("out", peer, ids[local])
+                    arrays = crossing[(local, peer)]
                     if inst.ring is None:  # restored in back-off: no ring to relay yet
                         log.warning("module %s restored in back-off: its stream to %s is relayed once it runs",
                                     inst.name, peer)
                         with self.lock:
-                            self._pending_out.setdefault(inst.name, {})[key] = (app.deployment.app, policy)
+                            self._pending_out.setdefault(inst.name, {})[key] = (app.deployment.app, policy, arrays)
                         continue
-                    self._use_relay(key, app, touched, lambda inst=inst, peer=peer, s=ids[local], p=policy: Relay(
-                        RingToLink(inst.ring, self.peers.get(peer), s, p), upstream=inst.name, policy=p,
-                        tenant=app.tenant))
+                    self._use_out_relay(key, app, touched, inst, policy, arrays)
             if started:
                 self._check_device_shm()  # every ring of this deploy exists (sparse): all of them must fit
         except BaseException as e:
@@ -424,6 +432,18 @@ class AgentCore:
             touched.append(key)
         return relay
 
+    def _use_out_relay(self, key: tuple[str, str, str], app: App, touched: list, inst: Instance, policy: str,
+                       arrays: Needed) -> Relay:
+        """The out relay ``key`` (made on first use), with ``app`` among its users: from the next
+        message it reads on, it sends the arrays ``app``'s modules beyond the link use too."""
+        with self.lock:  # joined and widened at once: no message goes out between the two
+            relay = self._use_relay(key, app, touched, lambda: Relay(
+                RingToLink(inst.ring, self.peers.get(key[1]), key[2], policy, arrays=arrays),  # type: ignore[arg-type]
+                upstream=inst.name, policy=policy, tenant=app.tenant))
+            relay.needs[app.deployment.app] = arrays
+            relay.obj.keep(relay.sends)  # type: ignore[union-attr]
+        return relay
+
     def _drop_relays(self, app_name: str, keys, kind: str) -> None:
         """``app_name`` no longer uses the ``kind`` relays among ``keys``; stop unused ones."""
         for key in list(keys):
@@ -434,7 +454,10 @@ class AgentCore:
                 if relay is None:
                     continue
                 relay.users.discard(app_name)
+                relay.needs.pop(app_name, None)
                 if relay.users:
+                    if isinstance(relay.obj, RingToLink):  # what the others still use
+                        relay.obj.keep(relay.sends)
                     continue
                 del self.relays[key]
             if isinstance(relay.obj, RingToLink):
@@ -646,7 +669,15 @@ class AgentCore:
         part then computes the same names as the parts that kept running."""
         old_ids, new_ids = old.identities(), new.identities()
         renamed = {old_ids[n]: new_ids[n] for n in new_ids if n in old_ids and old_ids[n] != new_ids[n]}
+        crossing = link_arrays(new)
         with self.lock:
+            for key in app.relays:  # what the new graph uses beyond each link (an arg may change it)
+                relay = self.relays.get(key)
+                if key[0] == "out" and relay is not None and isinstance(relay.obj, RingToLink):
+                    uses = [crossing[(n, key[1])] for n, i in old_ids.items() if i == key[2] and (n, key[1]) in crossing]
+                    if uses:
+                        relay.needs[app.deployment.app] = union(uses)
+                        relay.obj.keep(relay.sends)
             inst_ident = {v: k for k, v in self.by_identity.items()}
             for local, inst in app.modules.items():
                 self.by_identity.pop(inst_ident.get(inst, ""), None)
@@ -812,16 +843,14 @@ class AgentCore:
         """A module restored in back-off runs at last: start the out relays its apps wait for."""
         with self.lock:
             pending = self._pending_out.pop(inst.name, {})
-        for key, (name, policy) in pending.items():
+        for key, (name, policy, arrays) in pending.items():
             with self.lock:
                 app = self.apps.get(name)
             if app is None or inst.name not in app.modules.values():
                 continue  # removed or redeployed meanwhile
             touched: list[tuple[str, str, str]] = []
             try:
-                self._use_relay(key, app, touched, lambda k=key, p=policy, t=app.tenant: Relay(
-                    RingToLink(inst.ring, self.peers.get(k[1]), k[2], p), upstream=inst.name, policy=p,  # type: ignore[arg-type]
-                    tenant=t))
+                self._use_out_relay(key, app, touched, inst, policy, arrays)
             except (RingError, LinkError) as e:
                 log.error("relay to %s for %s could not start: %s", key[1], inst.name, e)
                 continue
@@ -840,7 +869,8 @@ class AgentCore:
                 continue
             relay.obj.stop()  # type: ignore[union-attr]
             try:
-                relay.obj = RingToLink(inst.ring, self.peers.get(key[1]), key[2], relay.policy)  # type: ignore[arg-type]
+                relay.obj = RingToLink(inst.ring, self.peers.get(key[1]), key[2], relay.policy,  # type: ignore[arg-type]
+                                       arrays=relay.sends)
             except (RingError, LinkError) as e:
                 log.error("relay to %s for %s could not re-attach: %s", key[1], inst.name, e)
 
@@ -929,8 +959,15 @@ class AgentCore:
 
     def device_metrics(self, mods: dict | None = None) -> DeviceMetrics:
         mods = self.module_metrics() if mods is None else mods
+        links = self.peers.metrics()
+        with self.lock:
+            outs = [(k[1], k[2], r.obj) for k, r in self.relays.items() if isinstance(r.obj, RingToLink)]
+        for peer, stream, relay in outs:  # which arrays cross each link, per stream
+            if peer in links:
+                links[peer].arrays[stream] = sorted(relay.crossed)
+                links[peer].arrays_left_out[stream] = sorted(relay.left_out)
         return DeviceMetrics(device=self.device, ts=time.time(), interval_s=self.metrics_interval, modules=mods,
-                             links=self.peers.metrics())
+                             links=links)
 
     def tenants(self) -> set[str]:
         with self.lock:

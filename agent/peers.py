@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 from edgeva.agent.dataplane.link import (
     DEFAULT_MAX_MESSAGE,
@@ -70,7 +71,9 @@ class PeerLink:
             if self.link is not None:
                 self.link.open_stream(stream, policy, depth)  # type: ignore[arg-type]
 
-    def send(self, stream: str, msg: Message, timeout: float | None = None) -> None:
+    def send(self, stream: str, msg: Message, timeout: float | None = None,
+             arrays: AbstractSet[str] | None = None) -> None:
+        """``Link.send`` on the current link (``arrays``: only those are sent, None: all)."""
         deadline = time.monotonic() + (5.0 if timeout is None else timeout)
         while True:
             with self._cv:
@@ -83,7 +86,7 @@ class PeerLink:
                         raise LinkTimeout(f"no link to {self.peer} yet (its address is not known)")
                     continue
             try:
-                link.send(stream, msg, timeout=max(0.0, deadline - time.monotonic()))
+                link.send(stream, msg, timeout=max(0.0, deadline - time.monotonic()), arrays=arrays)
                 return
             except LinkClosed:
                 with self._cv:  # replaced under us: go on with the new one

@@ -54,6 +54,10 @@ MAX_GALLERY = 64
 MAX_IMAGE_CHARS = len("base64:") + (MAX_IMAGE_BYTES + 2) // 3 * 4
 
 
+class NoImage(ModuleError, ValueError):
+    """A message with neither crops nor a frame: refused (counted), the module goes on."""
+
+
 class Template(BaseModel):
     """One person to look for."""
 
@@ -395,7 +399,10 @@ class Reid(Module[ReidConfig]):
             return msg.arrays["crops"][keep], boxes, ids
         frame = msg.arrays.get("frame")
         if frame is None:
-            raise ValueError("reid input has neither arrays['crops'] nor arrays['frame']")
+            # A ModuleError: the runner refuses the message (counted) and goes on, as for any
+            # input a module cannot use (the first messages of a link stream whose sender has
+            # not yet widened what it sends to this app's needs: docs/protocol.md).
+            raise NoImage("reid input has neither arrays['crops'] nor arrays['frame']")
         if f.get("tracks") is not None:
             items = [(t["box"], t.get("class_id", 0), t["id"]) for t in f["tracks"]]
         elif f.get("detections") is not None:

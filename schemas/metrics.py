@@ -111,6 +111,12 @@ class LinkMetrics(BaseModel):
     serialise_ms: P2 = Field(default_factory=P2)
     network_ms: P2 = Field(default_factory=P2, description="sender's send to receiver's receive")
     deserialise_ms: P2 = Field(default_factory=P2)
+    arrays: dict[str, list[str]] = Field(
+        default_factory=dict, description="stream this device sends (the sending module's instance) -> the arrays "
+        "its messages carried across so far; arrays no module beyond the link uses are left out")
+    arrays_left_out: dict[str, list[str]] = Field(
+        default_factory=dict, description="stream -> the arrays left out of its messages (no module beyond the "
+        "link uses them)")
 
 
 class TenantMetrics(BaseModel):

@@ -35,7 +35,11 @@ Each type's **ports** say what it reads from and writes to messages (fields and 
 `schemas/ports.py`): what it consumes (`a + b`: both; `a or b`: either), what it produces, and
 what of its input it passes on. `edgeva check` and every deploy refuse wiring that gives a
 module none of what it consumes (`bad_wiring` at the `outputs` entry that feeds it). A type
-that declares no ports is never refused.
+that declares no ports is never refused. Ports also decide what crosses a link between devices:
+only the arrays some module beyond it consumes, or passes on to one that does (a type that
+declares no ports gets every array; `schemas/crossing.py`, docs/protocol.md): an array a type
+reads only when present goes in an alternative with what it needs (`detections | detections +
+frame`), or a link leaves it out.
 """
 
 

@@ -91,3 +91,34 @@ def test_max_streams_skips_the_probes_it_knows_and_stops_at_the_first_failure():
 
     n, probes = _max_streams(sustains, print, known={1: True})
     assert (n, probes, tried) == (2, {1: True, 2: True, 3: False}, [2, 3])
+
+
+def test_agents_record_each_devices_link_metrics_and_the_arrays_each_stream_carried():
+    """Device metrics (``edgeva/v1/{device}/metrics``) feed the link timings, the modules' figures
+    (while recording) and which arrays crossed; a tenant's metrics topic does not."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from edgeva.bench.paper.agents import Agents
+    from edgeva.bench.paper.run import _split_edgeva
+
+    ag = Agents({"dev1": None})
+    try:
+        link = {"serialise_ms": {"p50": 0.2}, "arrays": {"detector-1a2b": [], "decoder-9f": ["frame"]}}
+        dm = {"links": {"dev2": link}, "modules": {"detector-1a2b": {"frames_in": 3}}}
+        ag._on(None, None, SimpleNamespace(topic="edgeva/v1/dev1/default/metrics", payload=json.dumps({"apps": {}})))
+        assert ag.links == {}
+        ag._on(None, None, SimpleNamespace(topic="edgeva/v1/dev1/metrics", payload=json.dumps(dm)))
+        assert ag.links == {} and ag.modules == {} and ag.arrays == {}  # not recording: the apps may be going
+        ag.recording = True
+        ag._on(None, None, SimpleNamespace(topic="edgeva/v1/dev1/metrics", payload=json.dumps(dm)))
+        assert ag.links == {"dev1": dm["links"]} and ag.modules == {"dev1": dm["modules"]}
+        assert ag.arrays == {"dev1": {"dev2": {"detector": [], "decoder": ["frame"]}}}
+    finally:
+        shutil.rmtree(ag.tmp, ignore_errors=True)
+    hops = _split_edgeva({"decoder->detector": 1.0, "detector->tracker": 2.0}, ("decoder", "detector", "tracker"),
+                         link, {"deserialise_ms": {"p50": 0.3}}, ag.arrays["dev1"]["dev2"])
+    assert hops[1] == {"hop": "detector->tracker", "kind": "link", "total_ms": 2.0, "serialise_ms": 0.2,
+                       "deserialise_ms": 0.3, "network_ms": 1.5, "arrays": []}
+    assert "arrays" not in hops[0]

@@ -486,7 +486,8 @@ def test_ring_to_link_relays_in_order_across_idle_spells_and_ends_at_eof(pair, p
         assert sink.got == [("a", i) for i in range(5)]  # in order, none twice
         prod.close()
         assert relay.done.wait(2)
-        assert relay.stats() == {"sent": 5, "send_timeouts": 0, "ring_dropped": 0, "too_large": 0}
+        assert relay.stats() == {"sent": 5, "send_timeouts": 0, "ring_dropped": 0, "too_large": 0,
+                                 "arrays": ["frame"], "left_out": [], "keeps": None}
     finally:
         relay.stop()
 
@@ -575,7 +576,8 @@ def test_a_message_too_large_for_the_link_is_skipped_and_counted(ring_name) -> N
         p.publish(_msg(2), timeout=1)
         assert _until(lambda: len(sink.got) == 2)
         assert sink.got == [("a", 0), ("a", 2)]
-        want = {"sent": 2, "send_timeouts": 0, "ring_dropped": 0, "too_large": 1}
+        want = {"sent": 2, "send_timeouts": 0, "ring_dropped": 0, "too_large": 1, "arrays": ["frame"],
+                "left_out": [], "keeps": None}
         assert _until(lambda: relay.stats() == want), relay.stats()  # counted after the send
     finally:
         if relay is not None:

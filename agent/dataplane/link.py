@@ -66,6 +66,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -521,19 +522,22 @@ class Link:
             st = self._streams[stream]
         return st
 
-    def send(self, stream: str, msg: Message, timeout: float | None = None) -> None:
+    def send(self, stream: str, msg: Message, timeout: float | None = None,
+             arrays: AbstractSet[str] | None = None) -> None:
         """Encode ``msg`` and queue it for the peer on ``stream``.
 
         ``block`` streams wait up to ``timeout`` (default ``send_timeout``) for queue space, then
         raise ``LinkTimeout``; ``drop_oldest`` streams never wait. Raises
         ``LinkMessageTooLarge`` (nothing sent) and ``LinkClosed``. Returns once nng or the queue
-        holds the message: the caller may reuse ``msg``'s arrays at once.
+        holds the message: the caller may reuse ``msg``'s arrays at once. ``arrays``: send only
+        the arrays of these names (None: all); the others are left out as it is encoded, no
+        copy of the message is made (``schemas.crossing``: what the peer's modules use).
         """
         if self._closing:
             raise LinkClosed(f"link {self.name} is closed")
         st = self._stream(stream)
         t0 = time.perf_counter_ns()
-        out = self._encode(st, msg)
+        out = self._encode(st, msg, arrays)
         self._ser.add((time.perf_counter_ns() - t0) / 1e6)
         try:
             self._enqueue(st, out, self.send_timeout if timeout is None else timeout)
@@ -541,9 +545,11 @@ class Link:
             out.free()
             raise
 
-    def _encode(self, st: _Stream, msg: Message) -> _Out:
+    def _encode(self, st: _Stream, msg: Message, keep: AbstractSet[str] | None = None) -> _Out:
         ne = len(st.env)
-        need = ne + ARRAYS_OFFSET + sum(a.nbytes for a in msg.arrays.values())
+        items = list(msg.arrays.items()) if keep is None else [(k, a) for k, a in msg.arrays.items() if k in keep]
+        sent = sum(a.nbytes for _k, a in items)
+        need = ne + ARRAYS_OFFSET + sent
         if need > self.max_message_size:
             raise LinkMessageTooLarge(self._too_large(st, need))
         pp = st.pp
@@ -552,12 +558,14 @@ class Link:
         try:
             if need <= _SMALL:
                 # Reused per-stream buffer (warm, no allocation), then one small copy into nng.
-                n = self._encode_small(st, msg)
+                n = self._encode_small(st, msg, items)
                 _check(_lib.nng_msg_alloc(pp, 0))
                 _check(_lib.nng_msg_append(pp[0], st.cscratch, n))
             else:
                 # Big: encode straight into the nng message; the arrays are copied exactly once.
-                bound = min(ne + encoded_size(msg), self.max_message_size)
+                # Every array starts 64-byte aligned: one left out frees at least its own bytes.
+                left = sum(a.nbytes for a in msg.arrays.values()) - sent
+                bound = min(ne + encoded_size(msg) - left, self.max_message_size)
                 pp[0] = self._pool.take(bound) or _ffi.NULL
                 if pp[0] == _ffi.NULL:
                     _check(_lib.nng_msg_alloc(pp, bound))
@@ -568,7 +576,7 @@ class Link:
                 body = memoryview(_ffi.buffer(_lib.nng_msg_body(pp[0]), bound))
                 body[:ne] = st.env
                 w = FrameWriter(body[ne:])
-                for k, a in msg.arrays.items():
+                for k, a in items:
                     w.put(k, a)
                 n = ne + w.finish(msg)
                 del w, body  # no view of the nng buffer may outlive this function
@@ -583,15 +591,16 @@ class Link:
             raise
         return _Out(st, pp[0], n, pool)
 
-    def _encode_small(self, st: _Stream, msg: Message) -> int:
-        """Encode into the stream's scratch buffer, growing it when the header does not fit."""
+    def _encode_small(self, st: _Stream, msg: Message, items: list[tuple[str, np.ndarray]]) -> int:
+        """Encode ``msg`` with the arrays ``items`` into the stream's scratch buffer, growing it
+        when the header does not fit."""
         while True:
             if st.writer is None:
                 st.grow(4096)
             w = st.writer
             w.reset()
             try:
-                for k, a in msg.arrays.items():
+                for k, a in items:
                     w.put(k, a)
                 return len(st.env) + w.finish(msg)
             except HeaderTooLarge:

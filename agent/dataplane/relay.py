@@ -7,6 +7,8 @@ usual). Modules never see links: their input is a ring either way.
 
 Copies per message: ring slot -> nng message (one copy, in ``Link.send``), kernel, nng buffer ->
 ring slot (one copy of the array region, in ``LinkToRing``). Headers are re-packed, not copied.
+Arrays no module beyond the link uses (``schemas.crossing``) are not copied at all: the
+``RingToLink`` leaves them out as it encodes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Set as AbstractSet
 
 from edgeva.agent.dataplane.codec import MessageTooLarge
 from edgeva.agent.dataplane.link import Link, LinkClosed, LinkTimeout, Policy, Received
@@ -46,6 +49,11 @@ class RingToLink:
     ``ring_dropped`` and the link's ``dropped``). The consumer is attached in the constructor,
     so every message published after it returns is relayed. Ends by itself at the ring's end of
     stream (``done`` is set), or on ``stop``.
+
+    ``arrays``: the names of the arrays to send (None: all); the others are left out as each
+    message is encoded (``Link.send``), so a peer whose modules read only detections gets no
+    frame. ``keep`` changes it from the next message read on. ``stats`` says which arrays
+    crossed and which were left out.
     """
 
     def __init__(
@@ -55,8 +63,12 @@ class RingToLink:
         stream: str,
         policy: Policy = "block",
         depth: int | None = None,
+        arrays: AbstractSet[str] | None = None,
     ) -> None:
         self.link, self.stream, self.policy = link, stream, policy
+        self.arrays: frozenset[str] | None = None if arrays is None else frozenset(arrays)
+        self.crossed: frozenset[str] = frozenset()  # names of the arrays sent so far
+        self.left_out: frozenset[str] = frozenset()  # ... and of those left out
         link.open_stream(stream, policy, depth)
         self._cons = RingConsumer.attach(ring_name, policy=policy)
         self.sent = self.send_timeouts = self.too_large = 0
@@ -81,10 +93,17 @@ class RingToLink:
                     if cons.eof:
                         break
                     continue
+                keep = self.arrays  # read once: ``keep`` may swap it from another thread
                 while not self._stop.is_set():
                     try:
-                        self.link.send(self.stream, msg, timeout=0.5)
+                        self.link.send(self.stream, msg, timeout=0.5, arrays=keep)
                         self.sent += 1
+                        for k in msg.arrays:  # new sets, not add(): stats() reads them from other threads
+                            if keep is None or k in keep:
+                                if k not in self.crossed:
+                                    self.crossed = self.crossed | {k}
+                            elif k not in self.left_out:
+                                self.left_out = self.left_out | {k}
                         break
                     except LinkTimeout:
                         self.send_timeouts += 1  # block: keep the backpressure, try again
@@ -109,6 +128,11 @@ class RingToLink:
             self.link.open_stream(stream, self.policy, None)
             self.stream = stream
 
+    def keep(self, arrays: AbstractSet[str] | None) -> None:
+        """Send only the arrays named ``arrays`` (None: all) from the next message read on
+        (the apps using this relay changed: see ``agent.core``)."""
+        self.arrays = None if arrays is None else frozenset(arrays)
+
     def stop(self, timeout: float = 2.0) -> None:
         """Stop relaying (what the link already queued is still sent by the link)."""
         self._stop.set()
@@ -116,8 +140,13 @@ class RingToLink:
             self._thread.join(timeout)
 
     def stats(self) -> dict:
+        """Counters, and ``arrays``: the names of the arrays sent so far, ``left_out``: of those
+        left out, ``keeps``: the names it sends now (None: all)."""
+        keep = self.arrays
         return {"sent": self.sent, "send_timeouts": self.send_timeouts,
-                "ring_dropped": self.ring_dropped, "too_large": self.too_large}
+                "ring_dropped": self.ring_dropped, "too_large": self.too_large,
+                "arrays": sorted(self.crossed), "left_out": sorted(self.left_out),
+                "keeps": None if keep is None else sorted(keep)}
 
 
 class LinkToRing:

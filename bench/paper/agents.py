@@ -3,7 +3,7 @@ held to its own CPUs when it stands for a device, against a private mosquitto.
 
 Apps are deployed over MQTT like an operator would; every app ends in a ``publish`` sink whose
 events carry each frame's end-to-end latency and per-hop times; device metrics carry the
-links' serialise / network / deserialise times.
+links' serialise / network / deserialise times and the arrays each stream carried across.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ from edgeva.schemas.topics import (
 )
 
 
+def _by_module(streams: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Stream (an instance, ``detector-1a2b...``) -> arrays, as module type -> arrays."""
+    out: dict[str, set[str]] = {}
+    for stream, arrays in streams.items():
+        out.setdefault(stream.rsplit("-", 1)[0], set()).update(arrays)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 class Agents:
     """``with Agents({"dev1": [0], "dev2": [1]}, data=True) as a: a.run(deps, seconds)``."""
 
@@ -36,8 +44,10 @@ class Agents:
         self.procs: list[subprocess.Popen] = []
         self.lock = threading.Lock()
         self.events: dict[str, list] = {}
-        self.links: dict[str, dict] = {}  # device -> its links' metrics (latest)
+        self.links: dict[str, dict] = {}  # device -> its links' metrics (latest, while recording)
         self.modules: dict[str, dict] = {}  # device -> its modules' metrics (latest)
+        #: device -> peer -> module type -> the arrays its stream carried there (while recording)
+        self.arrays: dict[str, dict[str, dict[str, list[str]]]] = {}
         self.recording = False
         self.token = secrets.token_hex(16)
 
@@ -69,14 +79,16 @@ class Agents:
         topic = parse_topic(msg.topic)
         if topic is None:
             return
-        if topic.kind == "state":
+        if topic.kind == "metrics" and topic.tenant is None:  # edgeva/v1/{device}/metrics
             try:
                 dm = json.loads(msg.payload)
             except ValueError:
                 return
-            self.links[topic.device] = dm.get("links", {})
-            if self.recording:
+            if self.recording:  # after the run the apps go, and their links with them
+                self.links[topic.device] = dm.get("links", {})
                 self.modules[topic.device] = dm.get("modules", {})
+                self.arrays[topic.device] = {peer: _by_module(lk.get("arrays") or {})
+                                             for peer, lk in (dm.get("links") or {}).items()}
             return
         if not self.recording:
             return
@@ -104,7 +116,7 @@ class Agents:
                         raise RuntimeError(f"deploy {dep['app']}: {reply.get('error')}")
                 time.sleep(warmup)
                 with self.lock:
-                    self.events, self.modules = {}, {}
+                    self.events, self.modules, self.arrays, self.links = {}, {}, {}, {}
                 self.recording = True
                 t0 = time.monotonic()
                 time.sleep(seconds)

@@ -158,15 +158,18 @@ def write_report(r: dict, path: Path) -> Path:
         "",
         "## Per-hop overhead (Figure 8)",
         "",
-        "| system | hop | kind | serialise ms | network ms | deserialise ms | total ms |",
-        "|---|---|---|---|---|---|---|",
+        "| system | hop | kind | arrays crossing | serialise ms | network ms | deserialise ms | total ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, key in (("edgeva", "edgeva_hops"), ("VideoPipe", "videopipe_hops")):
         for h in r["overhead_ms"]["per_hop"][key]:
-            lines.append(f"| {name} | {h['hop']} | {h['kind']} | {_fmt(h.get('serialise_ms'))} | "
+            crossed = ("none" if not h["arrays"] else ", ".join(h["arrays"])) if "arrays" in h else ""
+            lines.append(f"| {name} | {h['hop']} | {h['kind']} | {crossed} | {_fmt(h.get('serialise_ms'))} | "
                          f"{_fmt(h.get('network_ms'))} | {_fmt(h.get('deserialise_ms'))} | {_fmt(h['total_ms'])} |")
     lines += ["", "A ring hop has no serialisation: its total is the runtime's hand-off (commit to the consumer's "
-              "start). The link hop is split with the link's own serialise and deserialise times (p50).", "",
+              "start). The link hop is split with the link's own serialise and deserialise times (p50). Arrays "
+              "crossing: what edgeva's link carried (fields always cross); an array no module beyond the link uses "
+              "(the frame, when the far side reads only detections and tracks) is left out before it is sent.", "",
               "## Table 2: models alone, together, split", "", "| setting | model | inferences/s | latency p50 ms |",
               "|---|---|---|---|"]
     for setting, models in r["table2"].items():
@@ -183,11 +186,13 @@ def write_report(r: dict, path: Path) -> Path:
               "## Keys of the JSON", "",
               "- `cases.{A,B,C,videopipe}.apps_{1,2,3}` (and `cases.edgeeye.apps_3`): `fps`, `latency_ms.{p50,p95,p99}`, "
               "`dropped_ratio`, `lagging`, and `apps` (every app's own row: `frames`, `offered`, `lag_ms_per_s`). "
-              "`cases.C.apps_k.bound_fps`: the pipelining bound; `links`: per-link serialise/network/deserialise p50.",
+              "`cases.C.apps_k.bound_fps`: the pipelining bound; `links`: per-link serialise/network/deserialise p50, "
+              "and `arrays` (sending module type -> the arrays its stream carried across).",
               "- `max_streams.{A,B}`: cameras (three apps each, the demo's tuning) sustained without lag; "
               "`max_streams.probes`: each camera count tried and whether it held.",
               "- `overhead_ms.{edgeva,videopipe}`: cumulative per-hop overhead along the four-module pipeline; "
-              "`overhead_ms.per_hop`: each hop split into serialise / network / deserialise.",
+              "`overhead_ms.per_hop`: each hop split into serialise / network / deserialise; a link hop's `arrays`: "
+              "the arrays that crossed it.",
               "- `table2`: inferences/s and latency of each model alone, both on one CPU, split over two.",
               "- `scalability`: with `--scalability`, per agent count the slowest app's latency.",
               "- `checks`: the issue's claims as booleans and ratios; `settings` (`tuning.single_device`, `tuning.two_devices`, `tuning.max_streams`: "

@@ -143,7 +143,8 @@ def run_paper(quick: bool, video: str | None, json_path: str | None, out_dir: st
             ev = ag.run(deps, secs)
             row = _case(_edgeva_rows(ev, deps, FPS_C, secs))
             row["bound_fps"] = _bound_fps(ag.modules, FPS_C)
-            row["links"] = {d: {p: {x: (v.get(x) or {}).get("p50") for x in ("serialise_ms", "network_ms", "deserialise_ms")}
+            row["links"] = {d: {p: {**{x: (v.get(x) or {}).get("p50") for x in ("serialise_ms", "network_ms", "deserialise_ms")},
+                                    "arrays": ag.arrays.get(d, {}).get(p, {})}
                                 for p, v in links.items()} for d, links in ag.links.items()}
             cases["C"][f"apps_{k}"] = row
             series["C"][f"apps_{k}"] = {a: [(t, lat) for t, lat, _ in v] for a, v in ev.items()}
@@ -158,7 +159,7 @@ def run_paper(quick: bool, video: str | None, json_path: str | None, out_dir: st
         gaps = _gaps(ev.get(roi["app"], []), path)
         link = ag.links.get("dev1", {}).get("dev2", {})
         recv = ag.links.get("dev2", {}).get("dev1", {})
-        overhead["edgeva_hops"] = _split_edgeva(gaps, path, link, recv)
+        overhead["edgeva_hops"] = _split_edgeva(gaps, path, link, recv, ag.arrays.get("dev1", {}).get("dev2", {}))
     step(f"overhead, edgeva (4 modules over 2 agents): {overhead['edgeva_hops']}")
 
     for k in (1, 2, 3):
@@ -249,8 +250,10 @@ def _max_streams(sustains: Callable[[int], bool], say: Callable[[str], None], li
     return n, probes
 
 
-def _split_edgeva(gaps: dict[str, float], path: tuple[str, ...], link: dict, recv: dict) -> list[dict]:
-    """Each hop's overhead; the one that crosses devices split with the links' own timings."""
+def _split_edgeva(gaps: dict[str, float], path: tuple[str, ...], link: dict, recv: dict,
+                  arrays: dict[str, list[str]] | None = None) -> list[dict]:
+    """Each hop's overhead; the one that crosses devices split with the links' own timings, and
+    the arrays that crossed it (``arrays``: module type -> the arrays its stream carried)."""
     hops = []
     for a, b in zip(path, path[1:], strict=False):
         total = gaps.get(f"{a}->{b}")
@@ -260,7 +263,8 @@ def _split_edgeva(gaps: dict[str, float], path: tuple[str, ...], link: dict, rec
             ser = (link.get("serialise_ms") or {}).get("p50") or 0.0
             deser = (recv.get("deserialise_ms") or {}).get("p50") or 0.0
             hops.append({"hop": f"{a}->{b}", "kind": "link", "total_ms": total, "serialise_ms": ser,
-                         "deserialise_ms": deser, "network_ms": round(max(0.0, total - ser - deser), 3)})
+                         "deserialise_ms": deser, "network_ms": round(max(0.0, total - ser - deser), 3),
+                         "arrays": (arrays or {}).get(a, [])})
         else:
             hops.append({"hop": f"{a}->{b}", "kind": "ring", "total_ms": total, "serialise_ms": 0.0,
                          "deserialise_ms": 0.0, "network_ms": 0.0, "runtime_ms": total})
