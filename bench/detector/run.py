@@ -34,6 +34,9 @@ Accuracy, per row: ``recall`` and ``precision`` of people at IoU >= 0.5 against 
 ``score_threshold``, after the module's default post-processing; and ``agree_centernet`` /
 ``agree_model``: of the bundled CenterNet's person boxes on the timed frames (its 1-thread
 CPU row), the share this row also found, and of this row's, the share the CenterNet found.
+``opencv-hog``'s boxes carry its detection window's margin around a person (IoU 0.3-0.5 with
+the tight labelled boxes on vtest), so at IoU >= 0.5 it scores near 0 there: a measure of its
+box fit, not only of whether it sees people.
 
 ``quick`` times 12 frames per case after 2 warm-up frames (~1 min on a busy 2-core machine);
 otherwise 60 after 5; the 8 labelled frames are run on top of these. Figures from a shared
