@@ -13,7 +13,9 @@ post-processing for all: person class, score threshold, class-wise NMS and the
 Prints, for each thread count: ms per frame (median, p90) for pre-processing + inference +
 decoding, and inference alone; then, per model, persons per frame; then agreement: person boxes
 matched one to one with the CenterNet's at IoU >= 0.5 (greedy, best IoU first); then recall and
-precision against the persons of tools/data/vtest_persons.json (8 frames checked by eye).
+precision against the persons of bench/detector/data/vtest_persons.json (8 frames checked by
+eye), scored by the bench's own matcher (`edgeva.bench.detector.truth`, as `edgeva bench
+detector` does with the product's detector module).
 
     .venv/bin/python tools/compare_detectors.py                   # all 795 frames, 1 and 2 threads
     taskset -c 1 .venv/bin/python tools/compare_detectors.py --threads 1 --every 5
@@ -25,7 +27,6 @@ not a 2-core figure. Thread counts are onnxruntime's intra-op threads (inter-op 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_yolox_nano import decode as yolox_decode  # noqa: E402
 from convert_yolox_nano import letterbox  # noqa: E402
+
+from edgeva.bench.detector.truth import TRUTH_FILE, load_truth, score_frame  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "modules" / "assets"
@@ -159,36 +162,28 @@ def match(a: np.ndarray, b: np.ndarray, thr=0.5) -> list[tuple[int, int, float]]
         m[:, j] = -1
 
 
-def score_against(truth: dict, dets: list, thresholds: list[float]) -> None:
-    """Recall and precision of persons on the hand-checked frames (tools/data/vtest_persons.json):
-    one to one at IoU >= 0.5; an unmatched detection overlapping an 'ignore' box (IoU >= 0.3)
-    counts neither way."""
+def score_against(truth_path: Path, dets: list, thresholds: list[float]) -> None:
+    """Recall and precision of persons on the hand-checked frames (the bench's
+    bench/detector/data/vtest_persons.json): one to one at IoU >= 0.5; an unmatched detection
+    overlapping an 'ignore' box (IoU >= 0.3) counts neither way (edgeva.bench.detector.truth)."""
+    truth = load_truth(truth_path)
     cap = cv2.VideoCapture(str(ASSETS / "vtest.mp4"))
     frames = {}
-    for key in truth["frames"]:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, int(key))
+    for key in truth.indices:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, key)
         ok, f = cap.read()
         assert ok, key
         frames[key] = f
-    n_true = sum(len(v["persons"]) for v in truth["frames"].values())
-    print(f"against hand-checked persons ({len(frames)} frames, {n_true} persons, IoU >= 0.5):")
+    print(f"against hand-checked persons ({len(frames)} frames, {truth.n_persons} persons, IoU >= 0.5):")
     for d in dets:
         raw = {k: d.post(d.infer(d.pre(f)[0]), d.pre(f)[1], min(thresholds)) for k, f in frames.items()}
         line = []
         for thr in thresholds:
             tp = fp = 0
             for k, f in frames.items():
-                want = np.array(truth["frames"][k]["persons"], np.float32).reshape(-1, 4)
-                ign = np.array(truth["frames"][k]["ignore"], np.float32).reshape(-1, 4)
-                got = persons(raw[k], f.shape[1], f.shape[0], thr)
-                pairs = match(got, np.column_stack([want, np.ones(len(want))]))
-                tp += len(pairs)
-                hit = {p[0] for p in pairs}
-                rest = np.array([g for i, g in enumerate(got) if i not in hit], np.float32).reshape(-1, 6)
-                if len(rest) and len(ign):
-                    rest = rest[iou(rest[:, :4], ign).max(1) < 0.3]
-                fp += len(rest)
-            line.append(f"score {thr}: recall {tp / n_true:.3f} precision {tp / max(tp + fp, 1):.3f} "
+                s = score_frame(persons(raw[k], f.shape[1], f.shape[0], thr), truth.frames[str(k)])
+                tp, fp = tp + s.hits, fp + s.false
+            line.append(f"score {thr}: recall {tp / truth.n_persons:.3f} precision {tp / max(tp + fp, 1):.3f} "
                         f"({tp} hits, {fp} false)")
         print(f"  {d.name:11s} " + " | ".join(line))
 
@@ -200,14 +195,14 @@ def main() -> None:
     ap.add_argument("--score", type=float, default=0.4, help="score threshold for both models")
     ap.add_argument("--yolox-score", type=float, default=None, help="YOLOX's own threshold (default --score)")
     ap.add_argument("--show", default="0,200,400,600", help="frames whose person boxes are printed")
-    ap.add_argument("--truth", type=Path, default=Path(__file__).resolve().parent / "data" / "vtest_persons.json",
+    ap.add_argument("--truth", type=Path, default=TRUTH_FILE,
                     help="hand-checked persons of some frames (recall and precision); '' to skip")
     ap.add_argument("--truth-only", action="store_true", help="only the recall/precision check")
     args = ap.parse_args()
     ythr = args.yolox_score if args.yolox_score is not None else args.score
     models = [CenterNet(1), YoloxNano(1)] + ([SsdliteMobilenetV2(1)] if SsdliteMobilenetV2.path.exists() else [])
     if args.truth_only:
-        score_against(json.loads(args.truth.read_text()), models, [0.3, 0.4, 0.5, 0.6])
+        score_against(args.truth, models, [0.3, 0.4, 0.5, 0.6])
         return
     cap = cv2.VideoCapture(str(ASSETS / "vtest.mp4"))
     frames, idx = [], 0
@@ -288,7 +283,7 @@ def main() -> None:
                     f"; IoUs of pairs with centernet {[round(p[2], 2) for p in match(cn[k], found[k])]}"
                 print(f"frame {i}: {name:11s} {len(found[k])} {fmt(found[k])}{extra}")
     if str(args.truth) and args.truth.is_file():
-        score_against(json.loads(args.truth.read_text()), models, [0.3, 0.4, 0.5, 0.6])
+        score_against(args.truth, models, [0.3, 0.4, 0.5, 0.6])
 
 if __name__ == "__main__":
     main()

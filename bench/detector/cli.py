@@ -1,4 +1,5 @@
-"""``edgeva bench detector``: frames/s and ms per frame of each detector backend.
+"""``edgeva bench detector``: frames/s and ms per frame of each detector model and backend, and
+its recall/precision of people against labelled vtest frames.
 
 Its flags and its verdict (the exit status); the measurement is in ``run.py`` beside this file,
 imported when the benchmark runs."""
@@ -10,8 +11,10 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``detector`` to ``edgeva bench``'s sub-commands."""
-    t = sub.add_parser("detector", help="frames/s and ms per frame of each detector backend, 1 and 2 threads")
-    t.add_argument("--quick", action="store_true", help="fewer frames (~30 s)")
+    t = sub.add_parser("detector", help="ms per frame of each detector model (bundled, SSDLite when "
+                       "built, --onnx-model) per provider, HOG and MLServer, 1 and 2 threads; "
+                       "recall/precision of people on labelled vtest frames")
+    t.add_argument("--quick", action="store_true", help="fewer frames (~1-2 min)")
     t.add_argument("--json", metavar="FILE", help="write the results as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a PNG chart")
     t.add_argument("--onnx-model", action="append", default=[], metavar="PATH",
