@@ -811,6 +811,7 @@ class AgentCore:
                 "status": inst.status if inst else "stopped",
                 "shared_with": sorted(self.users.get(inst_name, set()) - {app.deployment.app}),
                 "pid": inst.pid if inst else None,
+                "info": dict(inst.info) if inst else {},
             }
         return {"app": app.deployment.app, "status": app.status, "error": app.error, "modules": mods, **extra}
 

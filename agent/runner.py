@@ -285,7 +285,8 @@ class Runner:
             self.chan.send(R.FailedMsg(stage="attach", message=str(e)))
             return False
         self.source = self.inputs[0] if len(self.inputs) == 1 else _Merged(self.inputs) if self.inputs else None
-        self.chan.send(R.ReadyMsg(ring=self.prod.name, slot_size=self.prod.slot_size, live=self._live()))
+        self.chan.send(R.ReadyMsg(ring=self.prod.name, slot_size=self.prod.slot_size, live=self._live(),
+                                  info=self.module.describe()))
         return True
 
     def _live(self) -> bool:

@@ -93,6 +93,7 @@ class Instance:
     ring: str | None = None
     slot_size: int = 0
     live: bool = False
+    info: dict[str, str] = field(default_factory=dict)  # what it said of itself when ready
     error: str | None = None
     restarts: int = 0
     restart_times: deque = field(default_factory=lambda: deque(maxlen=64))
@@ -353,7 +354,7 @@ class Supervisor:
                 inst.proc_history.append(msg.proc_ms)
             self.on_metrics(inst, msg)
         elif isinstance(msg, R.ReadyMsg):
-            inst.ring, inst.slot_size, inst.live = msg.ring, msg.slot_size, msg.live
+            inst.ring, inst.slot_size, inst.live, inst.info = msg.ring, msg.slot_size, msg.live, msg.info
             recovered = inst.backoffs > 0
             inst.status, inst.error = "running", None
             inst.ran, inst.running_since = True, time.monotonic()

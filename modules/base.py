@@ -221,6 +221,12 @@ class Module(Generic[C]):
     def close(self) -> None:
         """Release what ``setup`` acquired."""
 
+    def describe(self) -> dict[str, str]:
+        """What the deploy reply says of this module once set up, beside its status (the
+        reply's ``modules.<name>.info``): short facts an operator deploying it wants to see,
+        such as the execution provider a model runs on. Called once after ``setup``."""
+        return {}
+
     def metrics(self) -> dict[str, float]:
         """The module's own figures (cumulative counters or ratios), published with its
         metrics each interval under ``counters``; called by the runtime, never per frame."""

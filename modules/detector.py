@@ -242,7 +242,8 @@ class Detector(Module[DetectorConfig]):
     among ``cpu``, ``openvino``, ``cuda``, ``tensorrt``, ``coreml``, ``directml``, ``rocm``.
     One that this onnxruntime wheel does not have (or that fails to start) is an error at
     deploy naming the installed ones, unless the list ends in ``cpu`` or ``provider_fallback``
-    is true. The provider that runs is logged and in the module's metrics
+    is true. The provider that runs is logged, in the deploy reply (``modules.<name>.info``:
+    ``{"provider": "cpu", "output_format": "yolo"}``) and in the module's metrics
     (``counters.provider_<name>``: 1)::
 
         {"type": "detector", "args": {"model": "/models/yolov8n.onnx", "providers": ["openvino", "cpu"]}}
@@ -310,6 +311,16 @@ class Detector(Module[DetectorConfig]):
             return False
         self._apply(config)
         return True
+
+    def describe(self) -> dict[str, str]:
+        """For the deploy reply: the execution provider that runs the model (onnx backend) and
+        the output format read from it (``output_format`` auto says which it chose)."""
+        b = getattr(self, "_backend", None)
+        fmt = getattr(b, "format", None)
+        info = {"provider": b.provider} if b is not None and getattr(b, "provider", None) else {}
+        if fmt is not None:
+            info["output_format"] = fmt.name
+        return info
 
     def metrics(self) -> dict[str, float]:
         """``provider_<name>``: 1 for the execution provider running the model (onnx backend)."""

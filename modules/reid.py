@@ -287,6 +287,11 @@ class Reid(Module[ReidConfig]):
         self._cache = {}  # embeddings of another embedder/weighting do not compare
         self.config = c
 
+    def describe(self) -> dict[str, str]:
+        """For the deploy reply: the execution provider of the embedder (onnx embedders)."""
+        provider = getattr(getattr(self, "_embedder", None), "provider", None)
+        return {"provider": provider} if provider else {}
+
     def metrics(self) -> dict[str, float]:
         provider = getattr(getattr(self, "_embedder", None), "provider", None)
         return {

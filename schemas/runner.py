@@ -91,6 +91,9 @@ class ReadyMsg(BaseModel):
     ring: str
     slot_size: int
     live: bool = False
+    #: what the module says of itself once set up (``Module.describe``: e.g. its provider)
+    info: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=16)
 
 
 #: Exit code of a module process that asked to be started again (``modules.base.Restart``).

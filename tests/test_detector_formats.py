@@ -459,15 +459,18 @@ def edgeva_agent(edgeva_agent_factory, tmp_path: Path):
 
 def test_a_yolo_model_deploys_by_its_file_and_a_wrong_one_is_refused(edgeva, edgeva_client, tmp_path: Path) -> None:
     """A real deploy: a YOLOv8-layout model named by its file alone finds its boxes in 1280x720
-    frames, the metrics say which provider runs; a model of no format is refused at deploy
+    frames, the deploy reply and the metrics say which provider runs; a model of no format is refused at deploy
     with its output shapes (SETUP_FAILED from the module's setup)."""
     path = yolo_v8(tmp_path / "yolo.onnx")
-    edgeva.deploy({"app": "y", "modules": {
+    reply = edgeva.deploy({"app": "y", "modules": {
         "dec": {"type": "decoder", "args": {"source": "synthetic", "fps": 10, "width": FW, "height": FH},
                 "outputs": ["det"]},
         "det": {"type": "detector", "args": {"model": path, "classes": None}, "outputs": ["pub"]},
         "pub": {"type": "publish", "args": {"fields": ["detections", "labels"]}},
     }})
+    # The operator who deploys sees what runs: the provider and the format auto chose.
+    assert reply["modules"]["det"]["info"] == {"provider": "cpu", "output_format": "yolo"}, reply
+    assert reply["modules"]["pub"]["info"] == {}
     event = edgeva.wait_events("y", n=1)[0]
     assert_boxes(event["detections"], [PERSON, CAR])
     assert event["labels"] == ["person", "car"]
