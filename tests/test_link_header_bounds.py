@@ -106,5 +106,8 @@ def test_the_encoder_refuses_a_header_the_decoder_would() -> None:
         with pytest.raises(LinkMessageTooLarge, match="header"):
             link.send("cam", big, timeout=0.1)
         assert link.stats()["messages_sent"] == 0 and link.stats()["queued"] == 0
+        # Refused as it is, without first growing the stream's buffer to max_message_size (no
+        # buffer takes such a header: that would cost memory and re-encodes for nothing).
+        assert len(link._streams["cam"].scratch) < 4 * MAX_HEADER_BYTES, len(link._streams["cam"].scratch)
     finally:
         link.close()
