@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_yolox_nano import decode as yolox_decode  # noqa: E402
 from convert_yolox_nano import letterbox  # noqa: E402
 
-from edgeva.bench.detector.truth import TRUTH_FILE, load_truth, score_frame  # noqa: E402
+from edgeva.bench.detector.truth import TRUTH_FILE, load_truth, match, score_frame  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "modules" / "assets"
@@ -115,15 +115,6 @@ class SsdliteMobilenetV2:
         return r[r[:, 4] >= thr].astype(np.float32)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
 
 def persons(rows: np.ndarray, w: int, h: int, thr: float, nms_iou=0.5, contain=0.8) -> np.ndarray:
     """The detector module's post-processing (its defaults), persons only."""
@@ -147,19 +138,6 @@ def persons(rows: np.ndarray, w: int, h: int, thr: float, nms_iou=0.5, contain=0
         r = r[keep]
     return r
 
-
-def match(a: np.ndarray, b: np.ndarray, thr=0.5) -> list[tuple[int, int, float]]:
-    if not len(a) or not len(b):
-        return []
-    m = iou(a[:, :4], b[:, :4])
-    pairs = []
-    while True:
-        i, j = np.unravel_index(np.argmax(m), m.shape)
-        if m[i, j] < thr:
-            return pairs
-        pairs.append((int(i), int(j), float(m[i, j])))
-        m[i, :] = -1
-        m[:, j] = -1
 
 
 def score_against(truth_path: Path, dets: list, thresholds: list[float]) -> None:
